@@ -1,0 +1,301 @@
+//! Types shared by the tiergate eBPF programs (`agent-ebpf`) and the agent.
+//!
+//! Everything here crosses the kernel/user boundary, so every type is
+//! `#[repr(C)]`, has explicit padding (no implicit holes the verifier or the
+//! decoder could trip over) and uses integers instead of `bool`. Numeric
+//! constants (event kinds, verdicts, reasons, counter slots) are part of the
+//! pinned-map ABI: never renumber them, only append. A change of layout bumps
+//! [`ABI_VERSION`], which names the bpffs pin directory, so an upgraded agent
+//! never reads maps written with another layout.
+#![no_std]
+#![cfg_attr(not(feature = "user"), forbid(unsafe_code))]
+
+/// Layout version of maps and events; part of the pin directory name.
+pub const ABI_VERSION: u32 = 1;
+
+/// Number of policy generations kept side by side for atomic swaps.
+pub const GENERATIONS: usize = 2;
+/// Tier ids are indices `0..MAX_TIERS` into the policy's tier list.
+pub const MAX_TIERS: u32 = 256;
+/// Tier id of a cgroup that is not enforced (a host cgroup no binding covers).
+pub const TIER_HOST: u32 = u32::MAX;
+/// Port ranges one destination prefix of one tier may carry (after merging).
+pub const MAX_PORT_RANGES: usize = 16;
+/// Deepest cgroup level the kernel walks when it meets an unknown cgroup.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Names of the maps in the eBPF object (also their pin file names).
+pub mod map_names {
+    pub const CONFIG: &str = "TG_CONFIG";
+    pub const CGROUPS: &str = "TG_CGROUPS";
+    pub const TIERS: &str = "TG_TIERS";
+    pub const RULES: &str = "TG_RULES";
+    pub const EVENTS: &str = "TG_EVENTS";
+    pub const COUNTERS: &str = "TG_COUNTERS";
+    pub const ALL: [&str; 6] = [CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS];
+}
+
+/// Names of the programs in the eBPF object (also their link pin names).
+pub mod prog_names {
+    pub const CONNECT4: &str = "tg_connect4";
+    pub const CONNECT6: &str = "tg_connect6";
+    pub const SENDMSG4: &str = "tg_sendmsg4";
+    pub const SENDMSG6: &str = "tg_sendmsg6";
+    pub const SOCK_CREATE: &str = "tg_sock_create";
+    pub const LSM_SOCKET_CREATE: &str = "tg_socket_create";
+}
+
+/// Global switches, `TG_CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Generation (0 or 1) of policy data the programs read now.
+    pub active_gen: u32,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+    /// Tier of a cgroup whose identity is unknown, per generation.
+    pub default_tier: [u32; GENERATIONS],
+}
+
+/// A policy is loaded; before that every program allows (and reports nothing),
+/// so that loading the object alone never changes the node.
+pub const CONFIG_F_POLICY_LOADED: u32 = 1;
+
+/// `TG_CGROUPS[cgroup_id]`: the tier of a known cgroup, per generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupTier {
+    /// Tier of processes in this cgroup.
+    pub tier: [u32; GENERATIONS],
+    /// Tier of a descendant cgroup user space has not learned of yet. The
+    /// kernel uses it for a cgroup created after the agent last looked, so a
+    /// new cgroup under a bound path is enforced from its first connect.
+    pub child_tier: [u32; GENERATIONS],
+}
+
+/// `TG_TIERS[gen * MAX_TIERS + tier]`: per-tier switches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierConfig {
+    /// `TIER_F_*` bits.
+    pub flags: u32,
+    /// Explicit padding so the value has no implicit hole.
+    pub _pad: u32,
+}
+
+/// The slot holds a tier of the generation.
+pub const TIER_F_VALID: u32 = 1;
+/// Would-be denials are reported as `audit-deny` and let through.
+pub const TIER_F_AUDIT: u32 = 1 << 1;
+/// Cloud metadata endpoints are reachable (`metadata: allow`).
+pub const TIER_F_METADATA_ALLOW: u32 = 1 << 2;
+
+/// Index of a tier slot in `TG_TIERS`.
+pub const fn tier_slot(generation: u32, tier: u32) -> u32 {
+    generation * MAX_TIERS + tier
+}
+
+/// Data part of an `TG_RULES` LPM-trie key. The trie matches bit prefixes of
+/// the bytes in order, so `generation` and `tier` (always fully inside the
+/// prefix) come first and the address, in network order, last. IPv4
+/// destinations are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleKey {
+    pub generation: u32,
+    pub tier: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of the LPM prefix taken by `generation` and `tier`.
+pub const RULE_KEY_FIXED_BITS: u32 = 64;
+
+/// Protocol bits used in port sets.
+pub const PROTO_TCP: u32 = 1;
+pub const PROTO_UDP: u32 = 1 << 1;
+
+/// One inclusive port range and the protocols it admits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+    /// `PROTO_*` bits.
+    pub protocols: u32,
+}
+
+/// `TG_RULES` value: what a destination prefix admits. It already holds the
+/// union of every rule of the tier whose CIDR contains this prefix, because
+/// the trie returns only the most specific match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    /// `PROTO_*` bits admitted on every port.
+    pub any_port: u32,
+    /// Used entries of `ranges`.
+    pub len: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+/// Event kinds; the first field of every ring-buffer record.
+pub const EVENT_CONNECT: u32 = 1;
+pub const EVENT_SOCKET: u32 = 2;
+
+/// Common header of every ring-buffer record (decoders rely on its offset).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// CPU the hook ran on (for ordering diagnostics).
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()`.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the upper half.
+    pub pid_tgid: u64,
+    /// `bpf_get_current_uid_gid()`: gid in the upper half.
+    pub uid_gid: u64,
+    pub comm: [u8; 16],
+}
+
+/// Which hook judged a connection attempt.
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+
+/// Verdicts.
+pub const VERDICT_ALLOW: u8 = 0;
+pub const VERDICT_DENY: u8 = 1;
+pub const VERDICT_AUDIT_DENY: u8 = 2;
+
+/// Reasons.
+pub const REASON_LOOPBACK: u8 = 1;
+pub const REASON_EGRESS_RULE: u8 = 2;
+pub const REASON_NO_MATCHING_RULE: u8 = 3;
+pub const REASON_METADATA_SERVICE: u8 = 4;
+pub const REASON_HOST: u8 = 5;
+pub const REASON_SOCKET_TYPE: u8 = 6;
+
+/// `ConnectEvent::flags`: the destination is a cloud metadata endpoint.
+pub const CONNECT_F_METADATA: u32 = 1;
+/// The caller wrote an IPv4-mapped IPv6 address; `addr` holds it mapped.
+pub const CONNECT_F_V4MAPPED: u32 = 1 << 1;
+/// The tier came from an ancestor: user space had not learned this cgroup.
+pub const CONNECT_F_INHERITED: u32 = 1 << 2;
+
+/// A judged connect()/sendmsg() (`EVENT_CONNECT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub header: EventHeader,
+    /// Destination, IPv6 form (IPv4 as `::ffff:a.b.c.d`), network order.
+    pub addr: [u8; 16],
+    /// Destination port, host order.
+    pub port: u16,
+    /// `HOOK_*`.
+    pub hook: u8,
+    /// 6 (tcp) or 17 (udp).
+    pub protocol: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// `REASON_*`.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+    /// `CONNECT_F_*`.
+    pub flags: u32,
+    /// Tier id in `generation`, or `TIER_HOST`.
+    pub tier: u32,
+    pub generation: u32,
+    pub _pad2: u32,
+}
+
+/// A socket() call a tier may not make (`EVENT_SOCKET`), e.g. raw or packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEvent {
+    pub header: EventHeader,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// `REASON_*`.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+    pub tier: u32,
+    pub generation: u32,
+}
+
+/// Slots of the per-CPU `TG_COUNTERS` array.
+pub mod counter {
+    pub const ALLOW: u32 = 0;
+    pub const DENY: u32 = 1;
+    pub const AUDIT_DENY: u32 = 2;
+    /// Events that did not fit in the ring buffer (lost).
+    pub const RINGBUF_LOST: u32 = 3;
+    /// Allowed-connection events not written because the ring was filling up
+    /// (room kept for denies and metadata accesses). Counted exactly.
+    pub const ALLOW_SHED: u32 = 4;
+    /// Verdicts that used an ancestor's tier (cgroup not yet known).
+    pub const INHERITED: u32 = 5;
+    pub const SOCKET_DENY: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// The built-in cloud metadata endpoints (CONTRACT 2.1), IPv4 in network order.
+pub const METADATA_V4: [[u8; 4]; 4] = [
+    [169, 254, 169, 254],
+    [169, 254, 170, 2],
+    [169, 254, 170, 23],
+    [100, 100, 100, 200],
+];
+/// IPv6 metadata endpoints: fd00:ec2::254 and fd00:ec2::23.
+pub const METADATA_V6: [[u8; 16]; 2] = [
+    [0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54],
+    [0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23],
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] with only integer fields and explicit
+    // padding, so every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for CgroupTier {}
+    unsafe impl aya::Pod for TierConfig {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for PortRange {}
+    unsafe impl aya::Pod for PortSet {}
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for ConnectEvent {}
+    unsafe impl aya::Pod for SocketEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    // The kernel and the agent must agree on these sizes; a change here is an
+    // ABI change (bump ABI_VERSION).
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<CgroupTier>(), 16);
+        assert_eq!(size_of::<TierConfig>(), 8);
+        assert_eq!(size_of::<RuleKey>(), 24);
+        assert_eq!(size_of::<PortRange>(), 8);
+        assert_eq!(size_of::<PortSet>(), 8 + 8 * MAX_PORT_RANGES);
+        assert_eq!(size_of::<EventHeader>(), 56);
+        assert_eq!(size_of::<ConnectEvent>(), 56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<SocketEvent>(), 56 + 12 + 4 + 8);
+    }
+
+    #[test]
+    fn tier_slots_do_not_overlap_between_generations() {
+        assert_eq!(tier_slot(0, MAX_TIERS - 1) + 1, tier_slot(1, 0));
+    }
+}

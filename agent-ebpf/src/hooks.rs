@@ -1,0 +1,425 @@
+//! The programs and the maps they share. Cost per call on the fast path:
+//! one array read (config), one hash lookup (cgroup → tier), one array read
+//! (tier flags), at most one LPM-trie lookup and a bounded port scan —
+//! independent of the number of rules and of workloads.
+
+use agent_common::{
+    CONFIG_F_POLICY_LOADED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED,
+    CgroupTier, Config, ConnectEvent, EVENT_CONNECT, EVENT_SOCKET, EventHeader, GENERATIONS,
+    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_CGROUP_DEPTH,
+    MAX_PORT_RANGES, MAX_TIERS, METADATA_V4, METADATA_V6, PROTO_TCP, PROTO_UDP, PortSet,
+    REASON_EGRESS_RULE, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE,
+    REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent,
+    TIER_F_AUDIT, TIER_F_METADATA_ALLOW, TIER_F_VALID, TIER_HOST, TierConfig, VERDICT_ALLOW,
+    VERDICT_AUDIT_DENY, VERDICT_DENY, counter,
+};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
+            bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{LsmContext, SockAddrContext, SockContext},
+};
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const EPERM: i32 = 1;
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_UNIX: u32 = 1;
+const AF_NETLINK: u32 = 16;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// socket(2) type flags (SOCK_NONBLOCK, SOCK_CLOEXEC) live above this mask.
+const SOCK_TYPE_MASK: u32 = 0xf;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+#[map(name = "TG_CONFIG")]
+static TG_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "TG_CGROUPS")]
+static TG_CGROUPS: HashMap<u64, CgroupTier> = HashMap::pinned(65536, 0);
+
+#[map(name = "TG_TIERS")]
+static TG_TIERS: Array<TierConfig> = Array::pinned(MAX_TIERS * GENERATIONS as u32, 0);
+
+#[map(name = "TG_RULES")]
+static TG_RULES: LpmTrie<RuleKey, PortSet> = LpmTrie::pinned(262_144, 0);
+
+/// Sized by the agent at load time (`--ring-buffer-bytes`).
+#[map(name = "TG_EVENTS")]
+static TG_EVENTS: RingBuf = RingBuf::pinned(8 << 20, 0);
+
+#[map(name = "TG_COUNTERS")]
+static TG_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = TG_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// The tier of the calling task and whether it was inherited from an ancestor.
+struct Resolved {
+    tier: u32,
+    generation: u32,
+    inherited: bool,
+}
+
+/// Finds the calling task's tier. `None` when no policy is loaded.
+#[inline(always)]
+fn resolve() -> Option<Resolved> {
+    let cfg = TG_CONFIG.get(0)?;
+    if cfg.flags & CONFIG_F_POLICY_LOADED == 0 {
+        return None;
+    }
+    let generation = cfg.active_gen & 1;
+    let g = generation as usize;
+    // SAFETY: plain helper call, valid in every program type used here.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is only read; user space writes whole entries.
+    if let Some(entry) = unsafe { TG_CGROUPS.get(&cgroup) } {
+        return Some(Resolved { tier: entry.tier[g], generation, inherited: false });
+    }
+    // Not known yet (created after user space last looked): take the nearest
+    // known ancestor's verdict for unknown descendants. A cgroup with no
+    // known ancestor is outside the enforced subtree: host.
+    let mut tier = TIER_HOST;
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: plain helper call.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 || id == cgroup {
+            break;
+        }
+        // SAFETY: read only.
+        if let Some(entry) = unsafe { TG_CGROUPS.get(&id) } {
+            tier = entry.child_tier[g];
+        }
+        level += 1;
+    }
+    count(counter::INHERITED);
+    Some(Resolved { tier, generation, inherited: true })
+}
+
+#[inline(always)]
+fn tier_flags(r: &Resolved) -> u32 {
+    match TG_TIERS.get(r.generation * MAX_TIERS + (r.tier % MAX_TIERS)) {
+        Some(t) if t.flags & TIER_F_VALID != 0 => t.flags,
+        // A tier id without a slot cannot come from a consistent policy; judge
+        // it as an enforced tier with no rules (fail closed).
+        _ => TIER_F_VALID,
+    }
+}
+
+#[inline(always)]
+fn fill_header(h: &mut EventHeader, kind: u32) {
+    h.kind = kind;
+    // SAFETY: plain helper calls.
+    unsafe {
+        h.cpu = bpf_get_smp_processor_id();
+        h.boot_ns = bpf_ktime_get_boot_ns();
+        h.cgroup_id = bpf_get_current_cgroup_id();
+    }
+    h.pid_tgid = bpf_get_current_pid_tgid();
+    h.uid_gid = bpf_get_current_uid_gid();
+    h.comm = bpf_get_current_comm().unwrap_or_default();
+}
+
+/// Whether an allowed-connection event may use the ring: above 3/4 full the
+/// rest is kept for denies and metadata accesses (the shed ones are counted).
+#[inline(always)]
+fn ring_has_room_for_allowed() -> bool {
+    let size = TG_EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let used = TG_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    used < size - size / 4
+}
+
+fn is_metadata(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        let a = [addr[12], addr[13], addr[14], addr[15]];
+        let mut i = 0;
+        while i < METADATA_V4.len() {
+            if METADATA_V4[i] == a {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    } else {
+        let mut i = 0;
+        while i < METADATA_V6.len() {
+            if METADATA_V6[i] == *addr {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// 127.0.0.0/8, ::1, and the unspecified address (the kernel connects that
+/// to the local host).
+fn is_loopback(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        addr[12] == 127 || (addr[12] | addr[13] | addr[14] | addr[15]) == 0
+    } else {
+        let mut acc = 0u8;
+        let mut i = 0;
+        while i < 15 {
+            acc |= addr[i];
+            i += 1;
+        }
+        acc == 0 && (addr[15] == 1 || addr[15] == 0)
+    }
+}
+
+#[inline(always)]
+fn ports_admit(set: &PortSet, port: u16, proto_bit: u32) -> bool {
+    if set.any_port & proto_bit != 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_PORT_RANGES {
+        if i as u32 >= set.len {
+            break;
+        }
+        let r = &set.ranges[i];
+        if r.protocols & proto_bit != 0 && port >= r.lo && port <= r.hi {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Judges one connect()/sendmsg() and reports it. Returns ALLOW or REJECT.
+#[inline(always)]
+fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let Some(r) = resolve() else { return ALLOW };
+    let sa = ctx.sock_addr;
+    let is6 = hook == HOOK_CONNECT6 || hook == HOOK_SENDMSG6;
+    let mut addr = [0u8; 16];
+    let mut flags = 0u32;
+    // SAFETY: ctx fields of a sock_addr program; the verifier checks offsets.
+    let (port_be, sock_type, protocol) = unsafe {
+        if is6 {
+            let w = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]];
+            let mut i = 0;
+            while i < 4 {
+                let b = w[i].to_ne_bytes();
+                addr[i * 4] = b[0];
+                addr[i * 4 + 1] = b[1];
+                addr[i * 4 + 2] = b[2];
+                addr[i * 4 + 3] = b[3];
+                i += 1;
+            }
+        } else {
+            let b = (*sa).user_ip4.to_ne_bytes();
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12] = b[0];
+            addr[13] = b[1];
+            addr[14] = b[2];
+            addr[15] = b[3];
+        }
+        ((*sa).user_port, (*sa).type_, (*sa).protocol)
+    };
+    // IPv4-mapped IPv6 (::ffff:a.b.c.d) is judged as the IPv4 address.
+    let v4 = !is6
+        || (addr[0..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff);
+    if is6 && v4 {
+        flags |= CONNECT_F_V4MAPPED;
+    }
+    if r.inherited {
+        flags |= CONNECT_F_INHERITED;
+    }
+    let port = u16::from_be(port_be as u16);
+    let udp = protocol == IPPROTO_UDP || (protocol != IPPROTO_TCP && sock_type == SOCK_DGRAM);
+    let proto_bit = if udp { PROTO_UDP } else { PROTO_TCP };
+    let metadata = is_metadata(&addr, v4);
+    if metadata {
+        flags |= CONNECT_F_METADATA;
+    }
+
+    let (verdict, reason) = if r.tier == TIER_HOST {
+        if !metadata {
+            // Host cgroups are not enforced and, apart from metadata
+            // accesses, not reported.
+            count(counter::ALLOW);
+            return ALLOW;
+        }
+        (VERDICT_ALLOW, REASON_HOST)
+    } else {
+        let tflags = tier_flags(&r);
+        let (allowed, reason) = if is_loopback(&addr, v4) {
+            (true, REASON_LOOPBACK)
+        } else if metadata {
+            // metadata: deny wins over any egress rule.
+            (tflags & TIER_F_METADATA_ALLOW != 0, REASON_METADATA_SERVICE)
+        } else {
+            let key = Key::new(
+                RULE_KEY_FIXED_BITS + 128,
+                RuleKey { generation: r.generation, tier: r.tier, addr },
+            );
+            match TG_RULES.get(&key) {
+                Some(set) if ports_admit(set, port, proto_bit) => (true, REASON_EGRESS_RULE),
+                _ => (false, REASON_NO_MATCHING_RULE),
+            }
+        };
+        if allowed {
+            (VERDICT_ALLOW, reason)
+        } else if tflags & TIER_F_AUDIT != 0 {
+            (VERDICT_AUDIT_DENY, reason)
+        } else {
+            (VERDICT_DENY, reason)
+        }
+    };
+
+    count(match verdict {
+        VERDICT_ALLOW => counter::ALLOW,
+        VERDICT_DENY => counter::DENY,
+        _ => counter::AUDIT_DENY,
+    });
+
+    let must_report = verdict != VERDICT_ALLOW || metadata;
+    if must_report || ring_has_room_for_allowed() {
+        match TG_EVENTS.reserve::<ConnectEvent>(0) {
+            Some(mut entry) => {
+                let ev = entry.as_mut_ptr();
+                // SAFETY: the reservation is sized for ConnectEvent and owned
+                // by us until submit.
+                unsafe {
+                    fill_header(&mut (*ev).header, EVENT_CONNECT);
+                    (*ev).addr = addr;
+                    (*ev).port = port;
+                    (*ev).hook = hook;
+                    (*ev).protocol = if udp { IPPROTO_UDP as u8 } else { IPPROTO_TCP as u8 };
+                    (*ev).verdict = verdict;
+                    (*ev).reason = reason;
+                    (*ev)._pad = [0; 2];
+                    (*ev).flags = flags;
+                    (*ev).tier = r.tier;
+                    (*ev).generation = r.generation;
+                    (*ev)._pad2 = 0;
+                }
+                entry.submit(0);
+            }
+            None => count(counter::RINGBUF_LOST),
+        }
+    } else {
+        count(counter::ALLOW_SHED);
+    }
+
+    if verdict == VERDICT_DENY { REJECT } else { ALLOW }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn tg_connect4(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, HOOK_CONNECT4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn tg_connect6(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, HOOK_CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn tg_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, HOOK_SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn tg_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, HOOK_SENDMSG6)
+}
+
+/// Socket kinds an enforced tier may create: TCP and UDP over IPv4/IPv6
+/// (which the connect/sendmsg hooks judge), plus local-only families. Raw,
+/// packet, ICMP "ping", SCTP, UDP-Lite, MPTCP and every other family would
+/// reach the network around those hooks.
+#[inline(always)]
+fn socket_kind_allowed(family: u32, sock_type: u32, protocol: u32) -> bool {
+    let t = sock_type & SOCK_TYPE_MASK;
+    match family {
+        AF_INET | AF_INET6 => {
+            (t == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
+                || (t == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))
+        }
+        AF_UNIX | AF_NETLINK => true,
+        _ => false,
+    }
+}
+
+/// Judges a socket() call. Returns true when it may proceed.
+#[inline(always)]
+fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
+    if socket_kind_allowed(family, sock_type, protocol) {
+        return true;
+    }
+    let Some(r) = resolve() else { return true };
+    if r.tier == TIER_HOST {
+        return true;
+    }
+    let audit = tier_flags(&r) & TIER_F_AUDIT != 0;
+    let verdict = if audit { VERDICT_AUDIT_DENY } else { VERDICT_DENY };
+    count(counter::SOCKET_DENY);
+    match TG_EVENTS.reserve::<SocketEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: reservation sized for SocketEvent, owned until submit.
+            unsafe {
+                fill_header(&mut (*ev).header, EVENT_SOCKET);
+                (*ev).family = family;
+                (*ev).sock_type = sock_type;
+                (*ev).protocol = protocol;
+                (*ev).verdict = verdict;
+                (*ev).reason = REASON_SOCKET_TYPE;
+                (*ev)._pad = [0; 2];
+                (*ev).tier = r.tier;
+                (*ev).generation = r.generation;
+            }
+            entry.submit(0);
+        }
+        None => count(counter::RINGBUF_LOST),
+    }
+    audit
+}
+
+/// Backstop on every cgroup-v2 kernel: IPv4/IPv6 sockets of other protocols.
+#[cgroup_sock(sock_create)]
+pub fn tg_sock_create(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: ctx fields of a sock_create program.
+    let (family, sock_type, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
+    if judge_socket(family, sock_type, protocol) { ALLOW } else { REJECT }
+}
+
+/// With the BPF LSM active: every family (packet, vsock, ...), for every task.
+#[lsm(hook = "socket_create")]
+pub fn tg_socket_create(ctx: LsmContext) -> i32 {
+    // int socket_create(int family, int type, int protocol, int kern)
+    let family: i32 = ctx.arg(0);
+    let sock_type: i32 = ctx.arg(1);
+    let protocol: i32 = ctx.arg(2);
+    let kern: i32 = ctx.arg(3);
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return prev;
+    }
+    if kern != 0 || judge_socket(family as u32, sock_type as u32, protocol as u32) {
+        0
+    } else {
+        -EPERM
+    }
+}
