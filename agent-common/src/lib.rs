@@ -32,7 +32,8 @@ pub mod map_names {
     pub const RULES: &str = "TG_RULES";
     pub const EVENTS: &str = "TG_EVENTS";
     pub const COUNTERS: &str = "TG_COUNTERS";
-    pub const ALL: [&str; 6] = [CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS];
+    pub const REPORTED: &str = "TG_REPORTED";
+    pub const ALL: [&str; 7] = [CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED];
 }
 
 /// Names of the programs in the eBPF object (also their link pin names).
@@ -254,7 +255,9 @@ pub const METADATA_V4: [[u8; 4]; 4] = [
 ];
 /// IPv6 metadata endpoints: fd00:ec2::254 and fd00:ec2::23.
 pub const METADATA_V6: [[u8; 16]; 2] = [
-    [0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54],
+    [
+        0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+    ],
     [0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23],
 ];
 
@@ -290,7 +293,10 @@ mod tests {
         assert_eq!(size_of::<PortRange>(), 8);
         assert_eq!(size_of::<PortSet>(), 8 + 8 * MAX_PORT_RANGES);
         assert_eq!(size_of::<EventHeader>(), 56);
-        assert_eq!(size_of::<ConnectEvent>(), 56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4);
+        assert_eq!(
+            size_of::<ConnectEvent>(),
+            56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4
+        );
         assert_eq!(size_of::<SocketEvent>(), 56 + 12 + 4 + 8);
     }
 

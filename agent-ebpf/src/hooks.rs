@@ -6,20 +6,20 @@
 use agent_common::{
     CONFIG_F_POLICY_LOADED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED,
     CgroupTier, Config, ConnectEvent, EVENT_CONNECT, EVENT_SOCKET, EventHeader, GENERATIONS,
-    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_CGROUP_DEPTH,
-    MAX_PORT_RANGES, MAX_TIERS, METADATA_V4, METADATA_V6, PROTO_TCP, PROTO_UDP, PortSet,
-    REASON_EGRESS_RULE, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE,
-    REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent,
-    TIER_F_AUDIT, TIER_F_METADATA_ALLOW, TIER_F_VALID, TIER_HOST, TierConfig, VERDICT_ALLOW,
-    VERDICT_AUDIT_DENY, VERDICT_DENY, counter,
+    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES,
+    MAX_TIERS, METADATA_V4, METADATA_V6, PROTO_TCP, PROTO_UDP, PortSet, REASON_EGRESS_RULE,
+    REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE,
+    REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent, TIER_F_AUDIT,
+    TIER_F_METADATA_ALLOW, TIER_F_VALID, TIER_HOST, TierConfig, VERDICT_ALLOW, VERDICT_AUDIT_DENY,
+    VERDICT_DENY, counter,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
-            bpf_ktime_get_boot_ns,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
@@ -61,6 +61,11 @@ static TG_EVENTS: RingBuf = RingBuf::pinned(8 << 20, 0);
 #[map(name = "TG_COUNTERS")]
 static TG_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
+/// Loss counts user space has already reported as loss events (written only
+/// by user space; pinned so a restarted agent reports exactly the rest).
+#[map(name = "TG_REPORTED")]
+static TG_REPORTED: Array<u64> = Array::pinned(counter::COUNT, 0);
+
 #[inline(always)]
 fn count(slot: u32) {
     if let Some(p) = TG_COUNTERS.get_ptr_mut(slot) {
@@ -89,7 +94,11 @@ fn resolve() -> Option<Resolved> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only read; user space writes whole entries.
     if let Some(entry) = unsafe { TG_CGROUPS.get(&cgroup) } {
-        return Some(Resolved { tier: entry.tier[g], generation, inherited: false });
+        return Some(Resolved {
+            tier: entry.tier[g],
+            generation,
+            inherited: false,
+        });
     }
     // Not known yet (created after user space last looked): take the nearest
     // known ancestor's verdict for unknown descendants. A cgroup with no
@@ -109,7 +118,11 @@ fn resolve() -> Option<Resolved> {
         level += 1;
     }
     count(counter::INHERITED);
-    Some(Resolved { tier, generation, inherited: true })
+    Some(Resolved {
+        tier,
+        generation,
+        inherited: true,
+    })
 }
 
 #[inline(always)]
@@ -214,7 +227,12 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: ctx fields of a sock_addr program; the verifier checks offsets.
     let (port_be, sock_type, protocol) = unsafe {
         if is6 {
-            let w = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]];
+            let w = [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ];
             let mut i = 0;
             while i < 4 {
                 let b = w[i].to_ne_bytes();
@@ -236,8 +254,7 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         ((*sa).user_port, (*sa).type_, (*sa).protocol)
     };
     // IPv4-mapped IPv6 (::ffff:a.b.c.d) is judged as the IPv4 address.
-    let v4 = !is6
-        || (addr[0..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff);
+    let v4 = !is6 || (addr[0..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff);
     if is6 && v4 {
         flags |= CONNECT_F_V4MAPPED;
     }
@@ -270,7 +287,11 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         } else {
             let key = Key::new(
                 RULE_KEY_FIXED_BITS + 128,
-                RuleKey { generation: r.generation, tier: r.tier, addr },
+                RuleKey {
+                    generation: r.generation,
+                    tier: r.tier,
+                    addr,
+                },
             );
             match TG_RULES.get(&key) {
                 Some(set) if ports_admit(set, port, proto_bit) => (true, REASON_EGRESS_RULE),
@@ -304,7 +325,11 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
                     (*ev).addr = addr;
                     (*ev).port = port;
                     (*ev).hook = hook;
-                    (*ev).protocol = if udp { IPPROTO_UDP as u8 } else { IPPROTO_TCP as u8 };
+                    (*ev).protocol = if udp {
+                        IPPROTO_UDP as u8
+                    } else {
+                        IPPROTO_TCP as u8
+                    };
                     (*ev).verdict = verdict;
                     (*ev).reason = reason;
                     (*ev)._pad = [0; 2];
@@ -321,7 +346,11 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         count(counter::ALLOW_SHED);
     }
 
-    if verdict == VERDICT_DENY { REJECT } else { ALLOW }
+    if verdict == VERDICT_DENY {
+        REJECT
+    } else {
+        ALLOW
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -372,7 +401,11 @@ fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
         return true;
     }
     let audit = tier_flags(&r) & TIER_F_AUDIT != 0;
-    let verdict = if audit { VERDICT_AUDIT_DENY } else { VERDICT_DENY };
+    let verdict = if audit {
+        VERDICT_AUDIT_DENY
+    } else {
+        VERDICT_DENY
+    };
     count(counter::SOCKET_DENY);
     match TG_EVENTS.reserve::<SocketEvent>(0) {
         Some(mut entry) => {
@@ -402,7 +435,11 @@ pub fn tg_sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
     // SAFETY: ctx fields of a sock_create program.
     let (family, sock_type, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
-    if judge_socket(family, sock_type, protocol) { ALLOW } else { REJECT }
+    if judge_socket(family, sock_type, protocol) {
+        ALLOW
+    } else {
+        REJECT
+    }
 }
 
 /// With the BPF LSM active: every family (packet, vsock, ...), for every task.

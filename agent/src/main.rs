@@ -1,1 +1,41 @@
-fn main() {}
+use clap::Parser;
+use tiergate::cli::{Cli, Command, LogFormat, PolicyCommand};
+use tiergate::commands;
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIERGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Agent(args) => {
+            init_logs(args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(tiergate::app::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    // One clear sentence (with its causes) on stderr.
+                    eprintln!("tiergate agent: {e:#}");
+                    1
+                }
+            }
+        }
+        Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
+        Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
+        Command::Uninstall(args) => commands::uninstall::run(&args),
+    };
+    std::process::exit(code);
+}

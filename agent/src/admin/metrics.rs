@@ -1,0 +1,159 @@
+//! The agent's Prometheus metrics, all under the `tiergate_` prefix.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of written events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: String,
+    pub verdict: String,
+    pub reason: String,
+    pub tier: String,
+}
+
+/// Labels naming a pipeline stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+/// Labels of kernel verdict counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: String,
+}
+
+/// Labels of policy reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Labels of the policy in force.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub name: String,
+    pub version: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: Family<EventLabels, Counter>,
+    pub events_lost: Family<StageLabels, Counter>,
+    pub kernel_verdicts: Family<VerdictLabels, Gauge<u64, AtomicU64>>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    pub policy_info: Family<PolicyLabels, Gauge>,
+    pub policy_rules: Gauge,
+    pub cgroups_known: Gauge,
+    pub decode_errors: Counter,
+    pub programs_attached: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tiergate");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events written, by kind, verdict, reason and tier",
+            events.clone(),
+        );
+        let events_lost = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "events_lost",
+            "Events lost, by pipeline stage (each loss is also reported as a loss event)",
+            events_lost.clone(),
+        );
+        let kernel_verdicts = Family::<VerdictLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "kernel_verdicts",
+            "Verdicts and drops counted in the kernel since the maps were created (all CPUs)",
+            kernel_verdicts.clone(),
+        );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy loads by result (applied, rejected, unchanged)",
+            policy_reloads.clone(),
+        );
+        let policy_info = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The policy in force (value 1)",
+            policy_info.clone(),
+        );
+        let policy_rules = Gauge::default();
+        registry.register(
+            "policy_rules",
+            "Destination-prefix entries of the policy in force",
+            policy_rules.clone(),
+        );
+        let cgroups_known = Gauge::default();
+        registry.register(
+            "cgroups_known",
+            "Cgroups in the kernel's cgroup → tier map",
+            cgroups_known.clone(),
+        );
+        let decode_errors = Counter::default();
+        registry.register(
+            "decode_errors",
+            "Ring-buffer records that could not be decoded",
+            decode_errors.clone(),
+        );
+        let programs_attached = Gauge::default();
+        registry.register(
+            "programs_attached",
+            "eBPF programs attached and pinned",
+            programs_attached.clone(),
+        );
+        Self {
+            registry,
+            events,
+            events_lost,
+            kernel_verdicts,
+            policy_reloads,
+            policy_info,
+            policy_rules,
+            cgroups_known,
+            decode_errors,
+            programs_attached,
+        }
+    }
+
+    pub fn lost(&self, stage: &str, n: u64) {
+        self.events_lost
+            .get_or_create(&StageLabels {
+                stage: stage.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.policy_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Text exposition for /metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,71 @@
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use metrics::Metrics;
+
+/// Readiness: every program attached and a policy in force.
+#[derive(Default)]
+pub struct Readiness {
+    pub programs_attached: AtomicBool,
+    pub policy_in_force: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.programs_attached.load(Ordering::Acquire)
+            && self.policy_in_force.load(Ordering::Acquire)
+    }
+}
+
+/// Binds the admin address (so a bad address fails start-up) and serves it.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.clone();
+                async move {
+                    if r.ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    }))
+}

@@ -1,0 +1,113 @@
+//! Command line (CONTRACT section 1).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// tiergate: eBPF node agent that enforces per-workload egress tiers.
+#[derive(Debug, Parser)]
+#[command(name = "tiergate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon: load the eBPF programs, enforce the policy, report events.
+    Agent(AgentArgs),
+    /// Validate and explain tier policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Detach and remove every pinned program, link and map.
+    Uninstall(UninstallArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Tier policy file; re-read on change and on SIGHUP.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Also write every event as one JSON object per line to FILE (`-` = stdout).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<String>,
+    /// cgroup v2 directory whose subtree is watched and enforced [default: the cgroup v2 mount].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where programs, links and maps are pinned (bpffs is mounted there if absent).
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Node name used in events [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+    /// Size of the kernel event ring buffer in bytes (a power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_bytes: u32,
+    /// Full rescan of the cgroup tree every this many seconds (a safety net
+    /// under the inotify watch).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub rescan_interval: u64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two of at least 4096"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a tier policy file: exit 0 with a summary, or 1 with every error as FILE:LINE:COL: message.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Say which binding and tier apply to a workload and whether a connection would be allowed, and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["cgroup", "pid"])))]
+pub struct ExplainArgs {
+    /// The policy file.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// cgroup v2 path as /proc/<pid>/cgroup shows it (e.g. /agents/tier0/tool).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// A running process whose cgroup is used.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Destination IP:PORT ([v6]:port for IPv6).
+    #[arg(long, value_name = "IP:PORT")]
+    pub to: SocketAddr,
+    /// Judge a UDP datagram instead of a TCP connect.
+    #[arg(long)]
+    pub udp: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The bpffs path the agent pinned to.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+}

@@ -1,0 +1,77 @@
+//! `tiergate policy explain`: the user-space replica of the kernel's verdict.
+
+use crate::cli::ExplainArgs;
+use crate::identity::cgroupfs;
+use crate::policy::{self, Proto, TierRef, Workload};
+
+/// Prints which binding and tier apply and the verdict with its reason.
+pub fn run(args: &ExplainArgs) -> i32 {
+    let p = match policy::load(&args.policy) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return 1;
+        }
+    };
+    let path = match (&args.cgroup, args.pid) {
+        (Some(c), _) => c.clone(),
+        (None, Some(pid)) => match cgroupfs::path_of_pid(pid) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("--pid {pid}: {e}");
+                return 1;
+            }
+        },
+        (None, None) => unreachable!("clap requires --cgroup or --pid"),
+    };
+    let assignment = p.assign(&Workload {
+        cgroup_path: &path,
+        pod: None,
+    });
+    let proto = if args.udp { Proto::Udp } else { Proto::Tcp };
+    let d = p.evaluate(assignment.tier, args.to.ip(), args.to.port(), proto);
+    let tier = match assignment.tier {
+        TierRef::Host => "host".to_string(),
+        TierRef::Tier(i) => p.tiers[i].name.clone(),
+    };
+    let binding = match assignment.binding {
+        Some(i) => format!("spec.bindings[{i}]"),
+        None if matches!(assignment.tier, TierRef::Host) => "none (host: not enforced)".to_string(),
+        None => "none (defaultTier)".to_string(),
+    };
+    let rule = d.rule.map(|(t, r)| format!("spec.tiers[{t}].egress[{r}]"));
+    if args.json {
+        let j = serde_json::json!({
+            "policy": {"name": p.name, "version": p.version},
+            "cgroup_path": path,
+            "binding": assignment.binding,
+            "tier": tier,
+            "destination": args.to.to_string(),
+            "protocol": if args.udp { "udp" } else { "tcp" },
+            "verdict": d.verdict.as_str(),
+            "reason": d.reason.as_str(),
+            "rule": rule,
+            "metadata_service": d.metadata_service,
+        });
+        println!("{j}");
+    } else {
+        println!("policy:      {} ({})", p.name, p.version);
+        println!("cgroup:      {path}");
+        println!("binding:     {binding}");
+        println!("tier:        {tier}");
+        println!(
+            "destination: {} {}",
+            args.to,
+            if args.udp { "udp" } else { "tcp" }
+        );
+        println!("verdict:     {}", d.verdict.as_str());
+        println!("reason:      {}", d.reason.as_str());
+        if let Some(r) = rule {
+            println!("rule:        {r}");
+        }
+        if d.metadata_service {
+            println!("note:        the destination is a cloud metadata endpoint");
+        }
+    }
+    0
+}

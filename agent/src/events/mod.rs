@@ -1,0 +1,5 @@
+//! The event path: ring buffer → decode → enrich → OCSF JSON → sinks.
+
+pub mod decode;
+pub mod ocsf;
+pub mod pipeline;

@@ -1,0 +1,453 @@
+//! OCSF 1.3 rendering of tiergate events (CONTRACT section 3).
+//!
+//! Connection attempts and refused sockets are Network Activity (class 4001,
+//! activity 1 "Open"). Records about the agent itself (losses, policy loads
+//! and rejections) are OCSF Base Events (class 0, activity 99 "Other") with
+//! `unmapped.tiergate.kind` saying which. Every record carries `seq` and a
+//! `metadata.uid` that stays the same when the record is sent again.
+
+use serde::Serialize;
+
+pub const PRODUCT: &str = "tiergate";
+pub const OCSF_VERSION: &str = "1.3.0";
+
+/// Fields every record shares, filled by the writer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope<'a> {
+    pub time: u64,
+    pub seq: u64,
+    pub uid: &'a str,
+    pub hostname: &'a str,
+    pub policy_name: Option<&'a str>,
+    pub policy_version: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Product<'a> {
+    name: &'a str,
+    vendor_name: &'a str,
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    uid: &'a str,
+    version: &'a str,
+    product: Product<'a>,
+}
+
+fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
+    Metadata {
+        uid,
+        version: OCSF_VERSION,
+        product: Product {
+            name: PRODUCT,
+            vendor_name: PRODUCT,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct Device<'a> {
+    hostname: &'a str,
+    type_id: u8,
+}
+
+#[derive(Serialize)]
+struct Process<'a> {
+    pid: u32,
+    name: &'a str,
+    tid: u32,
+}
+
+#[derive(Serialize)]
+struct User {
+    uid: String,
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    process: Process<'a>,
+    user: User,
+}
+
+#[derive(Serialize)]
+struct ConnectionInfo<'a> {
+    protocol_name: &'a str,
+    protocol_num: u8,
+    direction_id: u8,
+    direction: &'a str,
+}
+
+#[derive(Serialize)]
+struct Endpoint {
+    ip: String,
+    port: u16,
+}
+
+/// Identity of the workload that acted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Workload {
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PolicyRef<'a> {
+    name: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
+/// The tiergate-specific part of a connection or socket record.
+#[derive(Debug, Clone)]
+pub struct Verdict<'a> {
+    pub verdict: &'a str,
+    pub reason: &'a str,
+    pub tier: &'a str,
+    pub hook: &'a str,
+    pub metadata_service: bool,
+    /// The tier came from an ancestor cgroup (user space had not seen it yet).
+    pub inherited: bool,
+}
+
+#[derive(Serialize)]
+struct TiergateConn<'a> {
+    kind: &'a str,
+    seq: u64,
+    verdict: &'a str,
+    reason: &'a str,
+    tier: &'a str,
+    hook: &'a str,
+    metadata_service: bool,
+    tier_inherited: bool,
+    policy: PolicyRef<'a>,
+    workload: &'a Workload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<SocketInfo>,
+}
+
+/// socket() arguments of a refused socket.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SocketInfo {
+    pub family: u32,
+    #[serde(rename = "type")]
+    pub sock_type: u32,
+    pub protocol: u32,
+}
+
+#[derive(Serialize)]
+struct Unmapped<T> {
+    tiergate: T,
+}
+
+#[derive(Serialize)]
+struct NetworkActivity<'a> {
+    class_uid: u32,
+    class_name: &'a str,
+    category_uid: u32,
+    category_name: &'a str,
+    activity_id: u32,
+    activity_name: &'a str,
+    type_uid: u32,
+    type_name: &'a str,
+    severity_id: u8,
+    time: u64,
+    action_id: u8,
+    action: &'a str,
+    disposition_id: u8,
+    disposition: &'a str,
+    status_id: u8,
+    connection_info: ConnectionInfo<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_endpoint: Option<Endpoint>,
+    actor: Actor<'a>,
+    device: Device<'a>,
+    metadata: Metadata<'a>,
+    unmapped: Unmapped<TiergateConn<'a>>,
+}
+
+/// The acting process.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub name: String,
+}
+
+/// Renders a connection attempt (or, with `dst` None and `socket` set, a
+/// refused socket) as one JSON line (no trailing newline).
+#[allow(clippy::too_many_arguments)]
+pub fn network_activity(
+    env: &Envelope<'_>,
+    v: &Verdict<'_>,
+    protocol_num: u8,
+    dst: Option<(std::net::IpAddr, u16)>,
+    socket: Option<SocketInfo>,
+    process: &ProcessInfo,
+    workload: &Workload,
+    out: &mut Vec<u8>,
+) {
+    let blocked = v.verdict == "deny";
+    let protocol_name = match protocol_num {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    };
+    let rec = NetworkActivity {
+        class_uid: 4001,
+        class_name: "Network Activity",
+        category_uid: 4,
+        category_name: "Network Activity",
+        activity_id: 1,
+        activity_name: "Open",
+        type_uid: 400101,
+        type_name: "Network Activity: Open",
+        // Informational for allowed, Medium for blocked or audit-denied.
+        severity_id: if v.verdict == "allow" { 1 } else { 3 },
+        time: env.time,
+        action_id: if blocked { 2 } else { 1 },
+        action: if blocked { "Denied" } else { "Allowed" },
+        disposition_id: if blocked { 2 } else { 1 },
+        disposition: if blocked { "Blocked" } else { "Allowed" },
+        status_id: if blocked { 2 } else { 1 },
+        connection_info: ConnectionInfo {
+            protocol_name,
+            protocol_num,
+            direction_id: 2,
+            direction: "Outbound",
+        },
+        dst_endpoint: dst.map(|(ip, port)| Endpoint {
+            ip: ip.to_string(),
+            port,
+        }),
+        actor: Actor {
+            process: Process {
+                pid: process.pid,
+                name: &process.name,
+                tid: process.tid,
+            },
+            user: User {
+                uid: process.uid.to_string(),
+            },
+        },
+        device: Device {
+            hostname: env.hostname,
+            type_id: 0,
+        },
+        metadata: metadata(env.uid),
+        unmapped: Unmapped {
+            tiergate: TiergateConn {
+                kind: if socket.is_some() {
+                    "socket"
+                } else {
+                    "connection"
+                },
+                seq: env.seq,
+                verdict: v.verdict,
+                reason: v.reason,
+                tier: v.tier,
+                hook: v.hook,
+                metadata_service: v.metadata_service,
+                tier_inherited: v.inherited,
+                policy: PolicyRef {
+                    name: env.policy_name,
+                    version: env.policy_version,
+                },
+                workload,
+                socket,
+            },
+        },
+    };
+    serde_json::to_writer(&mut *out, &rec).expect("serializing to a Vec cannot fail");
+}
+
+#[derive(Serialize)]
+struct BaseEvent<'a, T: Serialize> {
+    class_uid: u32,
+    class_name: &'a str,
+    category_uid: u32,
+    category_name: &'a str,
+    activity_id: u32,
+    activity_name: &'a str,
+    type_uid: u32,
+    severity_id: u8,
+    status_id: u8,
+    time: u64,
+    message: &'a str,
+    device: Device<'a>,
+    metadata: Metadata<'a>,
+    unmapped: Unmapped<T>,
+}
+
+/// Renders an agent record (loss, policy) as an OCSF Base Event. `detail`
+/// becomes `unmapped.tiergate` (it must carry `kind`); `seq` and `policy`
+/// are added here.
+pub fn base_event(
+    env: &Envelope<'_>,
+    message: &str,
+    failure: bool,
+    detail: serde_json::Value,
+    out: &mut Vec<u8>,
+) {
+    let mut detail = detail;
+    if let Some(obj) = detail.as_object_mut() {
+        obj.insert("seq".into(), env.seq.into());
+        obj.insert(
+            "policy".into(),
+            serde_json::json!({"name": env.policy_name, "version": env.policy_version}),
+        );
+    }
+    let rec = BaseEvent {
+        class_uid: 0,
+        class_name: "Base Event",
+        category_uid: 0,
+        category_name: "Uncategorized",
+        activity_id: 99,
+        activity_name: "Other",
+        type_uid: 99,
+        severity_id: if failure { 4 } else { 1 },
+        status_id: if failure { 2 } else { 1 },
+        time: env.time,
+        message,
+        device: Device {
+            hostname: env.hostname,
+            type_id: 0,
+        },
+        metadata: metadata(env.uid),
+        unmapped: Unmapped { tiergate: detail },
+    };
+    serde_json::to_writer(&mut *out, &rec).expect("serializing to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn env() -> Envelope<'static> {
+        Envelope {
+            time: 1_700_000_000_123,
+            seq: 7,
+            uid: "abc-7",
+            hostname: "node-1",
+            policy_name: Some("ai-platform"),
+            policy_version: Some("sha256:00"),
+        }
+    }
+
+    #[test]
+    fn connection_record_has_every_contract_field() {
+        let v = Verdict {
+            verdict: "deny",
+            reason: "no-matching-rule",
+            tier: "tier0",
+            hook: "connect4",
+            metadata_service: false,
+            inherited: false,
+        };
+        let p = ProcessInfo {
+            pid: 42,
+            tid: 43,
+            uid: 0,
+            name: "curl".into(),
+        };
+        let w = Workload {
+            cgroup_id: 9,
+            cgroup_path: Some("/agents/tier0".into()),
+            systemd_unit: None,
+        };
+        let mut out = Vec::new();
+        network_activity(
+            &env(),
+            &v,
+            6,
+            Some(("10.0.0.1".parse().unwrap(), 443)),
+            None,
+            &p,
+            &w,
+            &mut out,
+        );
+        let j: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["class_uid"], 4001);
+        assert_eq!(j["activity_id"], 1);
+        assert_eq!(j["activity_name"], "Open");
+        assert_eq!(j["time"], 1_700_000_000_123u64);
+        assert_eq!(j["disposition_id"], 2);
+        assert_eq!(j["disposition"], "Blocked");
+        assert_eq!(j["connection_info"]["protocol_name"], "tcp");
+        assert_eq!(j["dst_endpoint"]["ip"], "10.0.0.1");
+        assert_eq!(j["dst_endpoint"]["port"], 443);
+        assert_eq!(j["actor"]["process"]["pid"], 42);
+        assert_eq!(j["actor"]["process"]["name"], "curl");
+        assert_eq!(j["device"]["hostname"], "node-1");
+        assert_eq!(j["metadata"]["uid"], "abc-7");
+        assert_eq!(j["metadata"]["product"]["name"], "tiergate");
+        let t = &j["unmapped"]["tiergate"];
+        assert_eq!(t["seq"], 7);
+        assert_eq!(t["verdict"], "deny");
+        assert_eq!(t["reason"], "no-matching-rule");
+        assert_eq!(t["tier"], "tier0");
+        assert_eq!(t["policy"]["name"], "ai-platform");
+        assert_eq!(t["policy"]["version"], "sha256:00");
+        assert_eq!(t["workload"]["cgroup_id"], 9);
+        assert_eq!(t["workload"]["cgroup_path"], "/agents/tier0");
+        assert_eq!(t["metadata_service"], false);
+    }
+
+    #[test]
+    fn audit_deny_is_allowed_disposition() {
+        let v = Verdict {
+            verdict: "audit-deny",
+            reason: "metadata-service",
+            tier: "t",
+            hook: "connect4",
+            metadata_service: true,
+            inherited: false,
+        };
+        let p = ProcessInfo {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            name: "x".into(),
+        };
+        let mut out = Vec::new();
+        network_activity(
+            &env(),
+            &v,
+            17,
+            Some(("169.254.169.254".parse().unwrap(), 80)),
+            None,
+            &p,
+            &Workload::default(),
+            &mut out,
+        );
+        let j: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["disposition_id"], 1);
+        assert_eq!(j["disposition"], "Allowed");
+        assert_eq!(j["connection_info"]["protocol_name"], "udp");
+        assert_eq!(j["unmapped"]["tiergate"]["verdict"], "audit-deny");
+        assert_eq!(j["unmapped"]["tiergate"]["metadata_service"], true);
+    }
+
+    #[test]
+    fn base_event_carries_kind_seq_and_policy() {
+        let mut out = Vec::new();
+        base_event(
+            &env(),
+            "lost 3 events",
+            true,
+            serde_json::json!({"kind": "loss", "count": 3}),
+            &mut out,
+        );
+        let j: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["class_uid"], 0);
+        assert_eq!(j["unmapped"]["tiergate"]["kind"], "loss");
+        assert_eq!(j["unmapped"]["tiergate"]["count"], 3);
+        assert_eq!(j["unmapped"]["tiergate"]["seq"], 7);
+        assert_eq!(j["unmapped"]["tiergate"]["policy"]["name"], "ai-platform");
+    }
+}

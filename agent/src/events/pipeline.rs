@@ -1,0 +1,581 @@
+//! Kernel ring buffer → bounded queues → enrichment → JSON lines.
+//!
+//! The reader never blocks: it drains the ring when epoll says it is readable
+//! and hands records to one of two bounded queues (denies, audit-denies and
+//! metadata accesses on the priority queue, allowed connections on the other).
+//! A full queue drops the record and counts it. The writer drains the
+//! priority queue first, assigns the per-agent sequence number, renders OCSF
+//! and writes to the sinks, and turns every counted loss (kernel ring full,
+//! allowed events shed by the kernel under pressure, queue full) into a loss
+//! record of its own.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use agent_common::{
+    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
+    HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_EGRESS_RULE, REASON_HOST, REASON_LOOPBACK,
+    REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
+    VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
+};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::decode::{self, KernelEvent};
+use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
+use crate::admin::metrics::{EventLabels, Metrics, VerdictLabels};
+use crate::identity::cgroupfs;
+use crate::state::{NodeState, tier_name};
+
+/// Capacity of each user-space queue (records).
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// Records lost between the reader and the writer.
+#[derive(Default)]
+pub struct QueueLosses {
+    pub priority: AtomicU64,
+    pub normal: AtomicU64,
+}
+
+/// Agent-level records (policy loads, rejections) for the writer.
+#[derive(Debug)]
+pub struct AgentRecord {
+    pub message: String,
+    pub failure: bool,
+    /// Becomes `unmapped.tiergate`; must contain `kind`.
+    pub detail: serde_json::Value,
+}
+
+/// Senders the reader uses.
+pub struct Queues {
+    pub priority: mpsc::Sender<KernelEvent>,
+    pub normal: mpsc::Sender<KernelEvent>,
+    pub losses: Arc<QueueLosses>,
+}
+
+/// Reads the ring buffer until the task is dropped.
+pub async fn run_reader(
+    ring: RingBuf<MapData>,
+    queues: Queues,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
+    // as long as it lives, which is as long as the AsyncFd that owns it.
+    let mut fd = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| std::io::Error::other(format!("cannot poll the ring buffer: {e}")))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode::decode(&item) {
+                Ok(ev) => {
+                    let (tx, lost) = if ev.is_priority() {
+                        (&queues.priority, &queues.losses.priority)
+                    } else {
+                        (&queues.normal, &queues.losses.normal)
+                    };
+                    if tx.try_send(ev).is_err() {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    metrics.decode_errors.inc();
+                    tracing::warn!(error = %e, "undecodable ring-buffer record");
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Where rendered lines go.
+pub trait Sink: Send {
+    fn name(&self) -> &str;
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// A JSON-lines file or stdout.
+pub struct LineSink {
+    name: String,
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+}
+
+impl LineSink {
+    /// `-` is stdout; anything else a file opened for appending.
+    pub fn open(target: &str) -> std::io::Result<Self> {
+        let w: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)?,
+            )
+        };
+        Ok(Self {
+            name: target.to_string(),
+            out: std::io::BufWriter::with_capacity(256 * 1024, w),
+        })
+    }
+}
+
+impl Sink for LineSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(line)?;
+        self.out.write_all(b"\n")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Kernel counters the writer turns into loss records.
+pub struct KernelCounters {
+    pub counters: PerCpuArray<MapData, u64>,
+    pub reported: Array<MapData, u64>,
+}
+
+impl KernelCounters {
+    fn total(&self, slot: u32) -> u64 {
+        self.counters
+            .get(&slot, 0)
+            .map(|v| v.iter().copied().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// The writer's fixed context.
+pub struct WriterConfig {
+    pub hostname: String,
+    /// Distinguishes this agent run in `metadata.uid`.
+    pub instance: String,
+    /// The cgroup hierarchy and the watched root, to name a cgroup the
+    /// control loop has not reported yet.
+    pub cgroups: (cgroupfs::CgroupFs, std::path::PathBuf),
+}
+
+/// The writer: enrichment, sequence numbers, rendering, loss records.
+pub struct Writer {
+    cfg: WriterConfig,
+    state: Arc<NodeState>,
+    metrics: Arc<Metrics>,
+    sinks: Vec<Box<dyn Sink>>,
+    kernel: KernelCounters,
+    losses: Arc<QueueLosses>,
+    seq: u64,
+    boot_to_epoch_ns: i128,
+    buf: Vec<u8>,
+}
+
+/// Writer inputs.
+pub struct WriterInputs {
+    pub priority: mpsc::Receiver<KernelEvent>,
+    pub normal: mpsc::Receiver<KernelEvent>,
+    pub agent: mpsc::UnboundedReceiver<AgentRecord>,
+}
+
+const BATCH: usize = 4096;
+
+impl Writer {
+    pub fn new(
+        cfg: WriterConfig,
+        state: Arc<NodeState>,
+        metrics: Arc<Metrics>,
+        sinks: Vec<Box<dyn Sink>>,
+        kernel: KernelCounters,
+        losses: Arc<QueueLosses>,
+    ) -> Self {
+        Self {
+            cfg,
+            state,
+            metrics,
+            sinks,
+            kernel,
+            losses,
+            seq: 0,
+            boot_to_epoch_ns: boot_to_epoch_offset_ns(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Runs until every input is closed.
+    pub async fn run(mut self, mut inputs: WriterInputs) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Losses from before this run (e.g. the ring filled while no agent
+        // read it) are reported first.
+        self.report_losses();
+        loop {
+            tokio::select! {
+                biased;
+                Some(ev) = inputs.priority.recv() => self.kernel_event(ev),
+                Some(rec) = inputs.agent.recv() => self.agent_record(rec),
+                Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
+                _ = tick.tick() => {
+                    self.report_losses();
+                    self.flush();
+                    continue;
+                }
+                else => break,
+            }
+            // Drain what is already queued before flushing, priority first.
+            for _ in 0..BATCH {
+                if let Ok(ev) = inputs.priority.try_recv() {
+                    self.kernel_event(ev);
+                } else if let Ok(ev) = inputs.normal.try_recv() {
+                    self.kernel_event(ev);
+                } else {
+                    break;
+                }
+            }
+            self.flush();
+        }
+        self.report_losses();
+        self.flush();
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn epoch_ms(&self, boot_ns: u64) -> u64 {
+        ((boot_ns as i128 + self.boot_to_epoch_ns) / 1_000_000).max(0) as u64
+    }
+
+    fn kernel_event(&mut self, ev: KernelEvent) {
+        match ev {
+            KernelEvent::Connect(c) => self.connect(&c),
+            KernelEvent::Socket(s) => self.socket(&s),
+        }
+    }
+
+    fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
+        let path = self
+            .state
+            .cgroup_path(cgroup_id)
+            .map(|p| p.to_string())
+            // Not reported by the watcher yet: ask /proc, and if the process
+            // is gone too, look for the directory with that inode.
+            .or_else(|| cgroupfs::path_of_pid(pid).ok())
+            .or_else(|| {
+                let (fs, root) = &self.cfg.cgroups;
+                cgroupfs::walk(root)
+                    .into_iter()
+                    .find(|d| cgroupfs::cgroup_id(d).ok() == Some(cgroup_id))
+                    .and_then(|d| fs.path_of(&d).ok())
+            });
+        let systemd_unit = path
+            .as_deref()
+            .and_then(cgroupfs::systemd_unit)
+            .map(str::to_string);
+        Workload {
+            cgroup_id,
+            cgroup_path: path,
+            systemd_unit,
+        }
+    }
+
+    fn connect(&mut self, c: &ConnectEvent) {
+        let h = &c.header;
+        let policy = self.state.policy(c.generation);
+        let tier = tier_name(policy.as_deref(), c.tier);
+        let process = process_info(h);
+        let workload = self.workload(h.cgroup_id, process.pid);
+        let verdict = Verdict {
+            verdict: verdict_str(c.verdict),
+            reason: reason_str(c.reason),
+            tier: &tier,
+            hook: hook_str(c.hook),
+            metadata_service: c.flags & CONNECT_F_METADATA != 0,
+            inherited: c.flags & CONNECT_F_INHERITED != 0,
+        };
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                kind: "connection".into(),
+                verdict: verdict.verdict.into(),
+                reason: verdict.reason.into(),
+                tier: tier.clone(),
+            })
+            .inc();
+        let seq = self.next_seq();
+        let uid = format!("{}-{seq}", self.cfg.instance);
+        let env = Envelope {
+            time: self.epoch_ms(h.boot_ns),
+            seq,
+            uid: &uid,
+            hostname: &self.cfg.hostname,
+            policy_name: policy.as_deref().map(|p| p.name.as_str()),
+            policy_version: policy.as_deref().map(|p| p.version.as_str()),
+        };
+        self.buf.clear();
+        ocsf::network_activity(
+            &env,
+            &verdict,
+            c.protocol,
+            Some((decode::destination(c.addr), c.port)),
+            None,
+            &process,
+            &workload,
+            &mut self.buf,
+        );
+        self.emit();
+    }
+
+    fn socket(&mut self, s: &SocketEvent) {
+        let h = &s.header;
+        let policy = self.state.policy(s.generation);
+        let tier = tier_name(policy.as_deref(), s.tier);
+        let process = process_info(h);
+        let workload = self.workload(h.cgroup_id, process.pid);
+        let verdict = Verdict {
+            verdict: verdict_str(s.verdict),
+            reason: reason_str(s.reason),
+            tier: &tier,
+            hook: "socket_create",
+            metadata_service: false,
+            inherited: false,
+        };
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                kind: "socket".into(),
+                verdict: verdict.verdict.into(),
+                reason: verdict.reason.into(),
+                tier: tier.clone(),
+            })
+            .inc();
+        let seq = self.next_seq();
+        let uid = format!("{}-{seq}", self.cfg.instance);
+        let env = Envelope {
+            time: self.epoch_ms(h.boot_ns),
+            seq,
+            uid: &uid,
+            hostname: &self.cfg.hostname,
+            policy_name: policy.as_deref().map(|p| p.name.as_str()),
+            policy_version: policy.as_deref().map(|p| p.version.as_str()),
+        };
+        let info = SocketInfo {
+            family: s.family,
+            sock_type: s.sock_type,
+            protocol: s.protocol,
+        };
+        let proto = match s.protocol {
+            6 => 6,
+            17 => 17,
+            _ => 0,
+        };
+        self.buf.clear();
+        ocsf::network_activity(
+            &env,
+            &verdict,
+            proto,
+            None,
+            Some(info),
+            &process,
+            &workload,
+            &mut self.buf,
+        );
+        self.emit();
+    }
+
+    /// Writes an agent-level record (policy loaded or rejected, loss).
+    pub fn agent_record(&mut self, rec: AgentRecord) {
+        let seq = self.next_seq();
+        let uid = format!("{}-{seq}", self.cfg.instance);
+        let policy = self.state.active_policy();
+        let env = Envelope {
+            time: now_epoch_ms(),
+            seq,
+            uid: &uid,
+            hostname: &self.cfg.hostname,
+            policy_name: policy.as_deref().map(|p| p.name.as_str()),
+            policy_version: policy.as_deref().map(|p| p.version.as_str()),
+        };
+        self.buf.clear();
+        ocsf::base_event(&env, &rec.message, rec.failure, rec.detail, &mut self.buf);
+        self.emit();
+    }
+
+    fn emit(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.write_line(&self.buf) {
+                self.metrics.lost(&format!("sink:{}", sink.name()), 1);
+                tracing::error!(sink = sink.name(), error = %e, "cannot write event");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.flush() {
+                tracing::error!(sink = sink.name(), error = %e, "cannot flush events");
+            }
+        }
+    }
+
+    /// Turns new losses into loss records and metrics.
+    fn report_losses(&mut self) {
+        for (slot, label) in [
+            (counter::ALLOW, "allow"),
+            (counter::DENY, "deny"),
+            (counter::AUDIT_DENY, "audit-deny"),
+            (counter::SOCKET_DENY, "socket-deny"),
+            (counter::INHERITED, "inherited"),
+        ] {
+            self.metrics
+                .kernel_verdicts
+                .get_or_create(&VerdictLabels {
+                    verdict: label.into(),
+                })
+                .set(self.kernel.total(slot));
+        }
+        for (slot, stage, what) in [
+            (
+                counter::RINGBUF_LOST,
+                "kernel-ringbuf",
+                "the kernel ring buffer was full",
+            ),
+            (
+                counter::ALLOW_SHED,
+                "kernel-shed-allowed",
+                "allowed-connection events were shed by the kernel to keep room for denies",
+            ),
+        ] {
+            let total = self.kernel.total(slot);
+            let reported = self.kernel.reported.get(&slot, 0).unwrap_or(0);
+            if total > reported {
+                let n = total - reported;
+                self.loss_record(stage, n, what);
+                if let Err(e) = self.kernel.reported.set(slot, total, 0) {
+                    tracing::error!(error = %e, "cannot record reported loss count");
+                }
+            }
+        }
+        let losses = self.losses.clone();
+        for (counter, stage, what) in [
+            (
+                &losses.priority,
+                "agent-queue-priority",
+                "the agent's priority queue was full",
+            ),
+            (&losses.normal, "agent-queue", "the agent's queue was full"),
+        ] {
+            let n = counter.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                self.loss_record(stage, n, what);
+            }
+        }
+    }
+
+    fn loss_record(&mut self, stage: &str, count: u64, what: &str) {
+        self.metrics.lost(stage, count);
+        let after = self.seq;
+        tracing::warn!(stage, count, "events lost");
+        self.agent_record(AgentRecord {
+            message: format!("{count} events lost: {what}"),
+            failure: true,
+            detail: serde_json::json!({
+                "kind": "loss",
+                "stage": stage,
+                "count": count,
+                // The lost records never got numbers: they fell after
+                // `after_seq` and before this record's own seq.
+                "seq_range": {"after_seq": after, "before_seq": after + 1},
+            }),
+        });
+    }
+}
+
+fn process_info(h: &agent_common::EventHeader) -> ProcessInfo {
+    ProcessInfo {
+        pid: (h.pid_tgid >> 32) as u32,
+        tid: h.pid_tgid as u32,
+        uid: h.uid_gid as u32,
+        name: decode::comm(&h.comm),
+    }
+}
+
+pub fn verdict_str(v: u8) -> &'static str {
+    match v {
+        VERDICT_ALLOW => "allow",
+        VERDICT_AUDIT_DENY => "audit-deny",
+        _ => "deny",
+    }
+}
+
+pub fn reason_str(r: u8) -> &'static str {
+    match r {
+        REASON_LOOPBACK => "loopback",
+        REASON_EGRESS_RULE => "egress-rule",
+        REASON_NO_MATCHING_RULE => "no-matching-rule",
+        REASON_METADATA_SERVICE => "metadata-service",
+        REASON_HOST => "host",
+        REASON_SOCKET_TYPE => "socket-type",
+        _ => "unknown",
+    }
+}
+
+fn hook_str(h: u8) -> &'static str {
+    match h {
+        HOOK_CONNECT4 => "connect4",
+        HOOK_CONNECT6 => "connect6",
+        HOOK_SENDMSG4 => "sendmsg4",
+        HOOK_SENDMSG6 => "sendmsg6",
+        _ => "unknown",
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(clock, &mut ts);
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    }
+}
+
+/// realtime − boottime: adds to a `bpf_ktime_get_boot_ns` stamp to get epoch ns.
+fn boot_to_epoch_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+pub fn now_epoch_ms() -> u64 {
+    (clock_ns(libc::CLOCK_REALTIME) / 1_000_000) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_contract_strings() {
+        assert_eq!(verdict_str(VERDICT_ALLOW), "allow");
+        assert_eq!(verdict_str(agent_common::VERDICT_DENY), "deny");
+        assert_eq!(verdict_str(VERDICT_AUDIT_DENY), "audit-deny");
+        assert_eq!(reason_str(REASON_EGRESS_RULE), "egress-rule");
+        assert_eq!(reason_str(REASON_NO_MATCHING_RULE), "no-matching-rule");
+        assert_eq!(reason_str(REASON_METADATA_SERVICE), "metadata-service");
+        assert_eq!(reason_str(REASON_LOOPBACK), "loopback");
+    }
+
+    #[test]
+    fn boot_clock_offset_gives_now() {
+        let now_boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let epoch = now_boot + boot_to_epoch_offset_ns();
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        assert!(
+            (real - epoch).abs() < 1_000_000_000,
+            "offset off by more than 1 s"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! tiergate: an eBPF node agent that enforces per-workload egress tiers.
+//!
+//! Data flows kernel → ring buffer → enrichment → sinks; see ARCHITECTURE.md.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod enforcement;
+pub mod events;
+pub mod identity;
+pub mod policy;
+pub mod preflight;
+pub mod state;

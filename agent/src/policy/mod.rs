@@ -1,0 +1,25 @@
+//! Tier policy: parsing and validation of the policy file (CONTRACT section
+//! 2), tier assignment of workloads, compilation to kernel map entries, the
+//! user-space replica of the kernel verdict, and the policy version id.
+//!
+//! Everything here is pure (no I/O except [`load`]), so it is tested without
+//! privileges and reused by `tiergate policy check` / `explain`.
+
+// Submodules are public for path imports; the re-exports below are the API.
+pub mod assign;
+pub mod compile;
+pub mod explain;
+pub mod glob;
+pub mod model;
+pub mod parse;
+pub mod version;
+
+pub use assign::{Assignment, PodIdentity, TierRef, Workload, is_pod_cgroup};
+pub use compile::{CompileError, Compiled, CompiledRule, MAX_RULES};
+pub use explain::{Decision, Proto, Reason, Verdict, is_loopback, is_metadata_endpoint};
+pub use glob::{Coverage, Glob, MAX_GLOB_SEGMENTS, SpiffePattern};
+pub use model::{
+    API_VERSION, Binding, DEFAULT_TRUST_DOMAIN, EgressRule, HOST_TIER_NAME, KIND, Match,
+    MetadataAccess, Mode, Policy, Protocols, Tier, normalize_addr, normalize_net,
+};
+pub use parse::{PolicyError, PolicyErrors, load, parse_str};

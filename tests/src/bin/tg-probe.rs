@@ -1,0 +1,176 @@
+//! Test client and server. It moves itself into a cgroup and a network
+//! namespace first (`--cgroup DIR --netns NAME`), so the kernel judges it as a
+//! workload of that cgroup and its packets never leave that namespace.
+//!
+//!   tg-probe [--cgroup DIR] [--netns NAME] connect [--udp|--sendto] ADDR:PORT...
+//!   tg-probe [--cgroup DIR] [--netns NAME] socket raw|packet|ping|sctp
+//!   tg-probe [--cgroup DIR] [--netns NAME] serve ADDR:PORT...
+//!   tg-probe [--cgroup DIR] hold
+//!
+//! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EPROTONOSUPPORT) => "errno93".into(),
+        Some(n) => format!("errno{n}"),
+        None => format!("{e}"),
+    }
+}
+
+fn enter(cgroup: Option<&str>, netns: Option<&str>) {
+    if let Some(dir) = cgroup {
+        std::fs::write(
+            format!("{dir}/cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap_or_else(|e| panic!("cannot join cgroup {dir}: {e}"));
+    }
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(format!("/run/netns/{ns}"))
+            .unwrap_or_else(|e| panic!("netns {ns}: {e}"));
+        // SAFETY: setns on a valid fd of a netns file; single-threaded here.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn connect(mode: &str, target: &str) -> String {
+    let addr: SocketAddr = match target.parse() {
+        Ok(a) => a,
+        Err(e) => return format!("bad-address {e}"),
+    };
+    let r = match mode {
+        "tcp" => TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map(|mut s| {
+            let _ = s.write_all(b"x");
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        }),
+        "udp" => {
+            let bind = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            UdpSocket::bind(bind)
+                .and_then(|s| s.connect(addr).and_then(|_| s.send(b"x").map(|_| ())))
+        }
+        "sendto" => {
+            let bind = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            UdpSocket::bind(bind).and_then(|s| s.send_to(b"x", addr).map(|_| ()))
+        }
+        _ => unreachable!(),
+    };
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => errno_name(&e),
+    }
+}
+
+fn socket(kind: &str) -> String {
+    let (family, ty, proto) = match kind {
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        "packet" => (libc::AF_PACKET, libc::SOCK_RAW, 0x0300),
+        "ping" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "sctp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        "udplite" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        "tcp" => (libc::AF_INET, libc::SOCK_STREAM, 0),
+        other => panic!("unknown socket kind {other}"),
+    };
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(family, ty, proto) };
+    if fd >= 0 {
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        "ok".into()
+    } else {
+        errno_name(&std::io::Error::last_os_error())
+    }
+}
+
+fn serve(targets: &[String]) -> ! {
+    for t in targets {
+        let addr: SocketAddr = t.parse().expect("serve ADDR:PORT");
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut b = [0u8; 64];
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    if let Ok(n) = s.read(&mut b) {
+                        let _ = s.write_all(&b[..n]);
+                    }
+                });
+            }
+        });
+        let u = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while u.recv_from(&mut b).is_ok() {}
+        });
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut cgroup = None;
+    let mut netns = None;
+    while args.len() >= 2 && args[0].starts_with("--") {
+        match args[0].as_str() {
+            "--cgroup" => cgroup = Some(args[1].clone()),
+            "--netns" => netns = Some(args[1].clone()),
+            _ => break,
+        }
+        args.drain(..2);
+    }
+    enter(cgroup.as_deref(), netns.as_deref());
+    match args.first().map(String::as_str) {
+        Some("connect") => {
+            let mut mode = "tcp";
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--udp" => mode = "udp",
+                    "--sendto" => mode = "sendto",
+                    "--tcp" => mode = "tcp",
+                    t => println!("{}", connect(mode, t)),
+                }
+            }
+        }
+        Some("socket") => {
+            for k in &args[1..] {
+                println!("{}", socket(k));
+            }
+        }
+        Some("serve") => serve(&args[1..]),
+        Some("hold") => {
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        _ => {
+            eprintln!(
+                "usage: tg-probe [--cgroup DIR] [--netns NAME] connect|socket|serve|hold ..."
+            );
+            std::process::exit(64);
+        }
+    }
+}
