@@ -8,7 +8,7 @@ use agent_common::{
 };
 
 /// One record as the kernel wrote it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     Connect(ConnectEvent),
     Socket(SocketEvent),
@@ -143,6 +143,7 @@ mod tests {
         a[12..].copy_from_slice(&[10, 20, 0, 1]);
         assert_eq!(destination(a).to_string(), "10.20.0.1");
         a[10] = 0;
+        a[11] = 0;
         assert_eq!(destination(a).to_string(), "::a14:1");
         assert_eq!(comm(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
     }
