@@ -28,7 +28,7 @@ fn main() {
                 Ok(()) => 0,
                 Err(e) => {
                     // One clear sentence (with its causes) on stderr.
-                    eprintln!("tiergate agent: {e:#}");
+                    eprintln!("tiergate: {e:#}");
                     1
                 }
             }
