@@ -2,9 +2,9 @@
 //! BPF target links with it); `cargo xtask setup` installs it.
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");
-    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") {
-        if let Err(e) = which::which("bpf-linker") {
-            panic!("bpf-linker not found on PATH ({e}); run `cargo xtask setup`");
-        }
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf")
+        && let Err(e) = which::which("bpf-linker")
+    {
+        panic!("bpf-linker not found on PATH ({e}); run `cargo xtask setup`");
     }
 }

@@ -97,27 +97,30 @@ mod tests {
 
     #[test]
     fn decodes_connect_and_socket_records() {
-        let mut c = ConnectEvent::default();
-        c.header.kind = EVENT_CONNECT;
-        c.port = 443;
-        c.verdict = 1;
+        let c = ConnectEvent {
+            header: EventHeader { kind: EVENT_CONNECT, ..Default::default() },
+            port: 443,
+            verdict: 1,
+            ..Default::default()
+        };
         let KernelEvent::Connect(back) = decode(&bytes_of(&c)).unwrap() else {
             panic!("kind")
         };
         assert_eq!(back, c);
         assert!(KernelEvent::Connect(back).is_priority());
 
-        let mut s = SocketEvent::default();
-        s.header.kind = EVENT_SOCKET;
-        s.family = 17;
+        let s = SocketEvent {
+            header: EventHeader { kind: EVENT_SOCKET, ..Default::default() },
+            family: 17,
+            ..Default::default()
+        };
         assert!(matches!(decode(&bytes_of(&s)).unwrap(), KernelEvent::Socket(x) if x.family == 17));
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode(&[0u8; 8]), Err(DecodeError::Short(8)));
-        let mut h = EventHeader::default();
-        h.kind = 99;
+        let mut h = EventHeader { kind: 99, ..Default::default() };
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
         h.kind = EVENT_CONNECT;
         assert!(matches!(
@@ -128,8 +131,10 @@ mod tests {
 
     #[test]
     fn allowed_plain_connects_are_not_priority() {
-        let mut c = ConnectEvent::default();
-        c.header.kind = EVENT_CONNECT;
+        let mut c = ConnectEvent {
+            header: EventHeader { kind: EVENT_CONNECT, ..Default::default() },
+            ..Default::default()
+        };
         assert!(!KernelEvent::Connect(c).is_priority());
         c.flags = CONNECT_F_METADATA;
         assert!(KernelEvent::Connect(c).is_priority());
