@@ -98,7 +98,10 @@ mod tests {
     #[test]
     fn decodes_connect_and_socket_records() {
         let c = ConnectEvent {
-            header: EventHeader { kind: EVENT_CONNECT, ..Default::default() },
+            header: EventHeader {
+                kind: EVENT_CONNECT,
+                ..Default::default()
+            },
             port: 443,
             verdict: 1,
             ..Default::default()
@@ -110,7 +113,10 @@ mod tests {
         assert!(KernelEvent::Connect(back).is_priority());
 
         let s = SocketEvent {
-            header: EventHeader { kind: EVENT_SOCKET, ..Default::default() },
+            header: EventHeader {
+                kind: EVENT_SOCKET,
+                ..Default::default()
+            },
             family: 17,
             ..Default::default()
         };
@@ -120,7 +126,10 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_records() {
         assert_eq!(decode(&[0u8; 8]), Err(DecodeError::Short(8)));
-        let mut h = EventHeader { kind: 99, ..Default::default() };
+        let mut h = EventHeader {
+            kind: 99,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
         h.kind = EVENT_CONNECT;
         assert!(matches!(
@@ -132,7 +141,10 @@ mod tests {
     #[test]
     fn allowed_plain_connects_are_not_priority() {
         let mut c = ConnectEvent {
-            header: EventHeader { kind: EVENT_CONNECT, ..Default::default() },
+            header: EventHeader {
+                kind: EVENT_CONNECT,
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(!KernelEvent::Connect(c).is_priority());
