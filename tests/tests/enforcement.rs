@@ -211,6 +211,15 @@ fn unconnected_udp_and_other_socket_kinds_are_closed() {
         f.probe("t0/a", &["connect", "--sendto", "[fd00:30::1]:80"]),
         ["EPERM"]
     );
+    // TCP Fast Open connects inside sendto(): still judged.
+    assert_eq!(
+        f.probe("t0/a", &["connect", "--fastopen", "10.30.0.1:80"]),
+        ["EPERM"]
+    );
+    assert_eq!(
+        f.probe("t0/a", &["connect", "--fastopen", "[::ffff:10.30.0.1]:80"]),
+        ["EPERM"]
+    );
     // Sockets that bypass the connect/sendmsg hooks are refused in a tier...
     let kinds = ["raw", "raw6", "ping", "sctp", "udplite", "packet", "tcp"];
     let got = f.probe(

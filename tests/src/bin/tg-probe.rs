@@ -71,11 +71,86 @@ fn connect(mode: &str, target: &str) -> String {
             };
             UdpSocket::bind(bind).and_then(|s| s.send_to(b"x", addr).map(|_| ()))
         }
+        // TCP Fast Open: the connect happens inside sendto(MSG_FASTOPEN).
+        "fastopen" => fastopen(&addr),
         _ => unreachable!(),
     };
     match r {
         Ok(()) => "ok".into(),
         Err(e) => errno_name(&e),
+    }
+}
+
+fn fastopen(addr: &SocketAddr) -> std::io::Result<()> {
+    let (family, sa, len) = sockaddr(addr);
+    // SAFETY: plain syscalls on an fd we own; sa outlives the calls.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::sendto(
+            fd,
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            sa.as_ptr().cast(),
+            len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 { Err(err) } else { Ok(()) }
+    }
+}
+
+/// A sockaddr_in/sockaddr_in6 as bytes.
+fn sockaddr(addr: &SocketAddr) -> (i32, Vec<u8>, libc::socklen_t) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: viewing a plain C struct as bytes.
+            let b = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    size_of::<libc::sockaddr_in>(),
+                )
+            };
+            (
+                libc::AF_INET,
+                b.to_vec(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: viewing a plain C struct as bytes.
+            let b = unsafe {
+                std::slice::from_raw_parts(
+                    (&sin6 as *const libc::sockaddr_in6).cast::<u8>(),
+                    size_of::<libc::sockaddr_in6>(),
+                )
+            };
+            (
+                libc::AF_INET6,
+                b.to_vec(),
+                size_of::<libc::sockaddr_in6>() as u32,
+            )
+        }
     }
 }
 
@@ -151,6 +226,7 @@ fn main() {
                     "--udp" => mode = "udp",
                     "--sendto" => mode = "sendto",
                     "--tcp" => mode = "tcp",
+                    "--fastopen" => mode = "fastopen",
                     t => println!("{}", connect(mode, t)),
                 }
             }
