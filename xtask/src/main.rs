@@ -214,35 +214,89 @@ fn exec(cmd: &mut Command) -> anyhow::Error {
     anyhow::Error::new(cmd.exec()).context("cannot exec the agent")
 }
 
+/// Totals of `test result:` lines across cargo test runs.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Runs a cargo test command, echoing its output and counting results.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => self.passed += n,
+                        "failed" => self.failed += n,
+                        "ignored" => self.ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let st = child.wait()?;
+        if !st.success() {
+            bail!("{cmd:?} failed ({st})");
+        }
+        Ok(())
+    }
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup()?;
     say("checking formatting");
     status(cargo().args(["fmt", "--all", "--check"]))?;
-    say("unit tests (unprivileged)");
-    status(cargo().args([
-        "test",
-        "--release",
-        "--package",
-        "agent-common",
-        "--package",
-        "tiergate",
-        "--package",
-        "xtask",
-    ]))?;
-    let bin = build_release()?;
-    if !is_root() {
-        bail!(
-            "the kernel tests load eBPF programs and create cgroups and network namespaces: run `cargo xtask test` as root"
-        );
-    }
-    say("privileged kernel tests (real programs, cgroups and network namespaces)");
-    status(
-        cargo()
-            .args(["test", "--release", "--package", "tiergate-tests", "--"])
-            .args(["--test-threads", "2"])
-            .args(extra)
-            .env("TIERGATE_BIN", &bin),
-    )
+    let mut tally = Tally::default();
+    let result = (|| {
+        say("unit tests (unprivileged)");
+        tally.run(cargo().args([
+            "test",
+            "--release",
+            "--package",
+            "agent-common",
+            "--package",
+            "tiergate",
+            "--package",
+            "xtask",
+        ]))?;
+        let bin = build_release()?;
+        if !is_root() {
+            bail!(
+                "the kernel tests load eBPF programs and create cgroups and network namespaces: \
+                 run `cargo xtask test` as root"
+            );
+        }
+        say("privileged kernel tests (real programs, cgroups and network namespaces)");
+        tally.run(
+            cargo()
+                .args(["test", "--release", "--package", "tiergate-tests", "--"])
+                .args(["--test-threads", "2"])
+                .args(extra)
+                .env("TIERGATE_BIN", &bin),
+        )
+    })();
+    // The closing line CI reads.
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    result
 }
 
 fn lint() -> Result<()> {
