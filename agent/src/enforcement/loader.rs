@@ -92,43 +92,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut attached = Vec::new();
 
     for name in SOCK_ADDR_HOOKS {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        let id = prog
-            .attach(&cgroup, LINK_MODE)
-            .map_err(|source| LoadError::Program { name, source })?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|source| LoadError::Program { name, source })?
-            .try_into()
-            .map_err(|e| LoadError::Pin {
-                path: layout.links.join(name),
-                detail: format!("{e}"),
-            })?;
-        replace_pinned(&layout.links, name, link)?;
+        attach_cgroup::<CgroupSockAddr>(&mut ebpf, name, &cgroup, &layout)?;
         attached.push(name);
     }
-
-    {
-        let name = prog_names::SOCK_CREATE;
-        let prog: &mut CgroupSock = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-        let id = prog
-            .attach(&cgroup, LINK_MODE)
-            .map_err(|source| LoadError::Program { name, source })?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|source| LoadError::Program { name, source })?
-            .try_into()
-            .map_err(|e| LoadError::Pin {
-                path: layout.links.join(name),
-                detail: format!("{e}"),
-            })?;
-        replace_pinned(&layout.links, name, link)?;
-        attached.push(name);
-    }
+    attach_cgroup::<CgroupSock>(&mut ebpf, prog_names::SOCK_CREATE, &cgroup, &layout)?;
+    attached.push(prog_names::SOCK_CREATE);
 
     // The LSM hook is a second line (non-IP families such as AF_PACKET); a
     // kernel that will not take it still gets full connect/sendmsg and
@@ -163,6 +131,51 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         lsm_attached,
         attached,
     })
+}
+
+/// The cgroup program kinds we attach: load, attach to a cgroup, take the link.
+trait CgroupProgram {
+    fn load_attach(&mut self, cgroup: &File) -> Result<FdLink, aya::programs::ProgramError>;
+}
+
+macro_rules! cgroup_program {
+    ($t:ty) => {
+        impl CgroupProgram for $t {
+            fn load_attach(
+                &mut self,
+                cgroup: &File,
+            ) -> Result<FdLink, aya::programs::ProgramError> {
+                self.load()?;
+                let id = self.attach(cgroup, LINK_MODE)?;
+                let link = self.take_link(id)?;
+                // Links on kernels >= 5.7 are always bpf_links (FdLink).
+                link.try_into()
+                    .map_err(|e: aya::programs::links::LinkError| {
+                        aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string()))
+                    })
+            }
+        }
+    };
+}
+cgroup_program!(CgroupSockAddr);
+cgroup_program!(CgroupSock);
+
+/// Loads a cgroup program, attaches it at `cgroup` and pins its link.
+fn attach_cgroup<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    layout: &PinLayout,
+) -> Result<(), LoadError>
+where
+    T: CgroupProgram,
+    for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut T = program(ebpf, name)?;
+    let link = prog
+        .load_attach(cgroup)
+        .map_err(|source| LoadError::Program { name, source })?;
+    replace_pinned(&layout.links, name, link)
 }
 
 fn attach_lsm(ebpf: &mut Ebpf, layout: &PinLayout) -> Result<(), LoadError> {

@@ -285,102 +285,92 @@ impl Writer {
     }
 
     fn connect(&mut self, c: &ConnectEvent) {
-        let h = &c.header;
-        let policy = self.state.policy(c.generation);
-        let tier = tier_name(policy.as_deref(), c.tier);
-        let process = process_info(h);
-        let workload = self.workload(h.cgroup_id, process.pid);
-        let verdict = Verdict {
-            verdict: verdict_str(c.verdict),
-            reason: reason_str(c.reason),
-            tier: &tier,
+        let judged = Judged {
+            header: &c.header,
+            generation: c.generation,
+            tier: c.tier,
+            verdict: c.verdict,
+            reason: c.reason,
             hook: hook_str(c.hook),
-            metadata_service: c.flags & CONNECT_F_METADATA != 0,
-            inherited: c.flags & CONNECT_F_INHERITED != 0,
+            flags: c.flags,
+            protocol: c.protocol,
         };
-        self.metrics
-            .events
-            .get_or_create(&EventLabels {
-                kind: "connection".into(),
-                verdict: verdict.verdict.into(),
-                reason: verdict.reason.into(),
-                tier: tier.clone(),
-            })
-            .inc();
-        let seq = self.next_seq();
-        let uid = format!("{}-{seq}", self.cfg.instance);
-        let env = Envelope {
-            time: self.epoch_ms(h.boot_ns),
-            seq,
-            uid: &uid,
-            hostname: &self.cfg.hostname,
-            policy_name: policy.as_deref().map(|p| p.name.as_str()),
-            policy_version: policy.as_deref().map(|p| p.version.as_str()),
-        };
-        self.buf.clear();
-        ocsf::network_activity(
-            &env,
-            &verdict,
-            c.protocol,
-            Some((decode::destination(c.addr), c.port)),
-            None,
-            &process,
-            &workload,
-            &mut self.buf,
-        );
-        self.emit();
+        self.network_record(&judged, Some((decode::destination(c.addr), c.port)), None);
     }
 
     fn socket(&mut self, s: &SocketEvent) {
-        let h = &s.header;
-        let policy = self.state.policy(s.generation);
-        let tier = tier_name(policy.as_deref(), s.tier);
-        let process = process_info(h);
-        let workload = self.workload(h.cgroup_id, process.pid);
-        let verdict = Verdict {
-            verdict: verdict_str(s.verdict),
-            reason: reason_str(s.reason),
-            tier: &tier,
+        let judged = Judged {
+            header: &s.header,
+            generation: s.generation,
+            tier: s.tier,
+            verdict: s.verdict,
+            reason: s.reason,
             hook: "socket_create",
-            metadata_service: false,
-            inherited: false,
-        };
-        self.metrics
-            .events
-            .get_or_create(&EventLabels {
-                kind: "socket".into(),
-                verdict: verdict.verdict.into(),
-                reason: verdict.reason.into(),
-                tier: tier.clone(),
-            })
-            .inc();
-        let seq = self.next_seq();
-        let uid = format!("{}-{seq}", self.cfg.instance);
-        let env = Envelope {
-            time: self.epoch_ms(h.boot_ns),
-            seq,
-            uid: &uid,
-            hostname: &self.cfg.hostname,
-            policy_name: policy.as_deref().map(|p| p.name.as_str()),
-            policy_version: policy.as_deref().map(|p| p.version.as_str()),
+            flags: 0,
+            protocol: match s.protocol {
+                6 | 17 => s.protocol as u8,
+                _ => 0,
+            },
         };
         let info = SocketInfo {
             family: s.family,
             sock_type: s.sock_type,
             protocol: s.protocol,
         };
-        let proto = match s.protocol {
-            6 => 6,
-            17 => 17,
-            _ => 0,
+        self.network_record(&judged, None, Some(info));
+    }
+
+    /// Enriches, counts and writes one judged connection or socket.
+    fn network_record(
+        &mut self,
+        j: &Judged<'_>,
+        dst: Option<(std::net::IpAddr, u16)>,
+        socket: Option<SocketInfo>,
+    ) {
+        let h = j.header;
+        let policy = self.state.policy(j.generation);
+        let tier = tier_name(policy.as_deref(), j.tier);
+        let process = process_info(h);
+        let workload = self.workload(h.cgroup_id, process.pid);
+        let verdict = Verdict {
+            verdict: verdict_str(j.verdict),
+            reason: reason_str(j.reason),
+            tier: &tier,
+            hook: j.hook,
+            metadata_service: j.flags & CONNECT_F_METADATA != 0,
+            inherited: j.flags & CONNECT_F_INHERITED != 0,
+        };
+        self.metrics
+            .events
+            .get_or_create(&EventLabels {
+                kind: if socket.is_some() {
+                    "socket"
+                } else {
+                    "connection"
+                }
+                .into(),
+                verdict: verdict.verdict.into(),
+                reason: verdict.reason.into(),
+                tier: tier.clone(),
+            })
+            .inc();
+        let seq = self.next_seq();
+        let uid = format!("{}-{seq}", self.cfg.instance);
+        let env = Envelope {
+            time: self.epoch_ms(h.boot_ns),
+            seq,
+            uid: &uid,
+            hostname: &self.cfg.hostname,
+            policy_name: policy.as_deref().map(|p| p.name.as_str()),
+            policy_version: policy.as_deref().map(|p| p.version.as_str()),
         };
         self.buf.clear();
         ocsf::network_activity(
             &env,
             &verdict,
-            proto,
-            None,
-            Some(info),
+            j.protocol,
+            dst,
+            socket,
             &process,
             &workload,
             &mut self.buf,
@@ -494,6 +484,18 @@ impl Writer {
             }),
         });
     }
+}
+
+/// The fields connection and socket records share.
+struct Judged<'a> {
+    header: &'a agent_common::EventHeader,
+    generation: u32,
+    tier: u32,
+    verdict: u8,
+    reason: u8,
+    hook: &'static str,
+    flags: u32,
+    protocol: u8,
 }
 
 fn process_info(h: &agent_common::EventHeader) -> ProcessInfo {
