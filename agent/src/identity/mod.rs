@@ -4,4 +4,6 @@
 //! names). Kubernetes pod identity builds on the same cgroup inventory.
 
 pub mod cgroupfs;
+pub mod kubepods;
+pub mod pods;
 pub mod watch;

@@ -71,11 +71,11 @@ pub struct Assignment {
     pub binding: Option<usize>,
 }
 
-/// A cgroup under a segment whose name starts with `kubepods` belongs to a
-/// pod (`/kubepods.slice/...`, `/kubepods/burstable/...`,
-/// `/kubepods-besteffort.slice/...`).
+/// A cgroup at or under kubelet's pod hierarchy (`/kubepods.slice/...`,
+/// `/kubepods/burstable/...`, kind's `/kubelet.slice/kubelet-kubepods.slice/...`)
+/// belongs to a pod; see `identity::kubepods` for the layouts.
 pub fn is_pod_cgroup(path: &str) -> bool {
-    path.split('/').any(|s| s.starts_with("kubepods"))
+    crate::identity::kubepods::is_under_kubepods(path)
 }
 
 impl Policy {
