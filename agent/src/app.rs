@@ -5,7 +5,6 @@
 //! (policy reloads, cgroups appearing and going) is a message to it, so map
 //! writes never interleave.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,20 +16,19 @@ use aya::maps::{Array, PerCpuArray, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::admin::{
-    self, Readiness,
-    metrics::{Metrics, PolicyLabels},
-};
+use crate::admin::{self, Readiness, metrics::Metrics};
+use crate::control::Control;
+use crate::identity::kubernetes;
 use crate::cli::AgentArgs;
 use crate::enforcement::loader::{self, LoadOptions};
-use crate::enforcement::sync::{CgroupVerdicts, MapSync};
+use crate::enforcement::sync::MapSync;
 use crate::events::pipeline::{
-    self, AgentRecord, KernelCounters, LineSink, QueueLosses, Queues, Sink, Writer, WriterConfig,
+    self, KernelCounters, LineSink, QueueLosses, Queues, Sink, Writer, WriterConfig,
     WriterInputs,
 };
 use crate::identity::cgroupfs::{self, CgroupFs};
-use crate::identity::watch::{self, CgroupChange};
-use crate::policy::{self, Policy, Workload};
+use crate::identity::watch;
+use crate::policy;
 use crate::preflight;
 
 /// Everything that can stop the agent before it runs, each one sentence.
@@ -145,17 +143,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let _watch =
         watch::spawn(root.clone(), cg_tx).context("cannot watch the cgroup tree (inotify)")?;
 
-    let mut control = Control {
+    let mut control = Control::new(
         cgfs,
         root,
         sync,
-        state: state.clone(),
-        policy: policy.clone(),
-        known: HashMap::new(),
-        metrics: metrics.clone(),
-        records: atx,
-        policy_path: args.policy.clone(),
-        last_rejected: None,
+        state.clone(),
+        policy.clone(),
+        metrics.clone(),
+        atx,
+        args.policy.clone(),
+    );
+    // Pod metadata: the watch starts now; until it has listed, pod cgroups
+    // stay in defaultTier (fail closed).
+    let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
+    let _pods = match kubernetes::source(args.kubeconfig.as_deref())? {
+        Some(source) => Some(kubernetes::spawn(source, hostname.clone(), pod_tx, metrics.clone()).await?),
+        None => {
+            tracing::info!("no Kubernetes (no --kubeconfig and not in a cluster): host identity only");
+            None
+        }
     };
     control.scan();
     control
@@ -183,6 +189,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(change) = cg_rx.recv() => control.cgroup_change(change),
+            Some(change) = pod_rx.recv() => control.pod_change(change),
             Some(()) = reload_rx.recv() => {
                 // Coalesce a burst of file events (editors write several).
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -200,213 +207,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     drop(control);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     Ok(())
-}
-
-/// The task that owns the maps.
-struct Control {
-    cgfs: CgroupFs,
-    root: PathBuf,
-    sync: MapSync,
-    state: Arc<crate::state::NodeState>,
-    policy: Arc<Policy>,
-    /// cgroup directory → id, for everything under `root`.
-    known: HashMap<PathBuf, u64>,
-    metrics: Arc<Metrics>,
-    records: mpsc::UnboundedSender<AgentRecord>,
-    policy_path: PathBuf,
-    /// Version text of the last rejected file, so one bad edit is one record.
-    last_rejected: Option<String>,
-}
-
-impl Control {
-    fn verdicts(policy: &Policy, path: &str) -> CgroupVerdicts {
-        let w = Workload {
-            cgroup_path: path,
-            pod: None,
-        };
-        CgroupVerdicts {
-            tier: policy.assign(&w).tier,
-            child_tier: policy.child_tier(path),
-        }
-    }
-
-    fn add(&mut self, dir: PathBuf) {
-        let (Ok(id), Ok(path)) = (cgroupfs::cgroup_id(&dir), self.cgfs.path_of(&dir)) else {
-            return; // gone again
-        };
-        let v = Self::verdicts(&self.policy, &path);
-        self.state.set_cgroup(id, &path);
-        if let Err(e) = self.sync.upsert_cgroup(id, v) {
-            tracing::error!(cgroup = %path, error = %e, "cannot write cgroup entry");
-        }
-        self.known.insert(dir, id);
-        self.metrics
-            .cgroups_known
-            .set(self.sync.cgroup_count() as i64);
-    }
-
-    fn remove(&mut self, dir: &Path) {
-        if let Some(id) = self.known.remove(dir) {
-            self.state.remove_cgroup(id);
-            if let Err(e) = self.sync.remove_cgroup(id) {
-                tracing::error!(cgroup_id = id, error = %e, "cannot remove cgroup entry");
-            }
-        }
-        self.metrics
-            .cgroups_known
-            .set(self.sync.cgroup_count() as i64);
-    }
-
-    fn cgroup_change(&mut self, change: CgroupChange) {
-        match change {
-            CgroupChange::Created(dir) => self.add(dir),
-            CgroupChange::Removed(dir) => {
-                // Children go first in the kernel, but be tolerant.
-                let gone: Vec<PathBuf> = self
-                    .known
-                    .keys()
-                    .filter(|d| d.starts_with(&dir))
-                    .cloned()
-                    .collect();
-                for d in gone {
-                    self.remove(&d);
-                }
-            }
-            CgroupChange::Rescan => self.scan(),
-        }
-    }
-
-    /// Full walk: adds what is new, drops what is gone (also entries an
-    /// earlier agent left in the pinned map).
-    fn scan(&mut self) {
-        let dirs = cgroupfs::walk(&self.root);
-        let live: std::collections::HashSet<&PathBuf> = dirs.iter().collect();
-        let gone: Vec<PathBuf> = self
-            .known
-            .keys()
-            .filter(|d| !live.contains(d))
-            .cloned()
-            .collect();
-        for d in gone {
-            self.remove(&d);
-        }
-        for d in &dirs {
-            if !self.known.contains_key(d) {
-                self.add(d.clone());
-            }
-        }
-        let ids: std::collections::HashSet<u64> = self.known.values().copied().collect();
-        match self.sync.retain_cgroups(&|id| ids.contains(&id)) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "dropped stale cgroup entries"),
-            Err(e) => tracing::error!(error = %e, "cannot prune cgroup entries"),
-        }
-        self.metrics
-            .cgroups_known
-            .set(self.sync.cgroup_count() as i64);
-    }
-
-    /// Writes a compiled policy and every known cgroup's tier under it.
-    fn install(
-        &mut self,
-        policy: Arc<Policy>,
-        compiled: &policy::Compiled,
-    ) -> Result<(), crate::enforcement::sync::SyncError> {
-        let entries: Vec<(u64, CgroupVerdicts)> = self
-            .known
-            .iter()
-            .filter_map(|(dir, id)| {
-                self.cgfs
-                    .path_of(dir)
-                    .ok()
-                    .map(|p| (*id, Self::verdicts(&policy, &p)))
-            })
-            .collect();
-        let started = Instant::now();
-        let stats = self.sync.swap(compiled, &entries)?;
-        let old = std::mem::replace(&mut self.policy, policy.clone());
-        self.state.activate(stats.generation, policy.clone());
-        self.metrics.policy_info.clear();
-        self.metrics
-            .policy_info
-            .get_or_create(&PolicyLabels {
-                name: policy.name.clone(),
-                version: policy.version.clone(),
-            })
-            .set(1);
-        self.metrics.policy_rules.set(stats.rules as i64);
-        self.metrics.reload("applied");
-        tracing::info!(
-            policy = %policy.name,
-            version = %policy.version,
-            previous = %old.version,
-            generation = stats.generation,
-            rules = stats.rules,
-            cgroups = stats.cgroups,
-            swap_us = started.elapsed().as_micros() as u64,
-            "policy in force"
-        );
-        let _ = self.records.send(AgentRecord {
-            message: format!("policy {} {} in force", policy.name, policy.version),
-            failure: false,
-            detail: serde_json::json!({
-                "kind": "policy",
-                "action": "applied",
-                "file": self.policy_path.display().to_string(),
-                "previous_version": old.version,
-            }),
-        });
-        Ok(())
-    }
-
-    /// Re-reads the policy file; a bad file changes nothing in the kernel.
-    fn reload(&mut self) {
-        let parsed = policy::load(&self.policy_path);
-        let result = parsed.map_err(|e| e.to_string()).and_then(|p| {
-            p.compile()
-                .map(|c| (p, c))
-                .map_err(|e| format!("{}: {e}", self.policy_path.display()))
-        });
-        match result {
-            Ok((p, _)) if p.version == self.policy.version => {
-                self.last_rejected = None;
-                self.metrics.reload("unchanged");
-            }
-            Ok((p, compiled)) => {
-                self.last_rejected = None;
-                if let Err(e) = self.install(Arc::new(p), &compiled) {
-                    tracing::error!(error = %e, "cannot write the new policy; the previous one stays in force");
-                    self.metrics.reload("failed");
-                }
-            }
-            Err(errors) => {
-                if self.last_rejected.as_deref() == Some(errors.as_str()) {
-                    return;
-                }
-                self.metrics.reload("rejected");
-                tracing::error!(
-                    file = %self.policy_path.display(),
-                    in_force = %self.policy.version,
-                    "policy rejected; the last good policy stays in force:\n{errors}"
-                );
-                let _ = self.records.send(AgentRecord {
-                    message: format!(
-                        "policy {} rejected; {} stays in force",
-                        self.policy_path.display(),
-                        self.policy.version
-                    ),
-                    failure: true,
-                    detail: serde_json::json!({
-                        "kind": "policy",
-                        "action": "rejected",
-                        "file": self.policy_path.display().to_string(),
-                        "errors": errors.lines().collect::<Vec<_>>(),
-                    }),
-                });
-                self.last_rejected = Some(errors);
-            }
-        }
-    }
 }
 
 /// Watches the policy file's directory (editors and ConfigMaps replace the

@@ -48,7 +48,11 @@ pub struct AgentArgs {
     /// Node name used in events [default: the hostname].
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
-    /// Address of /metrics, /healthz and /readyz.
+    /// kubeconfig of the API server whose pods of this node are watched
+    /// [default: in-cluster config when running in a pod, else no Kubernetes].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of /metrics, /healthz, /readyz and /inventory.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
     /// Size of the kernel event ring buffer in bytes (a power of two).

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod commands;
+pub mod control;
 pub mod enforcement;
 pub mod events;
 pub mod identity;

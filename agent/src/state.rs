@@ -1,42 +1,77 @@
-//! What the control loop knows and the event writer reads: cgroup paths by
-//! id and the policy of each kernel generation (events name the generation
-//! that judged them, so a record is labelled with the policy that decided it,
-//! even across a swap).
+//! What the control loop knows and the event writer and the inventory read:
+//! each cgroup's workload identity, and the policy of each kernel generation
+//! (events name the generation that judged them, so a record is labelled
+//! with the policy that decided it, even across a swap).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use agent_common::{GENERATIONS, TIER_HOST};
+use serde::Serialize;
 
-use crate::policy::Policy;
+use crate::policy::{PodIdentity, Policy};
+
+/// Pod resolution state of a workload, for the inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodState {
+    /// Not a pod cgroup.
+    None,
+    /// A pod whose metadata the agent has.
+    Resolved,
+    /// A pod cgroup the Kubernetes watch has not described (yet).
+    Unresolved,
+    /// A kubepods path kubelet would not create.
+    Malformed,
+}
+
+/// One cgroup's identity and standing under the policy in force.
+#[derive(Clone, Debug)]
+pub struct WorkloadInfo {
+    pub path: Arc<str>,
+    pub pod: Option<PodIdentity>,
+    pub pod_state: PodState,
+    pub spiffe_id: Option<String>,
+    /// Tier name under the policy in force (`host` when not enforced).
+    pub tier: String,
+    /// Index of the binding that placed it, if any.
+    pub binding: Option<usize>,
+}
+
+impl WorkloadInfo {
+    pub fn enforced(&self) -> bool {
+        self.tier != crate::policy::HOST_TIER_NAME
+    }
+}
 
 /// Shared, read-mostly node state.
 #[derive(Default)]
 pub struct NodeState {
-    cgroups: RwLock<HashMap<u64, Arc<str>>>,
+    workloads: RwLock<HashMap<u64, Arc<WorkloadInfo>>>,
     generations: RwLock<[Option<Arc<Policy>>; GENERATIONS]>,
     active: AtomicU32,
 }
 
 impl NodeState {
-    pub fn set_cgroup(&self, id: u64, path: &str) {
-        self.cgroups
-            .write()
-            .expect("lock")
-            .insert(id, Arc::from(path));
+    pub fn set_workload(&self, id: u64, w: WorkloadInfo) {
+        self.workloads.write().expect("lock").insert(id, Arc::new(w));
     }
 
-    pub fn remove_cgroup(&self, id: u64) {
-        self.cgroups.write().expect("lock").remove(&id);
+    pub fn remove_workload(&self, id: u64) {
+        self.workloads.write().expect("lock").remove(&id);
     }
 
-    pub fn cgroup_path(&self, id: u64) -> Option<Arc<str>> {
-        self.cgroups.read().expect("lock").get(&id).cloned()
+    pub fn workload(&self, id: u64) -> Option<Arc<WorkloadInfo>> {
+        self.workloads.read().expect("lock").get(&id).cloned()
     }
 
-    pub fn cgroup_ids(&self) -> Vec<u64> {
-        self.cgroups.read().expect("lock").keys().copied().collect()
+    /// Every workload, sorted by cgroup path.
+    pub fn workloads(&self) -> Vec<(u64, Arc<WorkloadInfo>)> {
+        let mut v: Vec<_> =
+            self.workloads.read().expect("lock").iter().map(|(k, w)| (*k, w.clone())).collect();
+        v.sort_by(|a, b| a.1.path.cmp(&b.1.path));
+        v
     }
 
     /// Records the policy written to `generation` and that it is now active.
@@ -58,7 +93,7 @@ impl NodeState {
 /// The name of a kernel tier id under a policy.
 pub fn tier_name(policy: Option<&Policy>, tier: u32) -> String {
     if tier == TIER_HOST {
-        return "host".to_string();
+        return crate::policy::HOST_TIER_NAME.to_string();
     }
     policy
         .and_then(|p| p.tiers.get(tier as usize))

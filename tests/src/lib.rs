@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod kubeapi;
+
 use serde_json::Value;
 
 /// Addresses every fixture puts on its namespace's `lo`.

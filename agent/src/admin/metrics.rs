@@ -54,6 +54,9 @@ pub struct Metrics {
     pub cgroups_known: Gauge,
     pub decode_errors: Counter,
     pub programs_attached: Gauge,
+    pub pods_known: Gauge,
+    pub pod_watch_errors: Counter,
+    pub pod_watch_relists: Counter,
 }
 
 impl Metrics {
@@ -113,8 +116,17 @@ impl Metrics {
             "eBPF programs attached and pinned",
             programs_attached.clone(),
         );
+        let pods_known = Gauge::default();
+        registry.register("pods_known", "Pods of this node known from the Kubernetes watch", pods_known.clone());
+        let pod_watch_errors = Counter::default();
+        registry.register("pod_watch_errors", "Errors of the Kubernetes pod watch (each retried with backoff)", pod_watch_errors.clone());
+        let pod_watch_relists = Counter::default();
+        registry.register("pod_watch_relists", "Complete relists of this node's pods", pod_watch_relists.clone());
         Self {
             registry,
+            pods_known,
+            pod_watch_errors,
+            pod_watch_relists,
             events,
             events_lost,
             kernel_verdicts,

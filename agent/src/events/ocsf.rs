@@ -86,13 +86,30 @@ struct Endpoint {
     port: u16,
 }
 
-/// Identity of the workload that acted.
+/// Identity of the workload that acted (pod fields only for pods).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Workload {
     pub cgroup_id: u64,
     pub cgroup_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// `resolved`, `unresolved` or `malformed` for pod cgroups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_state: Option<crate::state::PodState>,
 }
 
 #[derive(Serialize)]

@@ -28,7 +28,7 @@ use super::decode::{self, KernelEvent};
 use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 use crate::admin::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::identity::cgroupfs;
-use crate::state::{NodeState, tier_name};
+use crate::state::{NodeState, PodState, tier_name};
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -259,29 +259,33 @@ impl Writer {
     }
 
     fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
-        let path = self
-            .state
-            .cgroup_path(cgroup_id)
-            .map(|p| p.to_string())
-            // Not reported by the watcher yet: ask /proc, and if the process
-            // is gone too, look for the directory with that inode.
-            .or_else(|| cgroupfs::path_of_pid(pid).ok())
-            .or_else(|| {
-                let (fs, root) = &self.cfg.cgroups;
-                cgroupfs::walk(root)
-                    .into_iter()
-                    .find(|d| cgroupfs::cgroup_id(d).ok() == Some(cgroup_id))
-                    .and_then(|d| fs.path_of(&d).ok())
-            });
-        let systemd_unit = path
-            .as_deref()
-            .and_then(cgroupfs::systemd_unit)
-            .map(str::to_string);
-        Workload {
-            cgroup_id,
-            cgroup_path: path,
-            systemd_unit,
+        if let Some(w) = self.state.workload(cgroup_id) {
+            let pod = w.pod.as_ref();
+            return Workload {
+                cgroup_id,
+                cgroup_path: Some(w.path.to_string()),
+                systemd_unit: cgroupfs::systemd_unit(&w.path).map(str::to_string),
+                namespace: pod.map(|p| p.namespace.clone()),
+                pod: pod.map(|p| p.pod.clone()),
+                pod_uid: pod.map(|p| p.pod_uid.clone()),
+                service_account: pod.map(|p| p.service_account.clone()),
+                container: pod.and_then(|p| p.container.clone()),
+                container_id: pod.and_then(|p| p.container_id.clone()),
+                spiffe_id: w.spiffe_id.clone(),
+                pod_state: (w.pod_state != PodState::None).then_some(w.pod_state),
+            };
         }
+        // Not reported by the watcher yet: ask /proc, and if the process is
+        // gone too, look for the directory with that inode.
+        let path = cgroupfs::path_of_pid(pid).ok().or_else(|| {
+            let (fs, root) = &self.cfg.cgroups;
+            cgroupfs::walk(root)
+                .into_iter()
+                .find(|d| cgroupfs::cgroup_id(d).ok() == Some(cgroup_id))
+                .and_then(|d| fs.path_of(&d).ok())
+        });
+        let systemd_unit = path.as_deref().and_then(cgroupfs::systemd_unit).map(str::to_string);
+        Workload { cgroup_id, cgroup_path: path, systemd_unit, ..Default::default() }
     }
 
     fn connect(&mut self, c: &ConnectEvent) {

@@ -5,5 +5,6 @@
 
 pub mod cgroupfs;
 pub mod kubepods;
+pub mod kubernetes;
 pub mod pods;
 pub mod watch;
