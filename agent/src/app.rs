@@ -17,16 +17,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, Readiness, metrics::Metrics};
-use crate::control::Control;
-use crate::identity::kubernetes;
 use crate::cli::AgentArgs;
+use crate::control::Control;
 use crate::enforcement::loader::{self, LoadOptions};
 use crate::enforcement::sync::MapSync;
 use crate::events::pipeline::{
-    self, KernelCounters, LineSink, QueueLosses, Queues, Sink, Writer, WriterConfig,
-    WriterInputs,
+    self, KernelCounters, LineSink, QueueLosses, Queues, Sink, Writer, WriterConfig, WriterInputs,
 };
 use crate::identity::cgroupfs::{self, CgroupFs};
+use crate::identity::kubernetes;
 use crate::identity::watch;
 use crate::policy;
 use crate::preflight;
@@ -74,7 +73,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let hostname = args.node_name.clone().unwrap_or_else(hostname);
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(Readiness::default());
-    let _admin = admin::serve(args.admin_addr, metrics.clone(), ready.clone())
+    let state = Arc::new(crate::state::NodeState::default());
+    let inventory = Arc::new(admin::inventory::Inventory {
+        node: hostname.clone(),
+        state: state.clone(),
+    });
+    let _admin = admin::serve(args.admin_addr, metrics.clone(), ready.clone(), inventory)
         .await
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
 
@@ -98,7 +102,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         counters: PerCpuArray::try_from(take(&mut loaded.ebpf, map_names::COUNTERS)?)?,
         reported: Array::try_from(take(&mut loaded.ebpf, map_names::REPORTED)?)?,
     };
-    let state = Arc::new(crate::state::NodeState::default());
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(target) = &args.events {
         sinks.push(Box::new(
@@ -157,9 +160,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // stay in defaultTier (fail closed).
     let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
     let _pods = match kubernetes::source(args.kubeconfig.as_deref())? {
-        Some(source) => Some(kubernetes::spawn(source, hostname.clone(), pod_tx, metrics.clone()).await?),
+        Some(source) => {
+            Some(kubernetes::spawn(source, hostname.clone(), pod_tx, metrics.clone()).await?)
+        }
         None => {
-            tracing::info!("no Kubernetes (no --kubeconfig and not in a cluster): host identity only");
+            tracing::info!(
+                "no Kubernetes (no --kubeconfig and not in a cluster): host identity only"
+            );
             None
         }
     };

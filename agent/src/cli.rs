@@ -20,8 +20,23 @@ pub enum Command {
     /// Validate and explain tier policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// List the workloads the running agent has seen: identity, tier, enforced.
+    Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The agent's --admin-addr.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+    /// Only enforced workloads.
+    #[arg(long)]
+    pub enforced: bool,
+    /// Print the agent's JSON document.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Log line format.
@@ -107,6 +122,10 @@ pub struct ExplainArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// A running agent's --admin-addr, asked for the pod identity of the
+    /// cgroup (without it, or if it does not answer, only the cgroup path is used).
+    #[arg(long, value_name = "ADDR")]
+    pub agent: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

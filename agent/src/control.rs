@@ -31,10 +31,17 @@ pub enum PodChange {
 
 /// A cgroup's identity and kernel entry under `policy`, and its pod's
 /// cgroup uid (for indexing).
-pub fn describe(policy: &Policy, pods: &PodStore, path: &str) -> (WorkloadInfo, CgroupVerdicts, Option<String>) {
+pub fn describe(
+    policy: &Policy,
+    pods: &PodStore,
+    path: &str,
+) -> (WorkloadInfo, CgroupVerdicts, Option<String>) {
     let res = pods::resolve(pods, path);
     let pod = res.identity();
-    let a = policy.assign(&Workload { cgroup_path: path, pod });
+    let a = policy.assign(&Workload {
+        cgroup_path: path,
+        pod,
+    });
     let pod_state = match &res {
         PodResolution::NotPod => PodState::None,
         PodResolution::Unresolved { .. } => PodState::Unresolved,
@@ -49,7 +56,10 @@ pub fn describe(policy: &Policy, pods: &PodStore, path: &str) -> (WorkloadInfo, 
         tier: policy.tier_name(a.tier).to_string(),
         binding: a.binding,
     };
-    let v = CgroupVerdicts { tier: a.tier, child_tier: policy.child_tier(path) };
+    let v = CgroupVerdicts {
+        tier: a.tier,
+        child_tier: policy.child_tier(path),
+    };
     (info, v, res.pod_uid().map(str::to_string))
 }
 
@@ -117,7 +127,9 @@ impl Control {
             self.by_pod.entry(uid).or_default().insert(dir.clone());
         }
         self.known.insert(dir, id);
-        self.metrics.cgroups_known.set(self.sync.cgroup_count() as i64);
+        self.metrics
+            .cgroups_known
+            .set(self.sync.cgroup_count() as i64);
     }
 
     fn remove(&mut self, dir: &Path) {
@@ -131,7 +143,9 @@ impl Control {
             dirs.remove(dir);
             !dirs.is_empty()
         });
-        self.metrics.cgroups_known.set(self.sync.cgroup_count() as i64);
+        self.metrics
+            .cgroups_known
+            .set(self.sync.cgroup_count() as i64);
     }
 
     pub fn cgroup_change(&mut self, change: CgroupChange) {
@@ -139,7 +153,12 @@ impl Control {
             CgroupChange::Created(dir) => self.add(dir),
             CgroupChange::Removed(dir) => {
                 // Children go first in the kernel, but be tolerant.
-                let gone: Vec<PathBuf> = self.known.keys().filter(|d| d.starts_with(&dir)).cloned().collect();
+                let gone: Vec<PathBuf> = self
+                    .known
+                    .keys()
+                    .filter(|d| d.starts_with(&dir))
+                    .cloned()
+                    .collect();
                 for d in gone {
                     self.remove(&d);
                 }
@@ -158,7 +177,11 @@ impl Control {
         };
         self.metrics.pods_known.set(self.pods.len() as i64);
         for uid in changed {
-            let dirs: Vec<PathBuf> = self.by_pod.get(&uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+            let dirs: Vec<PathBuf> = self
+                .by_pod
+                .get(&uid)
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default();
             for d in dirs {
                 self.add(d);
             }
@@ -170,7 +193,12 @@ impl Control {
     pub fn scan(&mut self) {
         let dirs = cgroupfs::walk(&self.root);
         let live: HashSet<&PathBuf> = dirs.iter().collect();
-        let gone: Vec<PathBuf> = self.known.keys().filter(|d| !live.contains(d)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .known
+            .keys()
+            .filter(|d| !live.contains(d))
+            .cloned()
+            .collect();
         for d in gone {
             self.remove(&d);
         }
@@ -185,7 +213,9 @@ impl Control {
             Ok(n) => tracing::debug!(removed = n, "dropped stale cgroup entries"),
             Err(e) => tracing::error!(error = %e, "cannot prune cgroup entries"),
         }
-        self.metrics.cgroups_known.set(self.sync.cgroup_count() as i64);
+        self.metrics
+            .cgroups_known
+            .set(self.sync.cgroup_count() as i64);
     }
 
     /// Writes a compiled policy and every known cgroup's tier under it.
@@ -203,7 +233,8 @@ impl Control {
                 Some((*id, info, v))
             })
             .collect();
-        let entries: Vec<(u64, CgroupVerdicts)> = described.iter().map(|(id, _, v)| (*id, *v)).collect();
+        let entries: Vec<(u64, CgroupVerdicts)> =
+            described.iter().map(|(id, _, v)| (*id, *v)).collect();
         let started = Instant::now();
         let stats = self.sync.swap(compiled, &entries)?;
         let old = std::mem::replace(&mut self.policy, policy.clone());
@@ -293,4 +324,3 @@ impl Control {
         }
     }
 }
-

@@ -35,6 +35,7 @@ fn main() {
         }
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
         Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
+        Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),
     };
     std::process::exit(code);

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use agent_common::{GENERATIONS, TIER_HOST};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::{PodIdentity, Policy};
 
 /// Pod resolution state of a workload, for the inventory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PodState {
     /// Not a pod cgroup.
@@ -55,7 +55,10 @@ pub struct NodeState {
 
 impl NodeState {
     pub fn set_workload(&self, id: u64, w: WorkloadInfo) {
-        self.workloads.write().expect("lock").insert(id, Arc::new(w));
+        self.workloads
+            .write()
+            .expect("lock")
+            .insert(id, Arc::new(w));
     }
 
     pub fn remove_workload(&self, id: u64) {
@@ -68,8 +71,13 @@ impl NodeState {
 
     /// Every workload, sorted by cgroup path.
     pub fn workloads(&self) -> Vec<(u64, Arc<WorkloadInfo>)> {
-        let mut v: Vec<_> =
-            self.workloads.read().expect("lock").iter().map(|(k, w)| (*k, w.clone())).collect();
+        let mut v: Vec<_> = self
+            .workloads
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|(k, w)| (*k, w.clone()))
+            .collect();
         v.sort_by(|a, b| a.1.path.cmp(&b.1.path));
         v
     }

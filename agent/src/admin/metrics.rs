@@ -117,11 +117,23 @@ impl Metrics {
             programs_attached.clone(),
         );
         let pods_known = Gauge::default();
-        registry.register("pods_known", "Pods of this node known from the Kubernetes watch", pods_known.clone());
+        registry.register(
+            "pods_known",
+            "Pods of this node known from the Kubernetes watch",
+            pods_known.clone(),
+        );
         let pod_watch_errors = Counter::default();
-        registry.register("pod_watch_errors", "Errors of the Kubernetes pod watch (each retried with backoff)", pod_watch_errors.clone());
+        registry.register(
+            "pod_watch_errors",
+            "Errors of the Kubernetes pod watch (each retried with backoff)",
+            pod_watch_errors.clone(),
+        );
         let pod_watch_relists = Counter::default();
-        registry.register("pod_watch_relists", "Complete relists of this node's pods", pod_watch_relists.clone());
+        registry.register(
+            "pod_watch_relists",
+            "Complete relists of this node's pods",
+            pod_watch_relists.clone(),
+        );
         Self {
             registry,
             pods_known,

@@ -1,5 +1,6 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
+pub mod inventory;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
+    inventory: Arc<inventory::Inventory>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
@@ -50,6 +52,13 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/inventory",
+            get(move |q: axum::extract::Query<inventory::Filter>| {
+                let inv = inventory.clone();
+                async move { ([("content-type", "application/json")], inv.render(&q)) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

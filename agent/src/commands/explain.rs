@@ -1,5 +1,7 @@
 //! `tiergate policy explain`: the user-space replica of the kernel's verdict.
 
+use super::agent_client;
+use crate::admin::inventory::Document;
 use crate::cli::ExplainArgs;
 use crate::identity::cgroupfs;
 use crate::policy::{self, Proto, TierRef, Workload};
@@ -24,10 +26,30 @@ pub fn run(args: &ExplainArgs) -> i32 {
         },
         (None, None) => unreachable!("clap requires --cgroup or --pid"),
     };
+    // Pod identity comes from the running agent's Kubernetes watch.
+    let pod = args.agent.and_then(|addr| {
+        let q = format!("/inventory?cgroup={}", agent_client::encode(&path));
+        match agent_client::get(addr, &q).map(|b| serde_json::from_str::<Document>(&b)) {
+            Ok(Ok(doc)) => doc.workloads.first().and_then(|r| r.pod_identity()),
+            Ok(Err(e)) => {
+                eprintln!(
+                    "note: the agent's inventory is unreadable ({e}); using the cgroup path only"
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("note: {e}; using the cgroup path only");
+                None
+            }
+        }
+    });
     let assignment = p.assign(&Workload {
         cgroup_path: &path,
-        pod: None,
+        pod: pod.as_ref(),
     });
+    let spiffe_id = pod
+        .as_ref()
+        .map(|i| p.spiffe_id(&i.namespace, &i.service_account));
     let proto = if args.udp { Proto::Udp } else { Proto::Tcp };
     let d = p.evaluate(assignment.tier, args.to.ip(), args.to.port(), proto);
     let tier = match assignment.tier {
@@ -44,6 +66,12 @@ pub fn run(args: &ExplainArgs) -> i32 {
         let j = serde_json::json!({
             "policy": {"name": p.name, "version": p.version},
             "cgroup_path": path,
+            "pod": pod.as_ref().map(|i| serde_json::json!({
+                "namespace": i.namespace, "pod": i.pod, "pod_uid": i.pod_uid,
+                "service_account": i.service_account, "container": i.container,
+                "container_id": i.container_id,
+            })),
+            "spiffe_id": spiffe_id,
             "binding": assignment.binding,
             "tier": tier,
             "destination": args.to.to_string(),
@@ -57,6 +85,18 @@ pub fn run(args: &ExplainArgs) -> i32 {
     } else {
         println!("policy:      {} ({})", p.name, p.version);
         println!("cgroup:      {path}");
+        if let Some(i) = &pod {
+            println!(
+                "pod:         {}/{} (uid {}) service account {}",
+                i.namespace, i.pod, i.pod_uid, i.service_account
+            );
+            if let Some(c) = &i.container {
+                println!("container:   {c}");
+            }
+        }
+        if let Some(s) = &spiffe_id {
+            println!("spiffe id:   {s}");
+        }
         println!("binding:     {binding}");
         println!("tier:        {tier}");
         println!(

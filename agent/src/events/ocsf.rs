@@ -375,7 +375,14 @@ mod tests {
         let w = Workload {
             cgroup_id: 9,
             cgroup_path: Some("/agents/tier0".into()),
-            systemd_unit: None,
+            namespace: Some("agents".into()),
+            pod: Some("retriever-0".into()),
+            pod_uid: Some("u-1".into()),
+            service_account: Some("retriever".into()),
+            container: Some("tool".into()),
+            container_id: Some("abc".into()),
+            spiffe_id: Some("spiffe://corp.example/ns/agents/sa/retriever".into()),
+            ..Default::default()
         };
         let mut out = Vec::new();
         network_activity(
@@ -413,6 +420,21 @@ mod tests {
         assert_eq!(t["workload"]["cgroup_id"], 9);
         assert_eq!(t["workload"]["cgroup_path"], "/agents/tier0");
         assert_eq!(t["metadata_service"], false);
+        for (k, v) in [
+            ("namespace", "agents"),
+            ("pod", "retriever-0"),
+            ("pod_uid", "u-1"),
+            ("service_account", "retriever"),
+            ("container", "tool"),
+            ("container_id", "abc"),
+            ("spiffe_id", "spiffe://corp.example/ns/agents/sa/retriever"),
+        ] {
+            assert_eq!(t["workload"][k], v, "workload.{k}");
+        }
+        assert!(
+            t["workload"].get("systemd_unit").is_none(),
+            "absent fields are left out"
+        );
     }
 
     #[test]

@@ -284,8 +284,16 @@ impl Writer {
                 .find(|d| cgroupfs::cgroup_id(d).ok() == Some(cgroup_id))
                 .and_then(|d| fs.path_of(&d).ok())
         });
-        let systemd_unit = path.as_deref().and_then(cgroupfs::systemd_unit).map(str::to_string);
-        Workload { cgroup_id, cgroup_path: path, systemd_unit, ..Default::default() }
+        let systemd_unit = path
+            .as_deref()
+            .and_then(cgroupfs::systemd_unit)
+            .map(str::to_string);
+        Workload {
+            cgroup_id,
+            cgroup_path: path,
+            systemd_unit,
+            ..Default::default()
+        }
     }
 
     fn connect(&mut self, c: &ConnectEvent) {

@@ -53,11 +53,18 @@ pub fn source(kubeconfig: Option<&Path>) -> Result<Option<Source>, KubeError> {
 async fn client(source: &Source) -> Result<kube::Client, KubeError> {
     let config = match source {
         Source::Kubeconfig(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
         }
         Source::InCluster => kube::Config::incluster()?,
     };
@@ -121,8 +128,18 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
             .containers
             .iter()
             .map(|c| c.name.clone())
-            .chain(spec.init_containers.iter().flatten().map(|c| c.name.clone()))
-            .chain(spec.ephemeral_containers.iter().flatten().map(|c| c.name.clone()));
+            .chain(
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.clone()),
+            )
+            .chain(
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.clone()),
+            );
         containers.extend(names.map(|name| ContainerInfo { name, id: None }));
     }
     if let Some(st) = status {
@@ -136,7 +153,10 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
             let id = cs.container_id.as_deref().map(strip_runtime_scheme);
             match containers.iter_mut().find(|c| c.name == cs.name) {
                 Some(c) => c.id = id,
-                None => containers.push(ContainerInfo { name: cs.name.clone(), id }),
+                None => containers.push(ContainerInfo {
+                    name: cs.name.clone(),
+                    id,
+                }),
             }
         }
     }
@@ -152,7 +172,12 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into()),
-        labels: md.labels.clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
+        labels: md
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         containers,
     })
@@ -160,7 +185,10 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
 
 /// `containerd://abc` → `abc` (also cri-o://, docker://).
 fn strip_runtime_scheme(id: &str) -> String {
-    id.split_once("://").map(|(_, rest)| rest).unwrap_or(id).to_ascii_lowercase()
+    id.split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(id)
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -194,7 +222,10 @@ mod tests {
         assert_eq!(tool.id.as_deref(), Some("abcdef"));
         let init = i.containers.iter().find(|c| c.name == "init").unwrap();
         assert_eq!(init.id.as_deref(), Some("123"));
-        assert_eq!(i.containers.iter().find(|c| c.name == "side").unwrap().id, None);
+        assert_eq!(
+            i.containers.iter().find(|c| c.name == "side").unwrap().id,
+            None
+        );
     }
 
     #[test]
@@ -206,7 +237,8 @@ mod tests {
         let i = pod_info(&p).unwrap();
         assert_eq!(i.namespace, "default");
         assert_eq!(i.service_account, "default");
-        let nameless: Pod = serde_json::from_value(serde_json::json!({"metadata": {"uid": "u"}})).unwrap();
+        let nameless: Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"uid": "u"}})).unwrap();
         assert!(pod_info(&nameless).is_none());
     }
 }

@@ -53,7 +53,11 @@ impl PodStore {
 
     /// Removes a pod by its metadata uid; returns its cgroup uid if known.
     pub fn remove(&mut self, uid: &str) -> Option<String> {
-        let key = self.by_cgroup_uid.iter().find(|(_, p)| p.uid == uid).map(|(k, _)| k.clone())?;
+        let key = self
+            .by_cgroup_uid
+            .iter()
+            .find(|(_, p)| p.uid == uid)
+            .map(|(k, _)| k.clone())?;
         self.by_cgroup_uid.remove(&key);
         Some(key)
     }
@@ -70,7 +74,12 @@ impl PodStore {
             .filter(|(k, p)| self.by_cgroup_uid.get(*k) != Some(*p))
             .map(|(k, _)| k.clone())
             .collect();
-        changed.extend(self.by_cgroup_uid.keys().filter(|k| !fresh.contains_key(*k)).cloned());
+        changed.extend(
+            self.by_cgroup_uid
+                .keys()
+                .filter(|k| !fresh.contains_key(*k))
+                .cloned(),
+        );
         self.by_cgroup_uid = fresh;
         changed
     }
@@ -94,7 +103,10 @@ pub enum PodResolution {
     /// Not a pod cgroup.
     NotPod,
     /// A pod cgroup whose pod the agent does not know (yet): defaultTier.
-    Unresolved { pod_uid: String, container_id: Option<String> },
+    Unresolved {
+        pod_uid: String,
+        container_id: Option<String>,
+    },
     /// A pod cgroup path kubelet would not create: defaultTier, reported.
     Malformed(String),
     Resolved(PodIdentity),
@@ -126,7 +138,10 @@ pub fn resolve(store: &PodStore, path: &str) -> PodResolution {
         ParseOutcome::Pod(pc) => pc,
     };
     let Some(pod) = store.get(&pc.pod_uid) else {
-        return PodResolution::Unresolved { pod_uid: pc.pod_uid, container_id: pc.container_id };
+        return PodResolution::Unresolved {
+            pod_uid: pc.pod_uid,
+            container_id: pc.container_id,
+        };
     };
     // A container id not (yet) in the pod's status — e.g. the sandbox
     // ("pause") container — is the pod without a container name.
@@ -163,8 +178,14 @@ mod tests {
             labels: BTreeMap::from([("app".into(), "retriever".into())]),
             host_network: false,
             containers: vec![
-                ContainerInfo { name: "tool".into(), id: Some(CID.into()) },
-                ContainerInfo { name: "sidecar".into(), id: None },
+                ContainerInfo {
+                    name: "tool".into(),
+                    id: Some(CID.into()),
+                },
+                ContainerInfo {
+                    name: "sidecar".into(),
+                    id: None,
+                },
             ],
         }
     }
@@ -180,7 +201,9 @@ mod tests {
     fn container_cgroup_resolves_to_the_container() {
         let mut s = PodStore::default();
         s.upsert(pod());
-        let PodResolution::Resolved(id) = resolve(&s, &path(CID)) else { panic!("not resolved") };
+        let PodResolution::Resolved(id) = resolve(&s, &path(CID)) else {
+            panic!("not resolved")
+        };
         assert_eq!(id.namespace, "agents");
         assert_eq!(id.service_account, "retriever");
         assert_eq!(id.container.as_deref(), Some("tool"));
@@ -193,7 +216,9 @@ mod tests {
         let mut s = PodStore::default();
         s.upsert(pod());
         let other = "a".repeat(64);
-        let PodResolution::Resolved(id) = resolve(&s, &path(&other)) else { panic!("not resolved") };
+        let PodResolution::Resolved(id) = resolve(&s, &path(&other)) else {
+            panic!("not resolved")
+        };
         assert_eq!(id.container, None);
         assert_eq!(id.container_id.as_deref(), Some(other.as_str()));
     }
@@ -203,10 +228,19 @@ mod tests {
         let s = PodStore::default();
         assert_eq!(
             resolve(&s, &path(CID)),
-            PodResolution::Unresolved { pod_uid: UID.into(), container_id: Some(CID.into()) }
+            PodResolution::Unresolved {
+                pod_uid: UID.into(),
+                container_id: Some(CID.into())
+            }
         );
-        assert_eq!(resolve(&s, "/system.slice/nginx.service"), PodResolution::NotPod);
-        assert!(matches!(resolve(&s, "/kubepods/burstable/podnot-a-uid/x"), PodResolution::Malformed(_)));
+        assert_eq!(
+            resolve(&s, "/system.slice/nginx.service"),
+            PodResolution::NotPod
+        );
+        assert!(matches!(
+            resolve(&s, "/kubepods/burstable/podnot-a-uid/x"),
+            PodResolution::Malformed(_)
+        ));
     }
 
     #[test]
@@ -216,7 +250,8 @@ mod tests {
         let mut p = pod();
         p.config_hash = Some(hash.into());
         s.upsert(p);
-        let path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice");
+        let path =
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice");
         assert!(matches!(resolve(&s, &path), PodResolution::Resolved(_)));
         assert_eq!(s.remove(UID).as_deref(), Some(hash));
         assert!(s.is_empty());
@@ -231,7 +266,10 @@ mod tests {
         s.upsert(other.clone());
         let mut changed_first = pod();
         changed_first.labels.insert("x".into(), "y".into());
-        let third = PodInfo { uid: "99999999-2222-3333-4444-555555555555".into(), ..pod() };
+        let third = PodInfo {
+            uid: "99999999-2222-3333-4444-555555555555".into(),
+            ..pod()
+        };
         let mut got = s.replace(vec![changed_first, third.clone()]);
         got.sort();
         let mut want = vec![UID.to_string(), other.uid.clone(), third.uid.clone()];
