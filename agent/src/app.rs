@@ -21,8 +21,9 @@ use crate::cli::AgentArgs;
 use crate::control::Control;
 use crate::enforcement::loader::{self, LoadOptions};
 use crate::enforcement::sync::MapSync;
+use crate::events::sinks::{LineSink, Sink};
 use crate::events::pipeline::{
-    self, KernelCounters, LineSink, QueueLosses, Queues, Sink, Writer, WriterConfig, WriterInputs,
+    self, KernelCounters, QueueLosses, Queues, Writer, WriterConfig, WriterInputs,
 };
 use crate::identity::cgroupfs::{self, CgroupFs};
 use crate::identity::kubernetes;

@@ -3,3 +3,4 @@
 pub mod decode;
 pub mod ocsf;
 pub mod pipeline;
+pub mod sinks;

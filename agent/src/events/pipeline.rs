@@ -9,7 +9,6 @@
 //! allowed events shed by the kernel under pressure, queue full) into a loss
 //! record of its own.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::decode::{self, KernelEvent};
 use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
+use super::sinks::{RecordMeta, Sink};
 use crate::admin::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::identity::cgroupfs;
 use crate::state::{NodeState, PodState, tier_name};
@@ -88,52 +88,6 @@ pub async fn run_reader(
             }
         }
         guard.clear_ready();
-    }
-}
-
-/// Where rendered lines go.
-pub trait Sink: Send {
-    fn name(&self) -> &str;
-    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
-    fn flush(&mut self) -> std::io::Result<()>;
-}
-
-/// A JSON-lines file or stdout.
-pub struct LineSink {
-    name: String,
-    out: std::io::BufWriter<Box<dyn Write + Send>>,
-}
-
-impl LineSink {
-    /// `-` is stdout; anything else a file opened for appending.
-    pub fn open(target: &str) -> std::io::Result<Self> {
-        let w: Box<dyn Write + Send> = if target == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(target)?,
-            )
-        };
-        Ok(Self {
-            name: target.to_string(),
-            out: std::io::BufWriter::with_capacity(256 * 1024, w),
-        })
-    }
-}
-
-impl Sink for LineSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(line)?;
-        self.out.write_all(b"\n")
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
     }
 }
 
@@ -387,7 +341,14 @@ impl Writer {
             &workload,
             &mut self.buf,
         );
-        self.emit();
+        let meta = RecordMeta {
+            seq,
+            uid: &uid,
+            kind: if socket.is_some() { "socket" } else { "connection" },
+            priority: j.verdict != VERDICT_ALLOW || verdict.metadata_service || socket.is_some(),
+            time_ms: env.time,
+        };
+        Self::emit(&mut self.sinks, &meta, &self.buf);
     }
 
     /// Writes an agent-level record (policy loaded or rejected, loss).
@@ -403,25 +364,24 @@ impl Writer {
             policy_name: policy.as_deref().map(|p| p.name.as_str()),
             policy_version: policy.as_deref().map(|p| p.version.as_str()),
         };
+        let kind = rec.detail.get("kind").and_then(|k| k.as_str()).unwrap_or("agent").to_string();
         self.buf.clear();
         ocsf::base_event(&env, &rec.message, rec.failure, rec.detail, &mut self.buf);
-        self.emit();
+        let meta = RecordMeta { seq, uid: &uid, kind: &kind, priority: true, time_ms: env.time };
+        Self::emit(&mut self.sinks, &meta, &self.buf);
     }
 
-    fn emit(&mut self) {
-        for sink in &mut self.sinks {
-            if let Err(e) = sink.write_line(&self.buf) {
-                self.metrics.lost(&format!("sink:{}", sink.name()), 1);
-                tracing::error!(sink = sink.name(), error = %e, "cannot write event");
-            }
+    /// Hands one rendered record to every sink; a sink that cannot take it
+    /// counts the loss itself and reports it through `Sink::take_losses`.
+    fn emit(sinks: &mut [Box<dyn Sink>], meta: &RecordMeta<'_>, line: &[u8]) {
+        for sink in sinks {
+            sink.write(meta, line);
         }
     }
 
     fn flush(&mut self) {
         for sink in &mut self.sinks {
-            if let Err(e) = sink.flush() {
-                tracing::error!(sink = sink.name(), error = %e, "cannot flush events");
-            }
+            sink.flush();
         }
     }
 
@@ -462,6 +422,13 @@ impl Writer {
                     tracing::error!(error = %e, "cannot record reported loss count");
                 }
             }
+        }
+        let mut sink_losses = Vec::new();
+        for sink in &mut self.sinks {
+            sink_losses.extend(sink.take_losses());
+        }
+        for loss in sink_losses {
+            self.loss_record(&loss.stage, loss.count, &loss.what);
         }
         let losses = self.losses.clone();
         for (counter, stage, what) in [

@@ -1,0 +1,13 @@
+//! Compiles the protocol with protox (pure Rust: no protoc on the machine).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/tiergate/events/v1/events.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // The agent brings its own (mTLS) transport.
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}
