@@ -21,10 +21,10 @@ use crate::cli::AgentArgs;
 use crate::control::Control;
 use crate::enforcement::loader::{self, LoadOptions};
 use crate::enforcement::sync::MapSync;
-use crate::events::sinks::{LineSink, Sink};
 use crate::events::pipeline::{
-    self, KernelCounters, QueueLosses, Queues, Writer, WriterConfig, WriterInputs,
+    self, AgentRecord, KernelCounters, QueueLosses, Queues, Writer, WriterConfig, WriterInputs,
 };
+use crate::events::sinks::{LineSink, Sink};
 use crate::identity::cgroupfs::{self, CgroupFs};
 use crate::identity::kubernetes;
 use crate::identity::watch;
@@ -113,10 +113,24 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (ptx, prx) = mpsc::channel(pipeline::QUEUE_CAPACITY);
     let (ntx, nrx) = mpsc::channel(pipeline::QUEUE_CAPACITY);
     let (atx, arx) = mpsc::unbounded_channel();
+    let startup_tx = atx.clone();
+    // Delivery to the collector: spool first (it fixes the agent id and
+    // where numbering resumes), then the sender.
+    let mut instance = instance_id();
+    let mut start_seq = 0;
+    let mut startup_records = Vec::new();
+    if let Some(url) = &args.collector {
+        let export = export_setup(&args, url, &hostname, metrics.clone()).await?;
+        instance = export.agent_id;
+        start_seq = export.last_seq;
+        startup_records = export.records;
+        sinks.push(export.sink);
+    }
     let writer = Writer::new(
         WriterConfig {
             hostname: hostname.clone(),
-            instance: instance_id(),
+            instance,
+            start_seq,
             cgroups: (cgfs.clone(), root.clone()),
         },
         state.clone(),
@@ -125,6 +139,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         counters,
         losses.clone(),
     );
+    for rec in startup_records {
+        let _ = startup_tx.send(rec);
+    }
     let writer_task = tokio::spawn(writer.run(WriterInputs {
         priority: prx,
         normal: nrx,
@@ -215,6 +232,105 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     drop(control);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     Ok(())
+}
+
+/// What the exporter set-up gives the writer.
+struct ExportSetup {
+    agent_id: String,
+    last_seq: u64,
+    sink: Box<dyn Sink>,
+    /// Loss records for spool files set aside at open.
+    records: Vec<AgentRecord>,
+}
+
+/// Opens the spool, checks the TLS files and starts the sender.
+async fn export_setup(
+    args: &AgentArgs,
+    url: &str,
+    node: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<ExportSetup> {
+    use crate::export::{sender, spool, spool_sink::SpoolSink};
+    let (host, port) = sender::parse_url(url).map_err(anyhow::Error::msg)?;
+    let files = crate::tls::TlsFiles {
+        ca: args.tls_ca.clone().context("--collector needs --tls-ca")?,
+        cert: args
+            .tls_cert
+            .clone()
+            .context("--collector needs --tls-cert")?,
+        key: args
+            .tls_key
+            .clone()
+            .context("--collector needs --tls-key")?,
+    };
+    let expect = match &args.collector_spiffe_id {
+        Some(p) => Some(
+            crate::policy::glob::SpiffePattern::parse(p)
+                .map_err(|e| anyhow::anyhow!("--collector-spiffe-id {p}: {e}"))?,
+        ),
+        None => None,
+    };
+    let tls =
+        Arc::new(crate::tls::ClientTls::new(files, expect).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let (spool, report) = spool::Spool::open(spool::SpoolConfig {
+        dir: args.spool.clone(),
+        max_bytes: args.spool_max_bytes,
+        segment_bytes: (args.spool_max_bytes / 16).clamp(64 << 10, 16 << 20),
+    })
+    .map_err(|e| anyhow::anyhow!("--spool {}: {e}", args.spool.display()))?;
+    let mut records = Vec::new();
+    if !report.set_aside.is_empty() || report.truncated_bytes > 0 || report.cursor_reset {
+        tracing::warn!(
+            set_aside = ?report.set_aside,
+            truncated_bytes = report.truncated_bytes,
+            cursor_reset = report.cursor_reset,
+            "the spool had damaged files; they were set aside and the agent goes on"
+        );
+        metrics.lost("spool-corrupt", report.set_aside_records);
+        records.push(AgentRecord {
+            message: format!(
+                "spool damage: {} files set aside, {} bytes of a torn tail dropped{}",
+                report.set_aside.len(),
+                report.truncated_bytes,
+                if report.cursor_reset { ", cursor reset (records may be sent twice)" } else { "" }
+            ),
+            failure: true,
+            detail: serde_json::json!({
+                "kind": "loss",
+                "stage": "spool-corrupt",
+                "count": report.set_aside_records,
+                "bytes": report.set_aside_bytes,
+                "files": report.set_aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "truncated_bytes": report.truncated_bytes,
+                "cursor_reset": report.cursor_reset,
+            }),
+        });
+    }
+    tracing::info!(
+        spool = %args.spool.display(),
+        pending = report.records,
+        acked = report.acked,
+        "spool open"
+    );
+    let agent_id = spool.agent_id().to_string();
+    let last_seq = spool.last_seq().unwrap_or(0);
+    let spool = Arc::new(std::sync::Mutex::new(spool));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let sink = Box::new(SpoolSink::new(spool.clone(), notify.clone(), &args.spool));
+    let cfg = sender::SenderConfig {
+        host,
+        port,
+        tls,
+        node: node.to_string(),
+        agent_id: agent_id.clone(),
+    };
+    tokio::spawn(sender::run(cfg, spool, notify, metrics));
+    Ok(ExportSetup {
+        agent_id,
+        last_seq,
+        sink,
+        records,
+    })
 }
 
 /// Watches the policy file's directory (editors and ConfigMaps replace the

@@ -20,10 +20,42 @@ pub enum Command {
     /// Validate and explain tier policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Receive event streams from agents (gRPC + mTLS) and write them to sinks.
+    Collector(CollectorArgs),
     /// List the workloads the running agent has seen: identity, tier, enforced.
     Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    /// gRPC listen address.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4317")]
+    pub listen: SocketAddr,
+    /// Trust bundle (PEM) that client certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: PathBuf,
+    /// The collector's certificate (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// The collector's private key (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// SPIFFE ID pattern agents must present (URI SAN); repeatable; `*` one
+    /// path segment, `**` any depth.
+    #[arg(long, value_name = "PATTERN", required = true)]
+    pub allow_spiffe: Vec<String>,
+    /// Where records go; repeatable: `stdout`,
+    /// `file:PATH[?max-bytes=N&keep=K]`, `syslog+tls://HOST:PORT?ca=FILE[&cert=FILE&key=FILE]`.
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Vec<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub admin_addr: SocketAddr,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +112,29 @@ pub struct AgentArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
+    /// --tls-* files and --spool).
+    #[arg(long, value_name = "URL", requires_all = ["tls_ca", "tls_cert", "tls_key"])]
+    pub collector: Option<String>,
+    /// Trust bundle (PEM) the collector's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The agent's X.509-SVID (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The SVID's private key (PEM); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// SPIFFE ID pattern the collector must present (then no hostname check).
+    #[arg(long, value_name = "PATTERN")]
+    pub collector_spiffe_id: Option<String>,
+    /// Disk buffer for events the collector has not acknowledged.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/tiergate/spool")]
+    pub spool: PathBuf,
+    /// Size limit of the spool; above it allowed-connection events are given
+    /// up first (reported as loss records).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -5,9 +5,12 @@ use tiergate::commands;
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIERGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, never into log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -35,6 +38,20 @@ fn main() {
         }
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
         Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
+        Command::Collector(args) => {
+            init_logs(args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(tiergate::collector::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("tiergate: {e:#}");
+                    1
+                }
+            }
+        }
         Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),
     };

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod kubeapi;
+pub mod pki;
+pub mod rsyslog;
 
 use serde_json::Value;
 
@@ -320,14 +322,21 @@ impl Fixture {
         agent
     }
 
-    /// The events written so far.
+    /// The events written so far (a last line still being written is left
+    /// out; a line cut short by a `kill -9` of the agent is skipped).
     pub fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.events_path()).unwrap_or_default();
-        text.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
-            })
+        complete_lines(&self.events_path())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Lines of the events file that are not JSON objects.
+    pub fn bad_event_lines(&self) -> usize {
+        complete_lines(&self.events_path())
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_err())
+            .count()
     }
 
     /// Waits until an event satisfies `pred`; panics with the events seen.
@@ -417,6 +426,13 @@ impl Drop for Fixture {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A file's text up to its last newline.
+fn complete_lines(path: &Path) -> String {
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+    text
 }
 
 fn tiergate_bin_or_none() -> PathBuf {

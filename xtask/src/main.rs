@@ -5,11 +5,14 @@
 //!   cargo xtask run     build + run the agent on this host with deploy/policy/default.yaml
 //!   cargo xtask test    build + unit tests + privileged kernel tests (root)
 //!   cargo xtask lint    cargo fmt --check + clippy -D warnings
+//!   cargo xtask certs DIR   a demo CA and SPIFFE SVIDs for a collector and an agent
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod certs;
 
 const NIGHTLY: &str = "nightly";
 /// LLVM major of the nightly toolchain; bpf-linker must be built against it.
@@ -21,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     // `ip netns` for the kernel tests, bpftool to inspect attachments.
     "iproute2",
     "bpftool",
+    // A real syslog-over-TLS receiver for the collector's syslog sink test.
+    "rsyslog",
+    "rsyslog-gnutls",
 ];
 
 fn main() -> ExitCode {
@@ -31,8 +37,9 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
+        Some("certs") => certs::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup|build|run|test|lint");
+            eprintln!("usage: cargo xtask setup|build|run|test|lint|certs DIR");
             return ExitCode::from(2);
         }
     };

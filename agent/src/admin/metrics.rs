@@ -57,6 +57,12 @@ pub struct Metrics {
     pub pods_known: Gauge,
     pub pod_watch_errors: Counter,
     pub pod_watch_relists: Counter,
+    pub export_connected: Gauge,
+    pub export_errors: Family<StageLabels, Counter>,
+    pub export_sent: Counter,
+    pub export_acked: Counter,
+    pub spool_bytes: Gauge,
+    pub spool_pending: Gauge,
 }
 
 impl Metrics {
@@ -134,8 +140,46 @@ impl Metrics {
             "Complete relists of this node's pods",
             pod_watch_relists.clone(),
         );
+        let export_connected = Gauge::default();
+        registry.register(
+            "export_connected",
+            "1 while an event stream to the collector is open",
+            export_connected.clone(),
+        );
+        let export_errors = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "export_errors",
+            "Event streams to the collector that ended with an error, by kind",
+            export_errors.clone(),
+        );
+        let export_sent = Counter::default();
+        registry.register(
+            "export_sent",
+            "Records sent to the collector (resends included)",
+            export_sent.clone(),
+        );
+        let export_acked = Counter::default();
+        registry.register(
+            "export_acked",
+            "Records the collector acknowledged as durably written",
+            export_acked.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register("spool_bytes", "Bytes in the spool", spool_bytes.clone());
+        let spool_pending = Gauge::default();
+        registry.register(
+            "spool_pending",
+            "Records in the spool not yet acknowledged",
+            spool_pending.clone(),
+        );
         Self {
             registry,
+            export_connected,
+            export_errors,
+            export_sent,
+            export_acked,
+            spool_bytes,
+            spool_pending,
             pods_known,
             pod_watch_errors,
             pod_watch_relists,

@@ -109,8 +109,11 @@ impl KernelCounters {
 /// The writer's fixed context.
 pub struct WriterConfig {
     pub hostname: String,
-    /// Distinguishes this agent run in `metadata.uid`.
+    /// Prefix of `metadata.uid`: the spool's agent id (stable across
+    /// restarts) or, without a spool, a random id of this run.
     pub instance: String,
+    /// The last sequence number already used (the spool's, after a restart).
+    pub start_seq: u64,
     /// The cgroup hierarchy and the watched root, to name a cgroup the
     /// control loop has not reported yet.
     pub cgroups: (cgroupfs::CgroupFs, std::path::PathBuf),
@@ -148,13 +151,13 @@ impl Writer {
         losses: Arc<QueueLosses>,
     ) -> Self {
         Self {
+            seq: cfg.start_seq,
             cfg,
             state,
             metrics,
             sinks,
             kernel,
             losses,
-            seq: 0,
             boot_to_epoch_ns: boot_to_epoch_offset_ns(),
             buf: Vec::with_capacity(1024),
         }
@@ -344,7 +347,11 @@ impl Writer {
         let meta = RecordMeta {
             seq,
             uid: &uid,
-            kind: if socket.is_some() { "socket" } else { "connection" },
+            kind: if socket.is_some() {
+                "socket"
+            } else {
+                "connection"
+            },
             priority: j.verdict != VERDICT_ALLOW || verdict.metadata_service || socket.is_some(),
             time_ms: env.time,
         };
@@ -364,10 +371,21 @@ impl Writer {
             policy_name: policy.as_deref().map(|p| p.name.as_str()),
             policy_version: policy.as_deref().map(|p| p.version.as_str()),
         };
-        let kind = rec.detail.get("kind").and_then(|k| k.as_str()).unwrap_or("agent").to_string();
+        let kind = rec
+            .detail
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("agent")
+            .to_string();
         self.buf.clear();
         ocsf::base_event(&env, &rec.message, rec.failure, rec.detail, &mut self.buf);
-        let meta = RecordMeta { seq, uid: &uid, kind: &kind, priority: true, time_ms: env.time };
+        let meta = RecordMeta {
+            seq,
+            uid: &uid,
+            kind: &kind,
+            priority: true,
+            time_ms: env.time,
+        };
         Self::emit(&mut self.sinks, &meta, &self.buf);
     }
 
@@ -417,7 +435,7 @@ impl Writer {
             let reported = self.kernel.reported.get(&slot, 0).unwrap_or(0);
             if total > reported {
                 let n = total - reported;
-                self.loss_record(stage, n, what);
+                self.loss_record(stage, n, what, None);
                 if let Err(e) = self.kernel.reported.set(slot, total, 0) {
                     tracing::error!(error = %e, "cannot record reported loss count");
                 }
@@ -428,7 +446,7 @@ impl Writer {
             sink_losses.extend(sink.take_losses());
         }
         for loss in sink_losses {
-            self.loss_record(&loss.stage, loss.count, &loss.what);
+            self.loss_record(&loss.stage, loss.count, &loss.what, Some(&loss.seq_ranges));
         }
         let losses = self.losses.clone();
         for (counter, stage, what) in [
@@ -441,15 +459,23 @@ impl Writer {
         ] {
             let n = counter.swap(0, Ordering::Relaxed);
             if n > 0 {
-                self.loss_record(stage, n, what);
+                self.loss_record(stage, n, what, None);
             }
         }
     }
 
-    fn loss_record(&mut self, stage: &str, count: u64, what: &str) {
+    /// Reports `count` lost records. `seqs` are their numbers when they had
+    /// any (lost after the writer numbered them); records lost before (in the
+    /// kernel or the queues) never had one, and fell between the previous
+    /// record and this loss record.
+    fn loss_record(&mut self, stage: &str, count: u64, what: &str, seqs: Option<&[(u64, u64)]>) {
         self.metrics.lost(stage, count);
         let after = self.seq;
         tracing::warn!(stage, count, "events lost");
+        let seq_range = match seqs {
+            Some(runs) => serde_json::json!({"seqs": runs}),
+            None => serde_json::json!({"after_seq": after, "before_seq": after + 1}),
+        };
         self.agent_record(AgentRecord {
             message: format!("{count} events lost: {what}"),
             failure: true,
@@ -457,9 +483,7 @@ impl Writer {
                 "kind": "loss",
                 "stage": stage,
                 "count": count,
-                // The lost records never got numbers: they fell after
-                // `after_seq` and before this record's own seq.
-                "seq_range": {"after_seq": after, "before_seq": after + 1},
+                "seq_range": seq_range,
             }),
         });
     }

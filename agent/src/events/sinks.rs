@@ -24,6 +24,8 @@ pub struct SinkLoss {
     pub stage: String,
     pub count: u64,
     pub what: String,
+    /// Sequence numbers of the lost records, as inclusive runs.
+    pub seq_ranges: Vec<(u64, u64)>,
 }
 
 /// A destination of rendered records.
@@ -45,6 +47,9 @@ pub struct LineSink {
     out: std::io::BufWriter<Box<dyn Write + Send>>,
     /// Records not written since the last report (disk full, closed pipe).
     lost: u64,
+    /// Their seqs: the current batch's and earlier failures'.
+    lost_seqs: Vec<(u64, u64)>,
+    batch_seqs: Option<(u64, u64)>,
     /// Records written into the buffer since the last successful flush: lost
     /// too if that flush fails.
     unflushed: u64,
@@ -57,12 +62,20 @@ impl LineSink {
         let w: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(target)?)
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(target)?;
+            end_with_newline(&mut f)?;
+            Box::new(f)
         };
         Ok(Self {
             name: target.to_string(),
             out: std::io::BufWriter::with_capacity(256 * 1024, w),
             lost: 0,
+            lost_seqs: Vec::new(),
+            batch_seqs: None,
             unflushed: 0,
             last_error: None,
         })
@@ -84,10 +97,21 @@ impl Sink for LineSink {
         &self.name
     }
 
-    fn write(&mut self, _meta: &RecordMeta<'_>, line: &[u8]) {
-        match self.out.write_all(line).and_then(|_| self.out.write_all(b"\n")) {
-            Ok(()) => self.unflushed += 1,
-            Err(e) => self.failed(e, 1),
+    fn write(&mut self, meta: &RecordMeta<'_>, line: &[u8]) {
+        match self
+            .out
+            .write_all(line)
+            .and_then(|_| self.out.write_all(b"\n"))
+        {
+            Ok(()) => {
+                self.unflushed += 1;
+                let (first, _) = self.batch_seqs.unwrap_or((meta.seq, meta.seq));
+                self.batch_seqs = Some((first, meta.seq));
+            }
+            Err(e) => {
+                self.lost_seqs.push((meta.seq, meta.seq));
+                self.failed(e, 1);
+            }
         }
     }
 
@@ -95,10 +119,12 @@ impl Sink for LineSink {
         match self.out.flush() {
             Ok(()) => {
                 self.unflushed = 0;
+                self.batch_seqs = None;
                 self.last_error = None;
             }
             Err(e) => {
                 let n = std::mem::take(&mut self.unflushed);
+                self.lost_seqs.extend(self.batch_seqs.take());
                 // Drop what could not be written so the next batch starts clean.
                 let _ = std::mem::replace(
                     &mut self.out,
@@ -118,9 +144,31 @@ impl Sink for LineSink {
         vec![SinkLoss {
             stage: format!("events-file:{}", self.name),
             count,
-            what: format!("{} could not be written ({})", self.name, self.last_error.clone().unwrap_or_default()),
+            what: format!(
+                "{} could not be written ({})",
+                self.name,
+                self.last_error.clone().unwrap_or_default()
+            ),
+            seq_ranges: std::mem::take(&mut self.lost_seqs),
         }]
     }
+}
+
+/// A line cut short (the previous agent died mid-write) is ended, so the
+/// next record starts on a line of its own.
+fn end_with_newline(f: &mut std::fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 impl LineSink {

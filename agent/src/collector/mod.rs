@@ -1,0 +1,115 @@
+//! `tiergate collector`: receives event streams from agents over gRPC with
+//! mTLS (client SPIFFE IDs checked against `--allow-spiffe`) and writes them
+//! to sinks (JSON-lines files with rotation, stdout, syslog over TLS).
+
+pub mod metrics;
+pub mod service;
+pub mod sinks;
+pub mod tls_conn;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tiergate_proto::events::v1::event_collector_server::EventCollectorServer;
+
+use crate::cli::CollectorArgs;
+use crate::policy::glob::SpiffePattern;
+use crate::tls::{Rejection, ServerTls, TlsFiles};
+use metrics::{CollectorMetrics, ReasonLabels};
+use service::{Collector, SeqTracker};
+
+/// Runs the collector until SIGTERM/SIGINT.
+pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
+    let allow = args
+        .allow_spiffe
+        .iter()
+        .map(|p| SpiffePattern::parse(p).map_err(|e| anyhow::anyhow!("--allow-spiffe {p}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = if args.sink.is_empty() {
+        vec!["stdout".to_string()]
+    } else {
+        args.sink.clone()
+    };
+    let mut sinks = Vec::new();
+    for spec in &specs {
+        sinks.push(sinks::parse_sink(spec).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let metrics = Arc::new(CollectorMetrics::new());
+    let m = metrics.clone();
+    let on_reject: Arc<dyn Fn(&Rejection) + Send + Sync> = Arc::new(move |r: &Rejection| {
+        m.rejected
+            .get_or_create(&ReasonLabels {
+                reason: r.label().to_string(),
+            })
+            .inc();
+    });
+    let tls = Arc::new(
+        ServerTls::new(
+            TlsFiles {
+                ca: args.tls_ca.clone(),
+                cert: args.tls_cert.clone(),
+                key: args.tls_key.clone(),
+            },
+            allow,
+            on_reject,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    let admin_metrics = metrics.clone();
+    let admin = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = admin_metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(|| async { (StatusCode::OK, "ready\n") }));
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let svc = Collector {
+        writer: service::spawn_writer(sinks, metrics.clone()),
+        seqs: Arc::new(Mutex::new(SeqTracker::default())),
+        metrics,
+        hostname,
+    };
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls_conn::incoming(listener, tls));
+    tracing::info!(listen = %args.listen, sinks = ?specs, "collector ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tonic::transport::Server::builder()
+        .add_service(EventCollectorServer::new(svc))
+        .serve_with_incoming_shutdown(incoming, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+        .context("gRPC server failed")?;
+    Ok(())
+}
