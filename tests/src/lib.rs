@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod kubeapi;
-pub mod pki;
+pub use tiergate_testpki as pki;
 pub mod rsyslog;
 
 use serde_json::Value;

@@ -23,8 +23,6 @@ mod server;
 mod spiffe;
 
 #[cfg(test)]
-mod testpki;
-#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

@@ -16,9 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::testpki::{AGENT_ID, COLLECTOR_ID, Ca, Leaf, OTHER_ID, Svid, TD, TempDir, write_svid};
 use super::*;
 use crate::policy::glob::SpiffePattern;
+use tiergate_testpki::{
+    AGENT_ID, COLLECTOR_ID, Ca, Leaf, OTHER_ID, Svid, TD, TempDir, TlsFiles, write_svid,
+};
 
 // ---------------------------------------------------------------- harness
 
@@ -134,7 +136,7 @@ fn start_server(files: &TlsFiles) -> (ServerTls, Recorded) {
     let (on_reject, rec) = recorder();
     let allow = vec![pattern(&format!("spiffe://{TD}/ns/tiergate/sa/*"))];
     (
-        ServerTls::new(files.clone(), allow, on_reject).expect("server tls"),
+        ServerTls::new(files.clone().into(), allow, on_reject).expect("server tls"),
         rec,
     )
 }
@@ -277,7 +279,7 @@ const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::v
 async fn mutual_tls_succeeds_and_server_sees_the_agent_id() {
     let p = pki();
     let (server, rec) = start_server(&p.collector);
-    let client = ClientTls::new(p.agent.clone(), None).expect("client tls");
+    let client = ClientTls::new(p.agent.clone().into(), None).expect("client tls");
 
     for host in ["localhost", "127.0.0.1"] {
         let (s, c) = exchange(&server, client.connector(), name(host)).await.ok();
@@ -291,7 +293,7 @@ async fn mutual_tls_succeeds_and_server_sees_the_agent_id() {
 
     // SPIFFE-style client: same result.
     let spiffe_client =
-        ClientTls::new(p.agent.clone(), Some(pattern(COLLECTOR_ID))).expect("client tls");
+        ClientTls::new(p.agent.clone().into(), Some(pattern(COLLECTOR_ID))).expect("client tls");
     let (s, _) = exchange(&server, spiffe_client.connector(), name("localhost"))
         .await
         .ok();
@@ -456,7 +458,7 @@ async fn client_refuses_a_collector_from_an_unknown_ca() {
     let (server, rec) = start_server(&files);
     let logs = Logs::capture();
     for expect in [None, Some(pattern(COLLECTOR_ID))] {
-        let client = ClientTls::new(p.agent.clone(), expect).expect("client tls");
+        let client = ClientTls::new(p.agent.clone().into(), expect).expect("client tls");
         let err = exchange(&server, client.connector(), name("localhost"))
             .await
             .refused();
@@ -481,8 +483,8 @@ async fn client_refuses_a_collector_from_an_unknown_ca() {
 async fn expected_collector_spiffe_id_replaces_the_host_name_check() {
     let p = pki();
     let spiffe_client =
-        ClientTls::new(p.agent.clone(), Some(pattern(COLLECTOR_ID))).expect("client tls");
-    let hostname_client = ClientTls::new(p.agent.clone(), None).expect("client tls");
+        ClientTls::new(p.agent.clone().into(), Some(pattern(COLLECTOR_ID))).expect("client tls");
+    let hostname_client = ClientTls::new(p.agent.clone().into(), None).expect("client tls");
 
     // Right SPIFFE ID, dialled by a name the certificate does not carry.
     let (server, _) = start_server(&p.collector);
@@ -551,7 +553,8 @@ async fn expected_collector_spiffe_id_replaces_the_host_name_check() {
 async fn server_rotation_takes_effect_on_the_next_handshake() {
     let p = pki();
     let (server, _) = start_server(&p.collector);
-    let client = ClientTls::new(p.agent.clone(), Some(pattern(COLLECTOR_ID))).expect("client");
+    let client =
+        ClientTls::new(p.agent.clone().into(), Some(pattern(COLLECTOR_ID))).expect("client");
     let (_, c) = exchange(&server, client.connector(), name("localhost"))
         .await
         .ok();
@@ -582,7 +585,7 @@ async fn server_rotation_takes_effect_on_the_next_handshake() {
 async fn client_rotation_takes_effect_on_the_next_handshake() {
     let p = pki();
     let (server, _) = start_server(&p.collector);
-    let client = ClientTls::new(p.agent.clone(), None).expect("client");
+    let client = ClientTls::new(p.agent.clone().into(), None).expect("client");
     let (s, _) = exchange(&server, client.connector(), name("localhost"))
         .await
         .ok();
@@ -601,7 +604,7 @@ async fn client_rotation_takes_effect_on_the_next_handshake() {
 async fn bad_files_during_rotation_keep_the_previous_configuration() {
     let p = pki();
     let (server, rec) = start_server(&p.collector);
-    let client = ClientTls::new(p.agent.clone(), None).expect("client");
+    let client = ClientTls::new(p.agent.clone().into(), None).expect("client");
     let logs = Logs::capture();
 
     let next = p.ca.issue(Leaf::collector().serial(2));
@@ -673,7 +676,7 @@ async fn bad_files_during_rotation_keep_the_previous_configuration() {
 async fn client_keeps_its_configuration_when_rotated_files_are_bad() {
     let p = pki();
     let (server, _) = start_server(&p.collector);
-    let client = ClientTls::new(p.agent.clone(), None).expect("client");
+    let client = ClientTls::new(p.agent.clone().into(), None).expect("client");
     let logs = Logs::capture();
     tokio::time::sleep(Duration::from_millis(20)).await;
     std::fs::write(&p.agent.ca, "-----BEGIN CERTIFICATE-----\nMIIB").expect("write");
@@ -691,11 +694,11 @@ async fn ca_rotation_changes_who_is_trusted() {
     let p = pki();
     let (server, rec) = start_server(&p.collector);
     let new_ca = Ca::new("tiergate test CA 2");
-    let old_agent = ClientTls::new(p.agent.clone(), None).expect("client");
+    let old_agent = ClientTls::new(p.agent.clone().into(), None).expect("client");
     let new_agent_files = p
         .dir
         .write("agent2", &p.ca.pem(), &new_ca.issue(Leaf::agent()));
-    let new_agent = ClientTls::new(new_agent_files, None).expect("client");
+    let new_agent = ClientTls::new(new_agent_files.into(), None).expect("client");
 
     exchange(&server, old_agent.connector(), name("localhost"))
         .await
@@ -732,12 +735,12 @@ fn bad_files_at_new_are_errors_naming_the_file() {
     let allow = || vec![pattern(AGENT_ID)];
     let (on_reject, _) = recorder();
     let server_err = |files: TlsFiles| {
-        ServerTls::new(files, allow(), on_reject.clone())
+        ServerTls::new(files.into(), allow(), on_reject.clone())
             .expect_err("should fail")
             .to_string()
     };
     let client_err = |files: TlsFiles| {
-        ClientTls::new(files, None)
+        ClientTls::new(files.into(), None)
             .expect_err("should fail")
             .to_string()
     };
@@ -834,7 +837,7 @@ fn bad_files_at_new_are_errors_naming_the_file() {
         assert!(c.starts_with(&want), "client: {c}\n  want: {want}");
     }
 
-    let e = ServerTls::new(p.collector.clone(), vec![], on_reject.clone())
+    let e = ServerTls::new(p.collector.clone().into(), vec![], on_reject.clone())
         .expect_err("no allowed IDs")
         .to_string();
     assert!(e.starts_with("--allow-spiffe: no SPIFFE ID pattern"), "{e}");
@@ -882,4 +885,14 @@ fn spiffe_ids_of_a_certificate() {
     assert!(spiffe_ids(&der(&ca.issue(Leaf::new()))).unwrap().is_empty());
     let e = spiffe_ids(b"not DER").unwrap_err().to_string();
     assert!(e.starts_with("not a valid DER X.509 certificate"), "{e}");
+}
+
+impl From<TlsFiles> for super::TlsFiles {
+    fn from(f: TlsFiles) -> Self {
+        super::TlsFiles {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        }
+    }
 }
