@@ -6,6 +6,7 @@
 //!   cargo xtask test    build + unit tests + privileged kernel tests (root)
 //!   cargo xtask lint    cargo fmt --check + clippy -D warnings
 //!   cargo xtask certs DIR   a demo CA and SPIFFE SVIDs for a collector and an agent
+//!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     // A real syslog-over-TLS receiver for the collector's syslog sink test.
     "rsyslog",
     "rsyslog-gnutls",
+    // nftables `socket cgroupv2` rules, the benchmark's comparison point.
+    "nftables",
 ];
 
 fn main() -> ExitCode {
@@ -38,8 +41,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
         Some("certs") => certs::run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup|build|run|test|lint|certs DIR");
+            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|certs DIR");
             return ExitCode::from(2);
         }
     };
@@ -190,6 +194,23 @@ fn build_release() -> Result<PathBuf> {
     say("building the agent (release, eBPF object embedded)");
     status(cargo().args(["build", "--release", "--package", "tiergate"]))?;
     Ok(root().join("target/release/tiergate"))
+}
+
+/// setup + release build, then the benchmark suite (writes docs/BENCHMARKS.md).
+fn bench(extra: &[String]) -> Result<()> {
+    setup()?;
+    build_release()?;
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs: run `cargo xtask bench` as root");
+    }
+    status(
+        cargo()
+            .current_dir(root())
+            .args(["run", "--release", "-p", "tiergate-bench", "--"])
+            .args(["--tiergate", "target/release/tiergate"])
+            .args(["--out", "docs/BENCHMARKS.md"])
+            .args(extra),
+    )
 }
 
 fn run(extra: &[String]) -> Result<()> {
