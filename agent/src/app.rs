@@ -223,6 +223,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             _ = hup.recv() => { tracing::info!("SIGHUP: re-reading the policy"); control.reload(); }
             _ = rescan.tick() => control.scan(),
+            // The generation a swap left behind goes shortly after, when no
+            // program can still be reading it.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if control.sync.has_stale() => {
+                if let Err(e) = control.sync.cleanup() {
+                    tracing::error!(error = %e, "cannot delete the previous policy generation");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

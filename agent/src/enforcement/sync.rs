@@ -64,6 +64,13 @@ pub struct MapSync {
     active_gen: u32,
     /// Last value written per cgroup (so a swap keeps the live slot intact).
     written: StdHashMap<u64, CgroupTier>,
+    /// Rule keys this process wrote, per generation; `None` until known
+    /// (maps re-adopted from an earlier agent: found by iterating once).
+    rule_keys: [Option<Vec<Key<RuleKey>>>; GENERATIONS],
+    /// A generation whose rules are stale since the last flip, deleted by
+    /// `cleanup()` shortly after (off the reload's critical path) or, at
+    /// the latest, before that generation is written again.
+    stale: Option<u32>,
 }
 
 /// Figures of one policy swap, for logs and metrics.
@@ -97,6 +104,8 @@ impl MapSync {
             rules,
             active_gen: current.active_gen & 1,
             written: StdHashMap::new(),
+            rule_keys: [None, None],
+            stale: None,
         };
         for (id, entry) in me.cgroups.iter().flatten() {
             me.written.insert(id, entry);
@@ -127,6 +136,7 @@ impl MapSync {
         let next = 1 - self.active_gen;
         let n = next as usize;
         self.clear_rules(next)?;
+        let mut keys = Vec::with_capacity(compiled.rules.len());
         for rule in &compiled.rules {
             let key = Key::new(
                 RULE_KEY_FIXED_BITS + rule.prefix_len,
@@ -139,7 +149,9 @@ impl MapSync {
             self.rules
                 .insert(&key, rule.ports, 0)
                 .map_err(map_err(map_names::RULES))?;
+            keys.push(key);
         }
+        self.rule_keys[n] = Some(keys);
         for t in 0..MAX_TIERS {
             let flags = compiled.tier_flags.get(t as usize).copied().unwrap_or(0);
             self.tiers
@@ -169,6 +181,10 @@ impl MapSync {
         self.config
             .set(0, cfg, 0)
             .map_err(map_err(map_names::CONFIG))?;
+        // The generation just left is deleted shortly (`cleanup`), not now:
+        // a program that read the old generation a moment ago may still be
+        // looking it up.
+        self.stale = Some(self.active_gen);
         self.active_gen = next;
         Ok(SwapStats {
             generation: next,
@@ -229,22 +245,44 @@ impl MapSync {
         self.written.len()
     }
 
+    /// Deletes the rules of the generation the last swap left behind.
+    /// Called a moment after a swap, when no program still reads it.
+    pub fn cleanup(&mut self) -> Result<(), SyncError> {
+        match self.stale.take() {
+            Some(g) => self.clear_rules(g),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `cleanup` has work to do.
+    pub fn has_stale(&self) -> bool {
+        self.stale.is_some()
+    }
+
     fn clear_rules(&mut self, generation: u32) -> Result<(), SyncError> {
-        let stale: Vec<Key<RuleKey>> = self
-            .rules
-            .keys()
-            .flatten()
-            .filter(|k| {
-                let data = k.data();
-                data.generation == generation
-            })
-            .collect();
+        if self.stale == Some(generation) {
+            self.stale = None;
+        }
+        let stale: Vec<Key<RuleKey>> = match self.rule_keys[generation as usize].take() {
+            Some(keys) => keys,
+            // Written by an earlier agent: find them.
+            None => self
+                .rules
+                .keys()
+                .flatten()
+                .filter(|k| {
+                    let data = k.data();
+                    data.generation == generation
+                })
+                .collect(),
+        };
         for k in stale {
             match self.rules.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(map_names::RULES)(e)),
             }
         }
+        self.rule_keys[generation as usize] = Some(Vec::new());
         Ok(())
     }
 }
