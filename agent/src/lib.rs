@@ -16,3 +16,16 @@ pub mod policy;
 pub mod preflight;
 pub mod state;
 pub mod tls;
+
+/// An error with its causes, `outer: inner: root`, for log lines and
+/// messages that must name what actually failed.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -116,7 +116,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             }
             Err(e) => {
                 tracing::warn!(
-                    error = %chain(&e),
+                    error = %crate::error_chain(&e),
                     "cannot attach the socket_create LSM hook: non-IP socket families such as \
                      AF_PACKET are not refused to enforced tiers (inet sockets still are)"
                 );
@@ -214,7 +214,7 @@ fn replace_pinned(dir: &Path, name: &str, link: FdLink) -> Result<(), LoadError>
     let _ = std::fs::remove_file(&staging);
     let pinned = link.pin(&staging).map_err(|e| LoadError::Pin {
         path: staging.clone(),
-        detail: chain(&e),
+        detail: crate::error_chain(&e),
     })?;
     if final_path.exists() {
         match PinnedLink::from_pin(&final_path) {
@@ -235,18 +235,6 @@ fn replace_pinned(dir: &Path, name: &str, link: FdLink) -> Result<(), LoadError>
     // The pin keeps the link; our fd may go.
     drop(pinned);
     Ok(())
-}
-
-/// An error with its causes, for messages.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Whether the BPF LSM is in the kernel's active LSM list. Mounts securityfs

@@ -134,7 +134,7 @@ async fn stream_once(
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_with_connector(connector)
         .await
-        .map_err(|e| StreamError::Connect(chain(&e)))?;
+        .map_err(|e| StreamError::Connect(crate::error_chain(&e)))?;
     let mut client = EventCollectorClient::new(channel);
     let (tx, rx) = mpsc::channel::<Batch>(WINDOW);
     let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
@@ -200,17 +200,6 @@ async fn stream_once(
         metrics.spool_bytes.set(s.used_bytes() as i64);
         metrics.spool_pending.set(s.pending_records() as i64);
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
