@@ -462,17 +462,7 @@ pub struct Agent {
 impl Agent {
     /// GET on the admin endpoint: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).ok()?;
-        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((status, body))
+        http_get(self.port, path)
     }
 
     pub fn log_text(&self) -> String {
@@ -500,10 +490,7 @@ impl Agent {
 
     /// The value of a metric line starting with `prefix` (labels included).
     pub fn metric(&self, prefix: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        metric_value(&self.get("/metrics")?.1, prefix)
     }
 
     pub fn kill9(&mut self) {
@@ -528,6 +515,47 @@ impl Agent {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
+}
+
+/// A process parked in cgroup `dir` (for `--pid` lookups); returns once it
+/// has joined. The caller kills it.
+pub fn hold(dir: &Path) -> Child {
+    let mut child = Command::new(probe_bin())
+        .arg("--cgroup")
+        .arg(dir)
+        .arg("hold")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn probe hold");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready", "probe did not join {}", dir.display());
+    child
+}
+
+/// GET on a loopback admin endpoint (agent or collector): (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of the first metric line starting with `prefix` (labels included).
+pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// A policy with one enforced tier bound to `<root>/t0/**`.

@@ -131,19 +131,7 @@ fn policy_explain_names_binding_tier_verdict_and_reason() {
 
     // --pid: a live process in a locked cgroup.
     let dir = f.cgroup("locked/x");
-    let mut child = Command::new(tiergate_tests::probe_bin())
-        .arg("--cgroup")
-        .arg(&dir)
-        .arg("hold")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut child = tiergate_tests::hold(&dir);
     let pid = child.id().to_string();
     let (code, out, err) = run(&[
         "policy",

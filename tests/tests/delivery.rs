@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tiergate_tests::pki::{Ca, Leaf, Svid, TempDir, TlsFiles, write_svid};
-use tiergate_tests::{Fixture, free_port, policy, tg, tiergate_bin};
+use tiergate_tests::{Fixture, free_port, http_get, metric_value, policy, tg, tiergate_bin};
 
 const ALLOW_AGENTS: &str = "spiffe://corp.example/ns/tiergate/sa/*";
 const COLLECTOR_ID: &str = "spiffe://corp.example/tiergate/collector";
@@ -89,27 +89,12 @@ impl Collector {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
-        std::io::Write::write_all(&mut s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).ok()?;
-        let status = r.split_whitespace().nth(1)?.parse().ok()?;
-        Some((
-            status,
-            r.split_once("\r\n\r\n")
-                .map(|x| x.1.to_string())
-                .unwrap_or_default(),
-        ))
+        http_get(self.admin, path)
     }
 
     fn metric(&self, prefix: &str) -> f64 {
         self.get("/metrics")
-            .and_then(|(_, b)| {
-                b.lines()
-                    .find(|l| l.starts_with(prefix))
-                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            })
+            .and_then(|(_, b)| metric_value(&b, prefix))
             .unwrap_or(0.0)
     }
 

@@ -369,19 +369,7 @@ fn explain_and_inventory_name_the_pod_identity() {
     let tool = systemd_cg("burstable", UID_A, &cid(1));
     let dir = w.f.cgroup(&tool);
     w.resolved(&tool);
-    let mut child = std::process::Command::new(tiergate_tests::probe_bin())
-        .arg("--cgroup")
-        .arg(&dir)
-        .arg("hold")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut child = tiergate_tests::hold(&dir);
     let admin = format!("127.0.0.1:{}", w.f.agent.as_ref().unwrap().port);
     let policy = w.f.dir.join("policy.yaml");
     let pid = child.id().to_string();
