@@ -190,7 +190,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     control.scan();
     control
-        .install(policy.clone(), &compiled)
+        .install(policy.clone(), &compiled, started.elapsed())
         .context("cannot write the policy maps")?;
     ready.programs_attached.store(true, Ordering::Release);
     ready.policy_in_force.store(true, Ordering::Release);
@@ -204,7 +204,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         "enforcing"
     );
 
-    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<()>();
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<PolicyFileEvent>();
     let _policy_watch = watch_policy_file(&args.policy, reload_tx.clone())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -215,21 +215,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::select! {
             Some(change) = cg_rx.recv() => control.cgroup_change(change),
             Some(change) = pod_rx.recv() => control.pod_change(change),
-            Some(()) = reload_rx.recv() => {
-                // Coalesce a burst of file events (editors write several).
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            Some(what) = reload_rx.recv() => {
+                // A replaced file is read at once (the reload's latency is
+                // the time to enforcement). An in-place write is read when
+                // it is closed or, if that never comes, 20 ms after the last
+                // write; a half-written file would only be rejected.
+                let mut complete = what == PolicyFileEvent::Complete;
+                while !complete {
+                    match tokio::time::timeout(Duration::from_millis(20), reload_rx.recv()).await {
+                        Ok(Some(PolicyFileEvent::Writing)) => {}
+                        Ok(Some(PolicyFileEvent::Complete)) | Ok(None) | Err(_) => complete = true,
+                    }
+                }
                 while reload_rx.try_recv().is_ok() {}
                 control.reload();
             }
             _ = hup.recv() => { tracing::info!("SIGHUP: re-reading the policy"); control.reload(); }
             _ = rescan.tick() => control.scan(),
-            // The generation a swap left behind goes shortly after, when no
-            // program can still be reading it.
-            _ = tokio::time::sleep(Duration::from_millis(100)), if control.sync.has_stale() => {
-                if let Err(e) = control.sync.cleanup() {
-                    tracing::error!(error = %e, "cannot delete the previous policy generation");
-                }
-            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -340,11 +342,43 @@ async fn export_setup(
     })
 }
 
+/// What a file event means for the policy watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyFileEvent {
+    /// The file was replaced (rename, create, a ConfigMap's `..data` swap)
+    /// or an in-place write finished: read it now.
+    Complete,
+    /// An in-place write is under way: read it once the writes settle.
+    Writing,
+}
+
+/// Classifies a file-system event for the policy file `name`: `None` for
+/// events about other files in its directory (a temporary file being
+/// written before the rename) and for reads.
+fn classify_policy_event(ev: &notify::Event, name: &std::ffi::OsStr) -> Option<PolicyFileEvent> {
+    use notify::EventKind as K;
+    use notify::event::{AccessKind, AccessMode};
+    let ours = ev.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|f| f == name || f == std::ffi::OsStr::new("..data"))
+    });
+    if !ours {
+        return None;
+    }
+    match ev.kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => Some(PolicyFileEvent::Complete),
+        K::Access(_) => None,
+        K::Modify(notify::event::ModifyKind::Data(_)) => Some(PolicyFileEvent::Writing),
+        _ => Some(PolicyFileEvent::Complete),
+    }
+}
+
 /// Watches the policy file's directory (editors and ConfigMaps replace the
-/// file rather than write it in place) and signals a reload on any change.
+/// file rather than write it in place) and signals a reload on a change of
+/// the policy file.
 fn watch_policy_file(
     path: &Path,
-    tx: mpsc::UnboundedSender<()>,
+    tx: mpsc::UnboundedSender<PolicyFileEvent>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let dir = path
@@ -352,11 +386,15 @@ fn watch_policy_file(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    let name = path
+        .file_name()
+        .context("the policy path names no file")?
+        .to_os_string();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_))
+            && let Some(what) = classify_policy_event(&ev, &name)
         {
-            let _ = tx.send(());
+            let _ = tx.send(what);
         }
     })
     .context("cannot start the policy file watch")?;
@@ -381,4 +419,77 @@ fn instance_id() -> String {
         b = (std::process::id() as u64 ^ pipeline::now_epoch_ms()).to_le_bytes();
     }
     hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PolicyFileEvent, classify_policy_event};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+    };
+    use std::ffi::OsStr;
+
+    fn ev(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn policy_watch_reacts_to_the_policy_file_only() {
+        let name = OsStr::new("policy.yaml");
+        let c = |kind, path| classify_policy_event(&ev(kind, path), name);
+        // A rename into place (editors, `mv`, the bench) is read at once.
+        assert_eq!(
+            c(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/tg/policy.yaml"
+            ),
+            Some(PolicyFileEvent::Complete)
+        );
+        assert_eq!(
+            c(EventKind::Create(CreateKind::File), "/etc/tg/policy.yaml"),
+            Some(PolicyFileEvent::Complete)
+        );
+        // A ConfigMap volume swaps its `..data` symlink.
+        assert_eq!(
+            c(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/etc/tg/..data"
+            ),
+            Some(PolicyFileEvent::Complete)
+        );
+        // An in-place write settles until the file is closed.
+        assert_eq!(
+            c(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                "/etc/tg/policy.yaml"
+            ),
+            Some(PolicyFileEvent::Writing)
+        );
+        assert_eq!(
+            c(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/etc/tg/policy.yaml"
+            ),
+            Some(PolicyFileEvent::Complete)
+        );
+        // Reads, and the temporary file written before a rename, are not changes.
+        assert_eq!(
+            c(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "/etc/tg/policy.yaml"
+            ),
+            None
+        );
+        assert_eq!(
+            c(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                "/etc/tg/.policy.yaml.tmp"
+            ),
+            None
+        );
+        assert_eq!(
+            c(EventKind::Create(CreateKind::File), "/etc/tg/other.yaml"),
+            None
+        );
+    }
 }

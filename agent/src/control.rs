@@ -219,11 +219,14 @@ impl Control {
     }
 
     /// Writes a compiled policy and every known cgroup's tier under it.
+    /// `prepared` is how long reading, parsing and compiling took (logged).
     pub fn install(
         &mut self,
         policy: Arc<Policy>,
         compiled: &policy::Compiled,
+        prepared: std::time::Duration,
     ) -> Result<(), SyncError> {
+        let describing = Instant::now();
         let described: Vec<(u64, WorkloadInfo, CgroupVerdicts)> = self
             .known
             .iter()
@@ -235,8 +238,10 @@ impl Control {
             .collect();
         let entries: Vec<(u64, CgroupVerdicts)> =
             described.iter().map(|(id, _, v)| (*id, *v)).collect();
+        let describe_us = describing.elapsed().as_micros() as u64;
         let started = Instant::now();
         let stats = self.sync.swap(compiled, &entries)?;
+        let swap_us = started.elapsed().as_micros() as u64;
         let old = std::mem::replace(&mut self.policy, policy.clone());
         self.state.activate(stats.generation, policy.clone());
         for (id, info, _) in described {
@@ -259,7 +264,10 @@ impl Control {
             generation = stats.generation,
             rules = stats.rules,
             cgroups = stats.cgroups,
-            swap_us = started.elapsed().as_micros() as u64,
+            prepare_us = prepared.as_micros() as u64,
+            describe_us,
+            swap_us,
+            rules_written = stats.rules_written,
             "policy in force"
         );
         let _ = self.records.send(AgentRecord {
@@ -277,7 +285,14 @@ impl Control {
 
     /// Re-reads the policy file; a bad file changes nothing in the kernel.
     pub fn reload(&mut self) {
-        let parsed = policy::load(&self.policy_path);
+        let started = Instant::now();
+        let file = self.policy_path.display().to_string();
+        let src = policy::parse::read(&self.policy_path);
+        // The YAML tree is freed when this function returns, after the swap.
+        let (parsed, _tree) = match &src {
+            Ok(src) => policy::parse::parse_keeping_tree(src, &file),
+            Err(e) => (Err(e.clone()), Vec::new()),
+        };
         let result = parsed.map_err(|e| e.to_string()).and_then(|p| {
             p.compile()
                 .map(|c| (p, c))
@@ -290,7 +305,7 @@ impl Control {
             }
             Ok((p, compiled)) => {
                 self.last_rejected = None;
-                if let Err(e) = self.install(Arc::new(p), &compiled) {
+                if let Err(e) = self.install(Arc::new(p), &compiled, started.elapsed()) {
                     tracing::error!(error = %e, "cannot write the new policy; the previous one stays in force");
                     self.metrics.reload("failed");
                 }

@@ -241,18 +241,22 @@ impl World {
     /// A policy whose tier t0 (bound to enf/t0/**) has `n` /32 rules; the
     /// first one allows 10.20.0.1 (or, `allow = false`, 10.21.0.1).
     fn policy(&self, n: usize, allow: bool) -> String {
+        self.policy_variant(n, allow, 64, None)
+    }
+
+    /// `policy(n, allow)` with the destinations of rules 2..n in 10.`net`.x.y
+    /// instead of 10.64.x.y and, with `tag`, the second rule's destination
+    /// made unique to that tag (10.63.x.y).
+    fn policy_variant(&self, n: usize, allow: bool, net: usize, tag: Option<usize>) -> String {
         let mut s = format!(
             "apiVersion: tiergate.io/v1alpha1\nkind: TierPolicy\nmetadata:\n  name: bench-{n}-{allow}\nspec:\n  mode: enforce\n  defaultTier: locked\n  tiers:\n    - name: t0\n      egress:\n"
         );
         for i in 0..n {
-            let ip = if i == 0 {
-                if allow {
-                    "10.20.0.1".into()
-                } else {
-                    "10.21.0.1".into()
-                }
-            } else {
-                format!("10.64.{}.{}", i / 250, i % 250 + 1)
+            let ip = match (i, tag) {
+                (0, _) if allow => "10.20.0.1".into(),
+                (0, _) => "10.21.0.1".into(),
+                (1, Some(t)) => format!("10.63.{}.{}", t / 250 % 250, t % 250 + 1),
+                _ => format!("10.{net}.{}.{}", i / 250, i % 250 + 1),
             };
             let _ = writeln!(
                 s,
@@ -374,32 +378,58 @@ impl World {
         to: &str,
         secs: f64,
     ) -> Result<(serde_json::Value, u64, u64)> {
+        self.clients(cg, mode, to, secs, 1)
+    }
+
+    /// `procs` client processes side by side in `cg`; their counts and rates
+    /// summed. Also returns the agent's CPU ticks and peak RSS (kB) meanwhile.
+    fn clients(
+        &self,
+        cg: &Path,
+        mode: &str,
+        to: &str,
+        secs: f64,
+        procs: usize,
+    ) -> Result<(serde_json::Value, u64, u64)> {
         let apid = self.agent.as_ref().map(|a| a.child.id());
         let (t0, _) = apid.map(proc_usage).unwrap_or((0, 0));
-        let mut c = Command::new(&self.me)
-            .arg("client")
-            .arg("--cgroup")
-            .arg(cg)
-            .args(["--netns", &self.netns, "--mode", mode, "--to", to])
-            .args(["--secs", &secs.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut cs = Vec::with_capacity(procs);
+        for _ in 0..procs {
+            cs.push(
+                Command::new(&self.me)
+                    .arg("client")
+                    .arg("--cgroup")
+                    .arg(cg)
+                    .args(["--netns", &self.netns, "--mode", mode, "--to", to])
+                    .args(["--secs", &secs.to_string()])
+                    .stdout(Stdio::piped())
+                    .spawn()?,
+            );
+        }
         let mut rss = 0;
-        loop {
-            if c.try_wait()?.is_some() {
-                break;
-            }
+        while cs.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
             if let Some(p) = apid {
                 rss = rss.max(proc_usage(p).1);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let mut out = String::new();
-        c.stdout.take().expect("stdout").read_to_string(&mut out)?;
         let (t1, _) = apid.map(proc_usage).unwrap_or((0, 0));
-        let v: serde_json::Value =
-            serde_json::from_str(out.trim()).with_context(|| format!("client output {out:?}"))?;
-        Ok((v, t1.saturating_sub(t0), rss))
+        let mut sum = serde_json::Map::new();
+        for mut c in cs {
+            c.wait()?;
+            let mut out = String::new();
+            c.stdout.take().expect("stdout").read_to_string(&mut out)?;
+            let v: serde_json::Value = serde_json::from_str(out.trim())
+                .with_context(|| format!("client output {out:?}"))?;
+            for (k, x) in v.as_object().context("client output is not an object")? {
+                let prev = sum.get(k).and_then(|p| p.as_f64()).unwrap_or(0.0);
+                let x = x.as_f64().unwrap_or(0.0);
+                // Durations: the longest; counts and rates: the sum.
+                let merged = if k == "secs" { prev.max(x) } else { prev + x };
+                sum.insert(k.clone(), merged_number(k, merged));
+            }
+        }
+        Ok((serde_json::Value::Object(sum), t1.saturating_sub(t0), rss))
     }
 
     fn nft(&self, rules: Option<&str>) -> Result<()> {
@@ -508,7 +538,19 @@ impl Drop for World {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // TIERGATE_BENCH_KEEP=1 keeps the agents' logs and files.
+        if std::env::var_os("TIERGATE_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Counts stay integers (callers read them with `as_u64`).
+fn merged_number(key: &str, x: f64) -> serde_json::Value {
+    if key == "secs" || key == "rate" {
+        serde_json::json!(x)
+    } else {
+        serde_json::json!(x as u64)
     }
 }
 
@@ -538,6 +580,9 @@ fn run(args: &[String]) -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(0.5);
+    // For working on one part: connect, reload, events (writes a partial report).
+    let only: Option<Vec<String>> =
+        arg(args, "--only").map(|s| s.split(',').map(str::to_string).collect());
     let command = format!("tiergate-bench {}", args.join(" "));
     let fs = sh("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
     if !fs.contains("bpf") {
@@ -550,10 +595,15 @@ fn run(args: &[String]) -> Result<()> {
     let mut rep = Report {
         reps,
         secs,
+        only,
         ..Default::default()
     };
-    connect_path(&mut w, &mut rep)?;
-    event_path(&mut w, &mut rep)?;
+    if rep.wants("connect") || rep.wants("reload") {
+        connect_path(&mut w, &mut rep)?;
+    }
+    if rep.wants("events") {
+        event_path(&mut w, &mut rep)?;
+    }
     drop(w);
     rep.total_s = started.elapsed().as_secs_f64();
     let md = rep.render(&command);
@@ -567,6 +617,8 @@ fn run(args: &[String]) -> Result<()> {
 
 #[derive(Default)]
 struct Report {
+    /// Sections to run (all when `None`).
+    only: Option<Vec<String>>,
     reps: usize,
     secs: f64,
     total_s: f64,
@@ -576,7 +628,8 @@ struct Report {
     rss_idle_kb: Vec<f64>,
     rss_load_kb: Vec<f64>,
     cpu_per_10k: Vec<f64>,
-    reload_ms: BTreeMap<usize, Vec<f64>>,
+    /// (rules, kind of change) → ms.
+    reload_ms: BTreeMap<(usize, &'static str), Vec<f64>>,
     mixed: Option<(u64, u64, u64)>,
     events: BTreeMap<String, Vec<f64>>,
     accounting: Vec<String>,
@@ -630,7 +683,8 @@ fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
         bail!("tiergate does not deny {DENY} from enf/t0: {v}");
     }
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    for r in 0..rep.reps {
+    let reps = if rep.wants("connect") { rep.reps } else { 0 };
+    for r in 0..reps {
         for k in 0..CONFIGS.len() {
             let c = CONFIGS[(k + r) % CONFIGS.len()];
             say(&format!("rep {}/{} connect path: {c}", r + 1, rep.reps));
@@ -673,7 +727,9 @@ fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
         }
     }
     w.nft(None)?;
-    reload(w, rep)?;
+    if rep.wants("reload") {
+        reload(w, rep)?;
+    }
     w.stop_agent();
     Ok(())
 }
@@ -682,45 +738,61 @@ fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
 fn reload(w: &mut World, rep: &mut Report) -> Result<()> {
     let cg = w.cg("enf", 5);
     for n in [10usize, 1_000, 10_000] {
-        w.apply_policy(&w.policy(n, true))?;
-        for r in 0..rep.reps.max(3) {
-            for allow_next in [false, true] {
-                say(&format!("reload {n} rules, sample {}", r + 1));
-                let mut c = Command::new(&w.me)
-                    .arg("flip")
-                    .arg("--cgroup")
-                    .arg(&cg)
-                    .args(["--netns", &w.netns, "--to", ALLOW])
-                    .args(["--want", if allow_next { "ok" } else { "denied" }])
-                    .stdout(Stdio::piped())
-                    .spawn()?;
-                let mut out = BufReader::new(c.stdout.take().expect("stdout"));
-                let mut line = String::new();
-                out.read_line(&mut line)?;
-                let yaml = w.policy(n, allow_next);
-                let tmp = w.dir.join(".policy.tmp");
-                std::fs::write(&tmp, &yaml)?;
-                let t0 = client::mono_ns();
-                std::fs::rename(&tmp, w.policy_path())?;
-                line.clear();
-                out.read_line(&mut line)?;
-                c.wait()?;
-                let t1: i64 = line.trim().parse().unwrap_or(-1);
-                if t1 < 0 {
-                    rep.notes
-                        .push(format!("reload {n}: verdict did not flip within 10 s"));
-                } else {
-                    rep.reload_ms
-                        .entry(n)
-                        .or_default()
-                        .push((t1 as u64 - t0) as f64 / 1e6);
+        for change in [ONE_RULE, ALL_RULES] {
+            w.apply_policy(&w.policy(n, true))?;
+            let mut sample = 0;
+            for r in 0..rep.reps.max(3) {
+                for allow_next in [false, true] {
+                    say(&format!("reload {n} rules ({change}), sample {}", r + 1));
+                    // The agent diffs against the generation it is about to
+                    // write (which holds the policy of two swaps ago), so no
+                    // sample repeats an earlier policy. ONE_RULE: 10.20.0.1's
+                    // rule and one other rule differ from the policy in
+                    // force; ALL_RULES: every destination differs.
+                    sample += 1;
+                    let net = if change == ALL_RULES { 64 + sample } else { 64 };
+                    let yaml = w.policy_variant(n, allow_next, net, Some(sample));
+                    match reload_sample(w, &cg, &yaml, allow_next)? {
+                        Some(ms) => rep.reload_ms.entry((n, change)).or_default().push(ms),
+                        None => rep.notes.push(format!(
+                            "reload {n} ({change}): verdict did not flip within 10 s"
+                        )),
+                    }
+                    // Let the file watcher settle before the next sample.
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            // Let the file watcher settle before the next sample.
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
     Ok(())
+}
+
+const ONE_RULE: &str = "two rules changed";
+const ALL_RULES: &str = "every rule changed";
+
+/// Renames `yaml` into place and returns the ms until a client in `cg` sees
+/// 10.20.0.1 allowed (`allow`) or denied.
+fn reload_sample(w: &World, cg: &Path, yaml: &str, allow: bool) -> Result<Option<f64>> {
+    let mut c = Command::new(&w.me)
+        .arg("flip")
+        .arg("--cgroup")
+        .arg(cg)
+        .args(["--netns", &w.netns, "--to", ALLOW])
+        .args(["--want", if allow { "ok" } else { "denied" }])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(c.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let tmp = w.dir.join(".policy.tmp");
+    std::fs::write(&tmp, yaml)?;
+    let t0 = client::mono_ns();
+    std::fs::rename(&tmp, w.policy_path())?;
+    line.clear();
+    out.read_line(&mut line)?;
+    c.wait()?;
+    let t1: i64 = line.trim().parse().unwrap_or(-1);
+    Ok((t1 >= 0).then(|| (t1 as u64 - t0) as f64 / 1e6))
 }
 
 fn count_file(path: &Path, from: u64) -> (u64, u64, u64, Vec<(String, String)>) {
@@ -1086,6 +1158,12 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
 }
 
 impl Report {
+    fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == section))
+    }
+
     fn med(&self, c: &str, l: &str) -> f64 {
         self.rates
             .get(&(c.to_string(), l.to_string()))
@@ -1204,10 +1282,17 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## 3. Policy reload (ms from the policy file's rename to the flipped verdict)\n\nA client bound to `t0` polls UDP connects to 10.20.0.1:80; the bench renames a new policy (same rule count, that destination's rule replaced or restored) into place and takes the time until the client sees the other verdict (CLOCK_MONOTONIC in both processes). Both directions are samples.\n\n| rules | ms |\n|---|---|"
+            "\n## 3. Policy reload (ms from the policy file's rename to the flipped verdict)\n\nA client bound to `t0` polls UDP connects to 10.20.0.1:80; the bench writes a new policy of the same size next to the old one and renames it into place, and takes the time until the client sees the other verdict (CLOCK_MONOTONIC in both processes). Both directions are samples. No sample repeats an earlier policy (the agent writes only what differs from the generation it writes into, which holds the policy of two swaps before). *{ONE_RULE}*: 10.20.0.1's rule is replaced or restored and one other destination changes (a typical edit); *{ALL_RULES}*: every destination moves to a new /16 (10.65.x.y, 10.66.x.y, …), so the whole generation is rewritten (the worst case).\n\n| rules | {ONE_RULE}, ms | {ALL_RULES}, ms |\n|---|---|---|"
         );
-        for (n, v) in &self.reload_ms {
-            let _ = writeln!(s, "| {n} | {} |", Stats::new(v.clone()).fmt(1.0, 1));
+        let sizes: std::collections::BTreeSet<usize> = self.reload_ms.keys().map(|k| k.0).collect();
+        for n in sizes {
+            let cell = |kind| {
+                self.reload_ms
+                    .get(&(n, kind))
+                    .map(|v| Stats::new(v.clone()).fmt(1.0, 1))
+                    .unwrap_or_else(|| "—".into())
+            };
+            let _ = writeln!(s, "| {n} | {} | {} |", cell(ONE_RULE), cell(ALL_RULES));
         }
         if let Some((swaps, n, mixed)) = self.mixed {
             let _ = writeln!(
@@ -1308,15 +1393,15 @@ impl Report {
             "| produced = delivered + lost exactly | see accounting lines | {} |",
             yes(exact)
         );
-        let r10k = self
-            .reload_ms
-            .get(&10_000)
-            .map(|v| Stats::new(v.clone()))
-            .map(|st| (st.median(), st.v.last().copied().unwrap_or(f64::NAN)));
-        if let Some((m, mx)) = r10k {
+        for kind in [ONE_RULE, ALL_RULES] {
+            let Some(v) = self.reload_ms.get(&(10_000, kind)) else {
+                continue;
+            };
+            let st = Stats::new(v.clone());
+            let (m, mx) = (st.median(), st.v.last().copied().unwrap_or(f64::NAN));
             let _ = writeln!(
                 s,
-                "| reload of 10k rules ≤ 50 ms to enforced | median {m:.1} ms, max {mx:.1} ms | {} |",
+                "| reload of 10k rules ≤ 50 ms to enforced ({kind}) | median {m:.1} ms, max {mx:.1} ms | {} |",
                 yes(mx <= 50.0)
             );
         }

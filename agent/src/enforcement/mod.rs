@@ -2,6 +2,7 @@
 //! and cgroup maps in step with user space (`sync`), and remove everything
 //! (`uninstall`).
 
+pub mod batch;
 pub mod bpffs;
 pub mod loader;
 pub mod sync;

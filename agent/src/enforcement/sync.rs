@@ -8,9 +8,12 @@
 //! - `TG_CGROUPS`: cgroup id → tier and child tier, one slot per generation;
 //!   updated on policy swaps, on cgroup creation and removed on deletion.
 //!
-//! A swap writes the inactive generation completely, then flips
-//! `active_gen`. The old generation's rules are deleted just before that
-//! generation is written again (the next swap), never under a running reader.
+//! A swap brings the inactive generation to the new policy, then flips
+//! `active_gen`. The generation left behind keeps its rules: the next swap
+//! writes only the entries that differ from them (and deletes the ones the
+//! new policy lacks), so reloading a large policy with a small change costs
+//! a few map writes, not one per rule. Nothing is written to the generation
+//! programs are reading.
 
 use std::collections::HashMap as StdHashMap;
 
@@ -21,6 +24,9 @@ use agent_common::{
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError};
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::batch;
 
 use crate::policy::{Compiled, TierRef};
 
@@ -61,23 +67,29 @@ pub struct MapSync {
     cgroups: HashMap<MapData, u64, CgroupTier>,
     tiers: Array<MapData, TierConfig>,
     rules: LpmTrie<MapData, RuleKey, PortSet>,
+    rules_fd: OwnedFd,
     active_gen: u32,
     /// Last value written per cgroup (so a swap keeps the live slot intact).
     written: StdHashMap<u64, CgroupTier>,
-    /// Rule keys this process wrote, per generation; `None` until known
-    /// (maps re-adopted from an earlier agent: found by iterating once).
-    rule_keys: [Option<Vec<Key<RuleKey>>>; GENERATIONS],
-    /// A generation whose rules are stale since the last flip, deleted by
-    /// `cleanup()` shortly after (off the reload's critical path) or, at
-    /// the latest, before that generation is written again.
-    stale: Option<u32>,
+    /// What each generation of `TG_RULES` holds; `None` when not known
+    /// (maps re-adopted from an earlier agent, or a swap that failed half
+    /// way): read back from the map before that generation is written.
+    rules_in: [Option<RuleSet>; GENERATIONS],
+    /// Tier flags each generation of `TG_TIERS` holds, when known.
+    tiers_in: [Option<Vec<u32>>; GENERATIONS],
 }
+
+/// (tier, prefix length, address) → ports: one generation's `TG_RULES`.
+type RuleSet = StdHashMap<(u32, u32, [u8; 16]), PortSet>;
 
 /// Figures of one policy swap, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SwapStats {
     pub generation: u32,
     pub rules: usize,
+    /// `TG_RULES` entries written or deleted (the difference to what the
+    /// generation held).
+    pub rules_written: usize,
     pub cgroups: usize,
 }
 
@@ -94,6 +106,15 @@ impl MapSync {
         let config: Array<MapData, Config> = take(ebpf, map_names::CONFIG)?;
         let cgroups = take(ebpf, map_names::CGROUPS)?;
         let tiers = take(ebpf, map_names::TIERS)?;
+        // A second handle on TG_RULES for batched writes (aya has none).
+        let rules_fd = match ebpf.map(map_names::RULES) {
+            Some(aya::maps::Map::LpmTrie(md)) => md
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| map_err(map_names::RULES)(MapError::from(e)))?,
+            _ => return Err(SyncError::MissingMap(map_names::RULES)),
+        };
         let rules = take(ebpf, map_names::RULES)?;
         // A re-adopted map set carries the previous agent's generation.
         let current = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
@@ -102,10 +123,11 @@ impl MapSync {
             cgroups,
             tiers,
             rules,
+            rules_fd,
             active_gen: current.active_gen & 1,
             written: StdHashMap::new(),
-            rule_keys: [None, None],
-            stale: None,
+            rules_in: [None, None],
+            tiers_in: [None, None],
         };
         for (id, entry) in me.cgroups.iter().flatten() {
             me.written.insert(id, entry);
@@ -135,29 +157,44 @@ impl MapSync {
     ) -> Result<SwapStats, SyncError> {
         let next = 1 - self.active_gen;
         let n = next as usize;
-        self.clear_rules(next)?;
-        let mut keys = Vec::with_capacity(compiled.rules.len());
+        // Taken out while written: a failure half way leaves it unknown.
+        let held = match self.rules_in[n].take() {
+            Some(held) => held,
+            None => self.read_rules(next),
+        };
+        let mut want = RuleSet::with_capacity(compiled.rules.len());
+        let (mut put_keys, mut put_values) = (Vec::new(), Vec::new());
         for rule in &compiled.rules {
-            let key = Key::new(
-                RULE_KEY_FIXED_BITS + rule.prefix_len,
-                RuleKey {
-                    generation: next,
-                    tier: rule.tier,
-                    addr: rule.addr,
-                },
-            );
-            self.rules
-                .insert(&key, rule.ports, 0)
-                .map_err(map_err(map_names::RULES))?;
-            keys.push(key);
+            let id = (rule.tier, rule.prefix_len, rule.addr);
+            want.insert(id, rule.ports);
+            if held.get(&id) != Some(&rule.ports) {
+                put_keys.push(rule_key(next, id));
+                put_values.push(rule.ports);
+            }
         }
-        self.rule_keys[n] = Some(keys);
+        let gone: Vec<Key<RuleKey>> = held
+            .keys()
+            .filter(|id| !want.contains_key(*id))
+            .map(|id| rule_key(next, *id))
+            .collect();
+        // Deletes first: the trie's capacity is shared by both generations.
+        let io_err = |e: std::io::Error| map_err(map_names::RULES)(MapError::from(e));
+        batch::delete(self.rules_fd.as_fd(), &gone).map_err(io_err)?;
+        batch::update(self.rules_fd.as_fd(), &put_keys, &put_values).map_err(io_err)?;
+        let written = gone.len() + put_keys.len();
+        self.rules_in[n] = Some(want);
+        let held_flags = self.tiers_in[n].take();
+        let mut flags_now = Vec::with_capacity(MAX_TIERS as usize);
         for t in 0..MAX_TIERS {
             let flags = compiled.tier_flags.get(t as usize).copied().unwrap_or(0);
-            self.tiers
-                .set(tier_slot(next, t), TierConfig { flags, _pad: 0 }, 0)
-                .map_err(map_err(map_names::TIERS))?;
+            flags_now.push(flags);
+            if held_flags.as_ref().and_then(|h| h.get(t as usize)) != Some(&flags) {
+                self.tiers
+                    .set(tier_slot(next, t), TierConfig { flags, _pad: 0 }, 0)
+                    .map_err(map_err(map_names::TIERS))?;
+            }
         }
+        self.tiers_in[n] = Some(flags_now);
         for (id, v) in cgroups {
             let mut entry = self.written.get(id).copied().unwrap_or_else(|| {
                 // New to the maps: the live slot gets the same answer, so the
@@ -171,7 +208,9 @@ impl MapSync {
             });
             entry.tier[n] = tier_id(v.tier);
             entry.child_tier[n] = tier_id(v.child_tier);
-            self.write_cgroup(*id, entry)?;
+            if self.written.get(id) != Some(&entry) {
+                self.write_cgroup(*id, entry)?;
+            }
         }
         let mut cfg = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
         cfg.default_tier[n] = compiled.default_tier;
@@ -181,14 +220,11 @@ impl MapSync {
         self.config
             .set(0, cfg, 0)
             .map_err(map_err(map_names::CONFIG))?;
-        // The generation just left is deleted shortly (`cleanup`), not now:
-        // a program that read the old generation a moment ago may still be
-        // looking it up.
-        self.stale = Some(self.active_gen);
         self.active_gen = next;
         Ok(SwapStats {
             generation: next,
             rules: compiled.rules.len(),
+            rules_written: written,
             cgroups: cgroups.len(),
         })
     }
@@ -245,44 +281,31 @@ impl MapSync {
         self.written.len()
     }
 
-    /// Deletes the rules of the generation the last swap left behind.
-    /// Called a moment after a swap, when no program still reads it.
-    pub fn cleanup(&mut self) -> Result<(), SyncError> {
-        match self.stale.take() {
-            Some(g) => self.clear_rules(g),
-            None => Ok(()),
-        }
+    /// What generation `generation` of `TG_RULES` holds, read from the map
+    /// (written by an earlier agent, or by a swap that failed half way).
+    fn read_rules(&self, generation: u32) -> RuleSet {
+        self.rules
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.data().generation == generation)
+            .map(|(k, ports)| {
+                let d = k.data();
+                (
+                    (d.tier, k.prefix_len() - RULE_KEY_FIXED_BITS, d.addr),
+                    ports,
+                )
+            })
+            .collect()
     }
+}
 
-    /// Whether `cleanup` has work to do.
-    pub fn has_stale(&self) -> bool {
-        self.stale.is_some()
-    }
-
-    fn clear_rules(&mut self, generation: u32) -> Result<(), SyncError> {
-        if self.stale == Some(generation) {
-            self.stale = None;
-        }
-        let stale: Vec<Key<RuleKey>> = match self.rule_keys[generation as usize].take() {
-            Some(keys) => keys,
-            // Written by an earlier agent: find them.
-            None => self
-                .rules
-                .keys()
-                .flatten()
-                .filter(|k| {
-                    let data = k.data();
-                    data.generation == generation
-                })
-                .collect(),
-        };
-        for k in stale {
-            match self.rules.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(map_names::RULES)(e)),
-            }
-        }
-        self.rule_keys[generation as usize] = Some(Vec::new());
-        Ok(())
-    }
+fn rule_key(generation: u32, (tier, prefix_len, addr): (u32, u32, [u8; 16])) -> Key<RuleKey> {
+    Key::new(
+        RULE_KEY_FIXED_BITS + prefix_len,
+        RuleKey {
+            generation,
+            tier,
+            addr,
+        },
+    )
 }

@@ -1,6 +1,7 @@
 //! Kernel ring buffer → bounded queues → enrichment → JSON lines.
 //!
-//! The reader never blocks: it drains the ring when epoll says it is readable
+//! The reader never blocks: it drains the ring on a short timer and when epoll
+//! says it is readable (the kernel wakes it only past a fill mark)
 //! and hands records to one of two bounded queues (denies, audit-denies and
 //! metadata accesses on the priority queue, allowed connections on the other).
 //! A full queue drops the record and counts it. The writer drains the
@@ -66,28 +67,44 @@ pub async fn run_reader(
     // as long as it lives, which is as long as the AsyncFd that owns it.
     let mut fd = unsafe { AsyncFd::register(ring) }
         .map_err(|e| std::io::Error::other(format!("cannot poll the ring buffer: {e}")))?;
+    let mut tick = tokio::time::interval(READER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode::decode(&item) {
-                Ok(ev) => {
-                    let (tx, lost) = if ev.is_priority() {
-                        (&queues.priority, &queues.losses.priority)
-                    } else {
-                        (&queues.normal, &queues.losses.normal)
-                    };
-                    if tx.try_send(ev).is_err() {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(e) => {
-                    metrics.decode_errors.inc();
-                    tracing::warn!(error = %e, "undecodable ring-buffer record");
+        // The kernel wakes us only when the ring passes 1/16 full (see
+        // `wakeup_flags` in agent-ebpf); below that the tick drains it.
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &queues, &metrics);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(fd.get_mut(), &queues, &metrics),
+        }
+    }
+}
+
+/// How often the reader drains the ring without a kernel wakeup: the most an
+/// event waits in the ring while the ring is below its wakeup mark.
+pub const READER_TICK: Duration = Duration::from_millis(10);
+
+fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics) {
+    while let Some(item) = ring.next() {
+        match decode::decode(&item) {
+            Ok(ev) => {
+                let (tx, lost) = if ev.is_priority() {
+                    (&queues.priority, &queues.losses.priority)
+                } else {
+                    (&queues.normal, &queues.losses.normal)
+                };
+                if tx.try_send(ev).is_err() {
+                    lost.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Err(e) => {
+                metrics.decode_errors.inc();
+                tracing::warn!(error = %e, "undecodable ring-buffer record");
+            }
         }
-        guard.clear_ready();
     }
 }
 

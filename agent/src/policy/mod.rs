@@ -13,6 +13,7 @@ pub mod glob;
 pub mod model;
 pub mod parse;
 pub mod version;
+pub mod yaml;
 
 pub use assign::{Assignment, PodIdentity, TierRef, Workload, is_pod_cgroup};
 pub use compile::{CompileError, Compiled, CompiledRule, MAX_RULES};

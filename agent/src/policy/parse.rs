@@ -1,7 +1,7 @@
 //! Policy file parsing and validation.
 //!
-//! The YAML is loaded with saphyr's `MarkedYaml` (every node keeps its source
-//! position) and then walked by hand, so that every problem in the file is
+//! The YAML is loaded into a position-marked tree ([`super::yaml`], on
+//! saphyr-parser; every node keeps its source position) and then walked by hand, so that every problem in the file is
 //! reported at once, each as `FILE:LINE:COL: key.path: what is wrong and what
 //! to write instead`. Positions are 1-based; the column points at the
 //! offending key or value.
@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
+use saphyr::{Marker, Scalar};
 use thiserror::Error;
 
 use super::glob::{Glob, SpiffePattern};
@@ -20,6 +20,7 @@ use super::model::{
     API_VERSION, Binding, DEFAULT_TRUST_DOMAIN, EgressRule, HOST_TIER_NAME, KIND, Match,
     MetadataAccess, Mode, Policy, Protocols, Tier, normalize_net,
 };
+use super::yaml::{self, Data, Node};
 
 /// One problem in a policy file.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -69,10 +70,14 @@ impl fmt::Display for PolicyErrors {
 /// Reads and validates the policy file at `path`. Unreadable files and
 /// non-UTF-8 content are reported like any other error (at 1:1).
 pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
-    let file = path.display().to_string();
+    parse_str(&read(path)?, &path.display().to_string())
+}
+
+/// The policy file's text; an unreadable or non-UTF-8 file is an error at 1:1.
+pub fn read(path: &Path) -> Result<String, PolicyErrors> {
     let whole_file = |message: String| PolicyErrors {
         errors: vec![PolicyError {
-            file: file.clone(),
+            file: path.display().to_string(),
             line: 1,
             column: 1,
             message,
@@ -80,22 +85,32 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
     };
     let bytes =
         std::fs::read(path).map_err(|e| whole_file(format!("cannot read the policy file: {e}")))?;
-    let src = String::from_utf8(bytes).map_err(|e| {
+    String::from_utf8(bytes).map_err(|e| {
         whole_file(format!(
             "the policy file is not valid UTF-8 (first bad byte at offset {})",
             e.utf8_error().valid_up_to()
         ))
-    })?;
-    parse_str(&src, &file)
+    })
 }
 
 /// Parses and validates a policy from `src`; `file` names it in errors.
 pub fn parse_str(src: &str, file: &str) -> Result<Policy, PolicyErrors> {
+    parse_keeping_tree(src, file).0
+}
+
+/// [`parse_str`], also handing back the YAML tree, so a caller in a hurry
+/// (a reload on its way to enforcement) can free it afterwards: freeing a
+/// 10,000-rule tree takes a few milliseconds.
+pub fn parse_keeping_tree<'s>(
+    src: &'s str,
+    file: &str,
+) -> (Result<Policy, PolicyErrors>, Vec<Node<'s>>) {
     let mut w = Walker {
         file,
         errors: Vec::new(),
     };
-    let policy = match MarkedYaml::load_from_str(src) {
+    let docs = yaml::load(src);
+    let policy = match &docs {
         Err(e) => {
             w.error(*e.marker(), format!("YAML syntax error: {}", e.info()));
             None
@@ -118,7 +133,8 @@ pub fn parse_str(src: &str, file: &str) -> Result<Policy, PolicyErrors> {
             }
         },
     };
-    match policy {
+    let tree = docs.unwrap_or_default();
+    let result = match policy {
         Some(mut p) if w.errors.is_empty() => {
             p.version = p.compute_version();
             Ok(p)
@@ -139,10 +155,9 @@ pub fn parse_str(src: &str, file: &str) -> Result<Policy, PolicyErrors> {
             }
             Err(PolicyErrors { errors })
         }
-    }
+    };
+    (result, tree)
 }
-
-type Node<'y> = MarkedYaml<'y>;
 
 /// The keys of one mapping, checked against the allowed set.
 struct Fields<'a, 'y> {
@@ -164,18 +179,48 @@ struct Walker<'f> {
     errors: Vec<PolicyError>,
 }
 
-/// `a.b` / `a[0]` key paths for messages.
-fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
+/// A key path for messages (`spec.tiers[0].egress[3].cidrs`), rendered
+/// only when a message is written: a 10,000-rule file has some 60,000 of
+/// them and almost never an error.
+#[derive(Clone, Copy)]
+enum KeyPath<'a> {
+    /// The document itself (renders empty).
+    Root,
+    /// A literal path.
+    At(&'a str),
+    Key(&'a KeyPath<'a>, &'a str),
+    Index(&'a KeyPath<'a>, usize),
+}
+
+impl<'a> KeyPath<'a> {
+    fn key(&'a self, key: &'a str) -> KeyPath<'a> {
+        KeyPath::Key(self, key)
+    }
+
+    fn index(&'a self, i: usize) -> KeyPath<'a> {
+        KeyPath::Index(self, i)
+    }
+
+    fn is_root(&self) -> bool {
+        matches!(self, KeyPath::Root)
+    }
+}
+
+impl fmt::Display for KeyPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPath::Root => Ok(()),
+            KeyPath::At(s) => f.write_str(s),
+            KeyPath::Key(parent, key) if parent.is_root() => f.write_str(key),
+            KeyPath::Key(parent, key) => write!(f, "{parent}.{key}"),
+            KeyPath::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
 /// `path: message`, or just `message` at the top level.
-fn at_path(path: &str, message: &str) -> String {
-    if path.is_empty() {
+fn at_path(path: KeyPath<'_>, message: &str) -> String {
+    if path.is_root() {
         message.to_owned()
     } else {
         format!("{path}: {message}")
@@ -185,26 +230,25 @@ fn at_path(path: &str, message: &str) -> String {
 /// "a string", "an integer", ... for type errors.
 fn kind(node: &Node<'_>) -> &'static str {
     match &node.data {
-        YamlData::Mapping(_) => "a mapping",
-        YamlData::Sequence(_) => "a list",
-        YamlData::Value(Scalar::String(_)) | YamlData::Representation(..) => "a string",
-        YamlData::Value(Scalar::Integer(_)) => "an integer",
-        YamlData::Value(Scalar::FloatingPoint(_)) => "a number",
-        YamlData::Value(Scalar::Boolean(_)) => "a boolean",
-        YamlData::Value(Scalar::Null) => "nothing (null)",
-        YamlData::Tagged(..) => "a tagged value",
-        YamlData::Alias(_) => "an alias",
-        YamlData::BadValue => "an invalid value",
+        Data::Mapping(_) => "a mapping",
+        Data::Sequence(_) => "a list",
+        Data::Value(Scalar::String(_)) => "a string",
+        Data::Value(Scalar::Integer(_)) => "an integer",
+        Data::Value(Scalar::FloatingPoint(_)) => "a number",
+        Data::Value(Scalar::Boolean(_)) => "a boolean",
+        Data::Value(Scalar::Null) => "nothing (null)",
+        Data::Tagged(..) => "a tagged value",
+        Data::BadValue => "an invalid value",
     }
 }
 
 /// A short rendering of a scalar for messages (`"x"`, `12`).
 fn show(node: &Node<'_>) -> String {
     match &node.data {
-        YamlData::Value(Scalar::String(s)) => format!("{s:?}"),
-        YamlData::Value(Scalar::Integer(i)) => format!("\"{i}\""),
-        YamlData::Value(Scalar::FloatingPoint(f)) => format!("\"{f}\""),
-        YamlData::Value(Scalar::Boolean(b)) => format!("\"{b}\""),
+        Data::Value(Scalar::String(s)) => format!("{s:?}"),
+        Data::Value(Scalar::Integer(i)) => format!("\"{i}\""),
+        Data::Value(Scalar::FloatingPoint(f)) => format!("\"{f}\""),
+        Data::Value(Scalar::Boolean(b)) => format!("\"{b}\""),
         _ => kind(node).to_owned(),
     }
 }
@@ -339,18 +383,18 @@ impl Walker<'_> {
         });
     }
 
-    fn fail(&mut self, node: &Node<'_>, path: &str, message: &str) {
+    fn fail(&mut self, node: &Node<'_>, path: KeyPath<'_>, message: &str) {
         self.error(node.span.start, at_path(path, message));
     }
 
-    fn type_error(&mut self, node: &Node<'_>, path: &str, expected: &str) {
+    fn type_error(&mut self, node: &Node<'_>, path: KeyPath<'_>, expected: &str) {
         let hint = match &node.data {
-            YamlData::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_) | Scalar::Boolean(_))
+            Data::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_) | Scalar::Boolean(_))
                 if expected == "a string" =>
             {
                 format!(" (quote it: {})", show(node))
             }
-            YamlData::Tagged(..) => " (YAML tags are not supported)".to_owned(),
+            Data::Tagged(..) => " (YAML tags are not supported)".to_owned(),
             _ => String::new(),
         };
         self.fail(
@@ -365,17 +409,17 @@ impl Walker<'_> {
     fn mapping<'a, 'y>(
         &mut self,
         node: &'a Node<'y>,
-        path: &str,
+        path: KeyPath<'_>,
         allowed: &[&str],
         required: &[&str],
     ) -> Option<Fields<'a, 'y>> {
-        let YamlData::Mapping(map) = &node.data else {
+        let Data::Mapping(map) = &node.data else {
             self.type_error(node, path, "a mapping");
             return None;
         };
         let mut entries = Vec::with_capacity(map.len());
         for (k, v) in map {
-            let YamlData::Value(Scalar::String(key)) = &k.data else {
+            let Data::Value(Scalar::String(key)) = &k.data else {
                 self.fail(k, path, &format!("keys must be strings, found {}", kind(k)));
                 continue;
             };
@@ -389,7 +433,7 @@ impl Walker<'_> {
                     k.span.start,
                     format!(
                         "{}: unknown key ({hint}allowed keys: {})",
-                        join(path, key),
+                        path.key(key),
                         allowed.join(", ")
                     ),
                 );
@@ -400,19 +444,19 @@ impl Walker<'_> {
         for r in required {
             if !map
                 .iter()
-                .any(|(k, _)| matches!(&k.data, YamlData::Value(Scalar::String(s)) if s == r))
+                .any(|(k, _)| matches!(&k.data, Data::Value(Scalar::String(s)) if s == r))
             {
                 self.error(
                     node.span.start,
-                    format!("{}: missing required key", join(path, r)),
+                    format!("{}: missing required key", path.key(r)),
                 );
             }
         }
         Some(Fields { entries })
     }
 
-    fn string<'a>(&mut self, node: &'a Node<'_>, path: &str) -> Option<&'a str> {
-        if let YamlData::Value(Scalar::String(s)) = &node.data {
+    fn string<'a>(&mut self, node: &'a Node<'_>, path: KeyPath<'_>) -> Option<&'a str> {
+        if let Data::Value(Scalar::String(s)) = &node.data {
             Some(s.as_ref())
         } else {
             self.type_error(node, path, "a string");
@@ -421,7 +465,7 @@ impl Walker<'_> {
     }
 
     /// A non-empty string.
-    fn name_string<'a>(&mut self, node: &'a Node<'_>, path: &str) -> Option<&'a str> {
+    fn name_string<'a>(&mut self, node: &'a Node<'_>, path: KeyPath<'_>) -> Option<&'a str> {
         let s = self.string(node, path)?;
         if s.is_empty() {
             self.fail(node, path, "must not be empty");
@@ -430,8 +474,8 @@ impl Walker<'_> {
         Some(s)
     }
 
-    fn list<'a, 'y>(&mut self, node: &'a Node<'y>, path: &str) -> Option<&'a [Node<'y>]> {
-        if let YamlData::Sequence(items) = &node.data {
+    fn list<'a, 'y>(&mut self, node: &'a Node<'y>, path: KeyPath<'_>) -> Option<&'a [Node<'y>]> {
+        if let Data::Sequence(items) = &node.data {
             Some(items.as_slice())
         } else {
             self.type_error(node, path, "a list");
@@ -443,7 +487,7 @@ impl Walker<'_> {
     fn one_of(
         &mut self,
         node: &Node<'_>,
-        path: &str,
+        path: KeyPath<'_>,
         what: &str,
         options: &[&str],
     ) -> Option<usize> {
@@ -460,34 +504,31 @@ impl Walker<'_> {
     }
 
     fn policy(&mut self, root: &Node<'_>) -> Option<Policy> {
-        if matches!(
-            root.data,
-            YamlData::Value(Scalar::Null) | YamlData::BadValue
-        ) {
+        if matches!(root.data, Data::Value(Scalar::Null) | Data::BadValue) {
             self.error(
                 root.span.start,
                 "the document is empty; expected a TierPolicy".to_owned(),
             );
             return None;
         }
-        let f = self.mapping(root, "", TOP_KEYS, TOP_KEYS)?;
+        let f = self.mapping(root, KeyPath::Root, TOP_KEYS, TOP_KEYS)?;
         if let Some(n) = f.get("apiVersion")
-            && let Some(v) = self.string(n, "apiVersion")
+            && let Some(v) = self.string(n, KeyPath::At("apiVersion"))
             && v != API_VERSION
         {
             self.fail(
                 n,
-                "apiVersion",
+                KeyPath::At("apiVersion"),
                 &format!("{v:?} is not supported (expected {API_VERSION})"),
             );
         }
         if let Some(n) = f.get("kind")
-            && let Some(v) = self.string(n, "kind")
+            && let Some(v) = self.string(n, KeyPath::At("kind"))
             && v != KIND
         {
             self.fail(
                 n,
-                "kind",
+                KeyPath::At("kind"),
                 &format!("{v:?} is not supported (expected {KIND})"),
             );
         }
@@ -506,13 +547,13 @@ impl Walker<'_> {
     }
 
     fn metadata(&mut self, node: &Node<'_>) -> Option<String> {
-        let f = self.mapping(node, "metadata", METADATA_KEYS, METADATA_KEYS)?;
+        let f = self.mapping(node, KeyPath::At("metadata"), METADATA_KEYS, METADATA_KEYS)?;
         let n = f.get("name")?;
-        let name = self.string(n, "metadata.name")?;
+        let name = self.string(n, KeyPath::At("metadata.name"))?;
         if !is_dns1123_subdomain(name) {
             self.fail(
                 n,
-                "metadata.name",
+                KeyPath::At("metadata.name"),
                 &format!(
                     "{name:?} is not a valid name (lowercase letters, digits, '-' and '.', \
                      starting and ending with a letter or digit, at most 253 characters)"
@@ -525,17 +566,22 @@ impl Walker<'_> {
 
     #[allow(clippy::type_complexity)]
     fn spec(&mut self, node: &Node<'_>) -> Option<(String, Mode, usize, Vec<Tier>, Vec<Binding>)> {
-        let f = self.mapping(node, "spec", SPEC_KEYS, &["defaultTier", "tiers"])?;
+        let f = self.mapping(
+            node,
+            KeyPath::At("spec"),
+            SPEC_KEYS,
+            &["defaultTier", "tiers"],
+        )?;
 
         let trust_domain = match f.get("trustDomain") {
             None => Some(DEFAULT_TRUST_DOMAIN.to_owned()),
-            Some(n) => self.string(n, "spec.trustDomain").and_then(|s| {
+            Some(n) => self.string(n, KeyPath::At("spec.trustDomain")).and_then(|s| {
                 if is_trust_domain(s) {
                     Some(s.to_owned())
                 } else {
                     self.fail(
                         n,
-                        "spec.trustDomain",
+                        KeyPath::At("spec.trustDomain"),
                         &format!(
                             "{s:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-' and '_' only, e.g. corp.example)"
                         ),
@@ -547,7 +593,7 @@ impl Walker<'_> {
 
         let mode = match f.get("mode") {
             None => Some(Mode::Enforce),
-            Some(n) => self.mode(n, "spec.mode"),
+            Some(n) => self.mode(n, KeyPath::At("spec.mode")),
         };
 
         let mut names = TierNames {
@@ -557,12 +603,12 @@ impl Walker<'_> {
         let tiers = f.get("tiers").and_then(|n| self.tiers(n, &mut names));
 
         let default_tier = f.get("defaultTier").and_then(|n| {
-            let s = self.string(n, "spec.defaultTier")?;
+            let s = self.string(n, KeyPath::At("spec.defaultTier"))?;
             let found = names.by_name.get(s).map(|(i, _)| *i);
             if found.is_none() {
                 self.fail(
                     n,
-                    "spec.defaultTier",
+                    KeyPath::At("spec.defaultTier"),
                     &format!("unknown tier {s:?} ({})", names.known()),
                 );
             }
@@ -571,45 +617,51 @@ impl Walker<'_> {
 
         let bindings = match f.get("bindings") {
             None => Some(Vec::new()),
-            Some(n) => self.list(n, "spec.bindings").and_then(|items| {
-                let mut out = Vec::with_capacity(items.len());
-                let mut ok = true;
-                for (i, item) in items.iter().enumerate() {
-                    match self.binding(item, &format!("spec.bindings[{i}]"), &names) {
-                        Some(b) => out.push(b),
-                        None => ok = false,
+            Some(n) => self
+                .list(n, KeyPath::At("spec.bindings"))
+                .and_then(|items| {
+                    let mut out = Vec::with_capacity(items.len());
+                    let mut ok = true;
+                    for (i, item) in items.iter().enumerate() {
+                        match self.binding(item, KeyPath::At("spec.bindings").index(i), &names) {
+                            Some(b) => out.push(b),
+                            None => ok = false,
+                        }
                     }
-                }
-                ok.then_some(out)
-            }),
+                    ok.then_some(out)
+                }),
         };
 
         Some((trust_domain?, mode?, default_tier?, tiers?, bindings?))
     }
 
-    fn mode(&mut self, node: &Node<'_>, path: &str) -> Option<Mode> {
+    fn mode(&mut self, node: &Node<'_>, path: KeyPath<'_>) -> Option<Mode> {
         self.one_of(node, path, "a mode", &["enforce", "audit"])
             .map(|i| if i == 0 { Mode::Enforce } else { Mode::Audit })
     }
 
     fn tiers(&mut self, node: &Node<'_>, names: &mut TierNames) -> Option<Vec<Tier>> {
-        let items = self.list(node, "spec.tiers")?;
+        let items = self.list(node, KeyPath::At("spec.tiers"))?;
         if items.is_empty() {
-            self.fail(node, "spec.tiers", "must list at least one tier");
+            self.fail(
+                node,
+                KeyPath::At("spec.tiers"),
+                "must list at least one tier",
+            );
             return None;
         }
         let max = agent_common::MAX_TIERS as usize;
         if items.len() > max {
             self.fail(
                 node,
-                "spec.tiers",
+                KeyPath::At("spec.tiers"),
                 &format!("{} tiers, more than the limit of {max}", items.len()),
             );
         }
         let mut out = Vec::with_capacity(items.len());
         let mut ok = items.len() <= max;
         for (i, item) in items.iter().enumerate() {
-            match self.tier(item, &format!("spec.tiers[{i}]"), i, names) {
+            match self.tier(item, KeyPath::At("spec.tiers").index(i), i, names) {
                 Some(t) => out.push(t),
                 None => ok = false,
             }
@@ -620,21 +672,21 @@ impl Walker<'_> {
     fn tier(
         &mut self,
         node: &Node<'_>,
-        path: &str,
+        path: KeyPath<'_>,
         index: usize,
         names: &mut TierNames,
     ) -> Option<Tier> {
         let f = self.mapping(node, path, TIER_KEYS, &["name"])?;
         let name = f.get("name").and_then(|n| {
-            let p = join(path, "name");
-            let s = self.string(n, &p)?;
+            let p = path.key("name");
+            let s = self.string(n, p)?;
             // Record even a malformed name, so references to it are not also
             // reported as unknown (one mistake, one message).
             if let Some((_, line)) = names.by_name.get(s) {
                 let line = *line;
                 self.fail(
                     n,
-                    &p,
+                    p,
                     &format!("duplicate tier name {s:?} (first defined at line {line}); tier names must be unique"),
                 );
                 return None;
@@ -644,7 +696,7 @@ impl Walker<'_> {
             if !is_tier_name(s) {
                 self.fail(
                     n,
-                    &p,
+                    p,
                     &format!("{s:?} is not a valid tier name (1-63 characters: lowercase letters, digits and '-')"),
                 );
                 return None;
@@ -652,7 +704,7 @@ impl Walker<'_> {
             if s == HOST_TIER_NAME {
                 self.fail(
                     n,
-                    &p,
+                    p,
                     "\"host\" is reserved (events use it for cgroups that are not enforced); choose another name",
                 );
                 return None;
@@ -662,19 +714,19 @@ impl Walker<'_> {
         let description = match f.get("description") {
             None => Some(None),
             Some(n) => self
-                .string(n, &join(path, "description"))
+                .string(n, path.key("description"))
                 .map(|s| Some(s.to_owned())),
         };
         let mode = match f.get("mode") {
             None => Some(None),
-            Some(n) => self.mode(n, &join(path, "mode")).map(Some),
+            Some(n) => self.mode(n, path.key("mode")).map(Some),
         };
         let metadata = match f.get("metadata") {
             None => Some(MetadataAccess::Deny),
             Some(n) => self
                 .one_of(
                     n,
-                    &join(path, "metadata"),
+                    path.key("metadata"),
                     "a metadata access",
                     &["deny", "allow"],
                 )
@@ -689,12 +741,12 @@ impl Walker<'_> {
         let egress = match f.get("egress") {
             None => Some(Vec::new()),
             Some(n) => {
-                let p = join(path, "egress");
-                self.list(n, &p).and_then(|items| {
+                let p = path.key("egress");
+                self.list(n, p).and_then(|items| {
                     let mut out = Vec::with_capacity(items.len());
                     let mut ok = true;
                     for (i, item) in items.iter().enumerate() {
-                        match self.rule(item, &format!("{p}[{i}]")) {
+                        match self.rule(item, p.index(i)) {
                             Some(r) => out.push(r),
                             None => ok = false,
                         }
@@ -716,7 +768,7 @@ impl Walker<'_> {
     fn non_empty_list<'a, 'y>(
         &mut self,
         node: &'a Node<'y>,
-        path: &str,
+        path: KeyPath<'_>,
         hint: &str,
     ) -> Option<&'a [Node<'y>]> {
         let items = self.list(node, path)?;
@@ -727,20 +779,20 @@ impl Walker<'_> {
         Some(items)
     }
 
-    fn rule(&mut self, node: &Node<'_>, path: &str) -> Option<EgressRule> {
+    fn rule(&mut self, node: &Node<'_>, path: KeyPath<'_>) -> Option<EgressRule> {
         let f = self.mapping(node, path, RULE_KEYS, &["cidrs"])?;
 
         let cidrs = f.get("cidrs").and_then(|n| {
-            let p = join(path, "cidrs");
-            let items = self.non_empty_list(n, &p, "")?;
+            let p = path.key("cidrs");
+            let items = self.non_empty_list(n, p, "")?;
             let mut out = Vec::with_capacity(items.len());
             let mut ok = true;
             for (i, item) in items.iter().enumerate() {
-                let ip = format!("{p}[{i}]");
-                match self.string(item, &ip).map(parse_cidr) {
+                let ip = p.index(i);
+                match self.string(item, ip).map(parse_cidr) {
                     Some(Ok(net)) => out.push(net),
                     Some(Err(msg)) => {
-                        self.fail(item, &ip, &msg);
+                        self.fail(item, ip, &msg);
                         ok = false;
                     }
                     None => ok = false,
@@ -752,13 +804,13 @@ impl Walker<'_> {
         let ports = match f.get("ports") {
             None => Some(None),
             Some(n) => {
-                let p = join(path, "ports");
-                self.non_empty_list(n, &p, "; omit `ports` to allow every port")
+                let p = path.key("ports");
+                self.non_empty_list(n, p, "; omit `ports` to allow every port")
                     .and_then(|items| {
                         let mut out = Vec::with_capacity(items.len());
                         let mut ok = true;
                         for (i, item) in items.iter().enumerate() {
-                            match self.port(item, &format!("{p}[{i}]")) {
+                            match self.port(item, p.index(i)) {
                                 Some(r) => out.push(r),
                                 None => ok = false,
                             }
@@ -771,8 +823,8 @@ impl Walker<'_> {
         let protocols = match f.get("protocols") {
             None => Some(Protocols::default()),
             Some(n) => {
-                let p = join(path, "protocols");
-                self.non_empty_list(n, &p, "; omit `protocols` to allow tcp and udp")
+                let p = path.key("protocols");
+                self.non_empty_list(n, p, "; omit `protocols` to allow tcp and udp")
                     .and_then(|items| {
                         let mut seen = Protocols {
                             tcp: false,
@@ -780,8 +832,8 @@ impl Walker<'_> {
                         };
                         let mut ok = true;
                         for (i, item) in items.iter().enumerate() {
-                            let ip = format!("{p}[{i}]");
-                            let slot = match self.one_of(item, &ip, "a protocol", &["tcp", "udp"]) {
+                            let ip = p.index(i);
+                            let slot = match self.one_of(item, ip, "a protocol", &["tcp", "udp"]) {
                                 Some(0) => &mut seen.tcp,
                                 Some(_) => &mut seen.udp,
                                 None => {
@@ -790,7 +842,7 @@ impl Walker<'_> {
                                 }
                             };
                             if *slot {
-                                self.fail(item, &ip, &format!("{} is listed twice", show(item)));
+                                self.fail(item, ip, &format!("{} is listed twice", show(item)));
                                 ok = false;
                             }
                             *slot = true;
@@ -807,10 +859,10 @@ impl Walker<'_> {
         })
     }
 
-    fn port(&mut self, node: &Node<'_>, path: &str) -> Option<(u16, u16)> {
+    fn port(&mut self, node: &Node<'_>, path: KeyPath<'_>) -> Option<(u16, u16)> {
         let text = match &node.data {
-            YamlData::Value(Scalar::String(s)) => s.to_string(),
-            YamlData::Value(Scalar::Integer(i)) => i.to_string(),
+            Data::Value(Scalar::String(s)) => s.to_string(),
+            Data::Value(Scalar::Integer(i)) => i.to_string(),
             _ => {
                 self.type_error(node, path, "a port number or a \"LO-HI\" string");
                 return None;
@@ -837,30 +889,35 @@ impl Walker<'_> {
         }
     }
 
-    fn binding(&mut self, node: &Node<'_>, path: &str, names: &TierNames) -> Option<Binding> {
+    fn binding(
+        &mut self,
+        node: &Node<'_>,
+        path: KeyPath<'_>,
+        names: &TierNames,
+    ) -> Option<Binding> {
         let f = self.mapping(node, path, BINDING_KEYS, BINDING_KEYS)?;
         let tier = f.get("tier").and_then(|n| {
-            let p = join(path, "tier");
-            let s = self.string(n, &p)?;
+            let p = path.key("tier");
+            let s = self.string(n, p)?;
             let found = names.by_name.get(s).map(|(i, _)| *i);
             if found.is_none() {
-                self.fail(n, &p, &format!("unknown tier {s:?} ({})", names.known()));
+                self.fail(n, p, &format!("unknown tier {s:?} ({})", names.known()));
             }
             found
         });
         let matcher = f
             .get("match")
-            .and_then(|n| self.matcher(n, &join(path, "match")));
+            .and_then(|n| self.matcher(n, path.key("match")));
         Some(Binding {
             tier: tier?,
             matcher: matcher?,
         })
     }
 
-    fn matcher(&mut self, node: &Node<'_>, path: &str) -> Option<Match> {
+    fn matcher(&mut self, node: &Node<'_>, path: KeyPath<'_>) -> Option<Match> {
         let f = self.mapping(node, path, MATCH_KEYS, &[])?;
         let mapping_len = match &node.data {
-            YamlData::Mapping(m) => m.len(),
+            Data::Mapping(m) => m.len(),
             _ => 0,
         };
         if mapping_len == 0 {
@@ -875,12 +932,12 @@ impl Walker<'_> {
         let mut m = Match::default();
 
         if let Some(n) = f.get("cgroupPath") {
-            let p = join(path, "cgroupPath");
-            match self.string(n, &p) {
+            let p = path.key("cgroupPath");
+            match self.string(n, p) {
                 Some(s) if !s.starts_with('/') => {
                     self.fail(
                         n,
-                        &p,
+                        p,
                         &format!("{s:?} must start with `/` (the cgroup v2 path as /proc/PID/cgroup shows it after \"0::\")"),
                     );
                     ok = false;
@@ -888,7 +945,7 @@ impl Walker<'_> {
                 Some(s) => match Glob::parse(s) {
                     Ok(g) => m.cgroup_path = Some(g),
                     Err(e) => {
-                        self.fail(n, &p, &e);
+                        self.fail(n, p, &e);
                         ok = false;
                     }
                 },
@@ -901,24 +958,24 @@ impl Walker<'_> {
             ("container", &mut m.container),
         ] {
             if let Some(n) = f.get(key) {
-                match self.name_string(n, &join(path, key)) {
+                match self.name_string(n, path.key(key)) {
                     Some(s) => *slot = Some(s.to_owned()),
                     None => ok = false,
                 }
             }
         }
         if let Some(n) = f.get("podLabels") {
-            match self.labels(n, &join(path, "podLabels")) {
+            match self.labels(n, path.key("podLabels")) {
                 Some(l) => m.pod_labels = l,
                 None => ok = false,
             }
         }
         if let Some(n) = f.get("spiffeId") {
-            let p = join(path, "spiffeId");
-            match self.string(n, &p).map(SpiffePattern::parse) {
+            let p = path.key("spiffeId");
+            match self.string(n, p).map(SpiffePattern::parse) {
                 Some(Ok(s)) => m.spiffe_id = Some(s),
                 Some(Err(e)) => {
-                    self.fail(n, &p, &e);
+                    self.fail(n, p, &e);
                     ok = false;
                 }
                 None => ok = false,
@@ -932,8 +989,8 @@ impl Walker<'_> {
         ok.then_some(m)
     }
 
-    fn labels(&mut self, node: &Node<'_>, path: &str) -> Option<BTreeMap<String, String>> {
-        let YamlData::Mapping(map) = &node.data else {
+    fn labels(&mut self, node: &Node<'_>, path: KeyPath<'_>) -> Option<BTreeMap<String, String>> {
+        let Data::Mapping(map) = &node.data else {
             self.type_error(node, path, "a mapping of label names to values");
             return None;
         };
@@ -952,8 +1009,8 @@ impl Walker<'_> {
                 ok = false;
                 continue;
             };
-            let kp = join(path, key);
-            match self.string(v, &kp) {
+            let kp = path.key(key);
+            match self.string(v, kp) {
                 Some(val) => {
                     out.insert(key.to_owned(), val.to_owned());
                 }
