@@ -194,6 +194,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("cannot write the policy maps")?;
     ready.programs_attached.store(true, Ordering::Release);
     ready.policy_in_force.store(true, Ordering::Release);
+    // The start's parse is over: its memory goes back to the kernel.
+    crate::control::release_freed_memory();
     tracing::info!(
         policy = %policy.name,
         version = %policy.version,
@@ -211,6 +213,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_interval.max(1)));
     rescan.tick().await;
+    // When to hand memory freed by reloads back to the kernel.
+    let mut trim_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some(change) = cg_rx.recv() => control.cgroup_change(change),
@@ -229,8 +233,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 while reload_rx.try_recv().is_ok() {}
                 control.reload();
+                trim_at = Some(tokio::time::Instant::now() + crate::control::TRIM_AFTER);
             }
-            _ = hup.recv() => { tracing::info!("SIGHUP: re-reading the policy"); control.reload(); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading the policy");
+                control.reload();
+                trim_at = Some(tokio::time::Instant::now() + crate::control::TRIM_AFTER);
+            }
+            _ = tokio::time::sleep_until(trim_at.unwrap_or_else(tokio::time::Instant::now)), if trim_at.is_some() => {
+                trim_at = None;
+                crate::control::release_freed_memory();
+            }
             _ = rescan.tick() => control.scan(),
             _ = term.recv() => break,
             _ = int.recv() => break,

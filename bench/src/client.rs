@@ -177,8 +177,15 @@ pub fn flip(args: &[String]) {
             println!("-1");
             return;
         }
+        // Poll every 0.1 ms rather than in a hot loop: a spinning observer
+        // would take a core (and the agent's time for the events it makes)
+        // from the reload it is timing, on a 2-core machine.
+        std::thread::sleep(POLL);
     }
 }
+
+/// The flip observer's polling interval (the resolution of reload times).
+pub const POLL: Duration = Duration::from_micros(100);
 
 /// TCP listeners that accept and close; prints "ready".
 pub fn server(args: &[String]) {

@@ -239,23 +239,26 @@ impl World {
     }
 
     /// A policy whose tier t0 (bound to enf/t0/**) has `n` /32 rules; the
-    /// first one allows 10.20.0.1 (or, `allow = false`, 10.21.0.1).
+    /// one in the middle allows 10.20.0.1 (or, `allow = false`, 10.21.0.1).
     fn policy(&self, n: usize, allow: bool) -> String {
         self.policy_variant(n, allow, 64, None)
     }
 
     /// `policy(n, allow)` with the destinations of rules 2..n in 10.`net`.x.y
-    /// instead of 10.64.x.y and, with `tag`, the second rule's destination
+    /// instead of 10.64.x.y and, with `tag`, the first rule's destination
     /// made unique to that tag (10.63.x.y).
     fn policy_variant(&self, n: usize, allow: bool, net: usize, tag: Option<usize>) -> String {
         let mut s = format!(
             "apiVersion: tiergate.io/v1alpha1\nkind: TierPolicy\nmetadata:\n  name: bench-{n}-{allow}\nspec:\n  mode: enforce\n  defaultTier: locked\n  tiers:\n    - name: t0\n      egress:\n"
         );
         for i in 0..n {
+            // The measured destination sits in the middle of the list: a
+            // packet filter that walks its rules meets it after half of
+            // them, as it would an average destination.
             let ip = match (i, tag) {
-                (0, _) if allow => "10.20.0.1".into(),
-                (0, _) => "10.21.0.1".into(),
-                (1, Some(t)) => format!("10.63.{}.{}", t / 250 % 250, t % 250 + 1),
+                (i, _) if i == n / 2 && allow => "10.20.0.1".into(),
+                (i, _) if i == n / 2 => "10.21.0.1".into(),
+                (0, Some(t)) => format!("10.63.{}.{}", t / 250 % 250, t % 250 + 1),
                 _ => format!("10.{net}.{}.{}", i / 250, i % 250 + 1),
             };
             let _ = writeln!(
@@ -463,7 +466,8 @@ impl World {
     fn nft_rules(&self, n: usize, form: &str) -> String {
         let ips: Vec<String> = (0..n)
             .map(|i| {
-                if i == 0 {
+                // As in `policy`: the allowed destination in the middle.
+                if i == n / 2 {
                     "10.20.0.1".into()
                 } else {
                     format!("10.64.{}.{}", i / 250, i % 250 + 1)
@@ -795,6 +799,19 @@ fn reload_sample(w: &World, cg: &Path, yaml: &str, allow: bool) -> Result<Option
     Ok((t1 >= 0).then(|| (t1 as u64 - t0) as f64 / 1e6))
 }
 
+/// The event path's load: UDP connects to the denied destination from
+/// `TIERGATE_BENCH_EVENT_PROCS` processes (default 1). A denied connect is
+/// the cheapest attempt to generate (EPERM before any packet), so one core
+/// produces more records than an allowed connect loop can, and denies are
+/// never shed: every record must arrive or be reported lost.
+fn event_load(w: &World, cg: &Path, secs: f64) -> Result<(serde_json::Value, u64, u64)> {
+    let procs = std::env::var("TIERGATE_BENCH_EVENT_PROCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    w.clients(cg, "udp", DENY, secs, procs)
+}
+
 fn count_file(path: &Path, from: u64) -> (u64, u64, u64, Vec<(String, String)>) {
     // (connection records, loss records' summed counts, loss records, (version, verdict) of connections)
     let mut f = match std::fs::File::open(path) {
@@ -871,7 +888,7 @@ fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
         let p0 = produced(port);
         let off = std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
         let t0 = Instant::now();
-        let (v, _, _) = w.client(&cg, "udp", ALLOW, load_s)?;
+        let (v, _, _) = event_load(w, &cg, load_s)?;
         // Delivered when the events counter stops moving.
         let mut last = -1.0;
         let mut t_end = t0.elapsed();
@@ -936,7 +953,7 @@ fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
                 let d = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
                 (n, d)
             });
-            let (_v, _, _) = w.client(&cg, "udp", ALLOW, load_s)?;
+            let (_v, _, _) = event_load(w, &cg, load_s)?;
             std::thread::sleep(Duration::from_millis(200));
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let (n, d) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
@@ -1124,7 +1141,7 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         let p0 = produced(port);
         let off = std::fs::metadata(&sink).map(|m| m.len()).unwrap_or(0);
         let t0 = Instant::now();
-        let (v, _, _) = w.client(&cg, "udp", ALLOW, load_s)?;
+        let (v, _, _) = event_load(w, &cg, load_s)?;
         let mut last = -1.0;
         let mut t_end = t0.elapsed();
         loop {
@@ -1213,7 +1230,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Figures are median (min–max) over the repetitions. Every client runs in its own cgroup and in a network namespace created for the run; destinations are addresses on that namespace's `lo` (10.20.0.1:80 allowed, 10.30.0.1:80 denied; a TCP listener on both). 1,000 workload cgroups exist under the enforced tier `t0` (and 1,000 under the nftables side). Rules are /32 destinations on port 80, tcp+udp.\n"
+            "Figures are median (min–max) over the repetitions. Every client runs in its own cgroup and in a network namespace created for the run; destinations are addresses on that namespace's `lo` (10.20.0.1:80 allowed, 10.30.0.1:80 denied; a TCP listener on both). 1,000 workload cgroups exist under the enforced tier `t0` (and 1,000 under the nftables side). Rules are /32 destinations on port 80, tcp+udp; the allowed destination's rule is the middle one of the list (a packet filter walking its rules meets it after half of them, as it would an average destination).\n"
         );
         let _ = writeln!(s, "## 1. Connect path (connects/s, one client process)\n");
         let _ = writeln!(
@@ -1261,7 +1278,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## 2. Event path (records/s delivered)\n\nLoad: one client in `t0` doing UDP connects to an allowed destination for 2 s (every attempt is an allowed-connection record). Rate = records delivered / (time from load start until delivery stopped). `file`: agent with `--events FILE`. `collector`: agent (events file /dev/null) streaming over gRPC+mTLS to `tiergate collector` with a file sink; records counted in the sink file. `reader`: the agent killed (its pinned programs keep producing), a minimal aya `RingBuf` reader on the pinned `TG_EVENTS` map counting records (first to last record read) — the ceiling; a fresh agent re-adopts the pins afterwards.\n"
+            "\n## 2. Event path (records/s delivered)\n\nLoad: one client in `t0` doing UDP connects to the denied destination as fast as it can for 2 s (every attempt is a deny record; a denied connect is the cheapest attempt to generate, so one core produces more records than an allowed-connect loop, and denies are never shed: each must arrive or be reported lost). The client, the agent and (for `collector`) the collector share the machine's 2 cores. Rate = records delivered / (time from load start until delivery stopped). `file`: agent with `--events FILE`. `collector`: agent (events file /dev/null) streaming over gRPC+mTLS to `tiergate collector` with a file sink; records counted in the sink file. `reader`: the agent killed (its pinned programs keep producing), a minimal aya `RingBuf` reader on the pinned `TG_EVENTS` map counting records (first to last record read) — the ceiling; a fresh agent re-adopts the pins afterwards.\n"
         );
         let _ = writeln!(s, "| path | records/s | ratio to reader |\n|---|---|---|");
         let rd = self
@@ -1282,7 +1299,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## 3. Policy reload (ms from the policy file's rename to the flipped verdict)\n\nA client bound to `t0` polls UDP connects to 10.20.0.1:80; the bench writes a new policy of the same size next to the old one and renames it into place, and takes the time until the client sees the other verdict (CLOCK_MONOTONIC in both processes). Both directions are samples. No sample repeats an earlier policy (the agent writes only what differs from the generation it writes into, which holds the policy of two swaps before). *{ONE_RULE}*: 10.20.0.1's rule is replaced or restored and one other destination changes (a typical edit); *{ALL_RULES}*: every destination moves to a new /16 (10.65.x.y, 10.66.x.y, …), so the whole generation is rewritten (the worst case).\n\n| rules | {ONE_RULE}, ms | {ALL_RULES}, ms |\n|---|---|---|"
+            "\n## 3. Policy reload (ms from the policy file's rename to the flipped verdict)\n\nA client bound to `t0` tries a UDP connect to 10.20.0.1:80 every 0.1 ms; the bench writes a new policy of the same size next to the old one and renames it into place, and takes the time until the client sees the other verdict (CLOCK_MONOTONIC in both processes). Both directions are samples. No sample repeats an earlier policy (the agent writes only what differs from the generation it writes into, which holds the policy of two swaps before). *{ONE_RULE}*: 10.20.0.1's rule is replaced or restored and one other destination changes (a typical edit); *{ALL_RULES}*: every destination moves to a new /16 (10.65.x.y, 10.66.x.y, …), so the whole generation is rewritten (the worst case).\n\n| rules | {ONE_RULE}, ms | {ALL_RULES}, ms |\n|---|---|---|"
         );
         let sizes: std::collections::BTreeSet<usize> = self.reload_ms.keys().map(|k| k.0).collect();
         for n in sizes {

@@ -123,7 +123,7 @@ pub fn parse_keeping_tree<'s>(
             [root] => w.policy(root),
             [_, second, ..] => {
                 w.error(
-                    second.span.start,
+                    second.start,
                     format!(
                         "the file holds {} YAML documents; a policy file holds exactly one",
                         docs.len()
@@ -384,7 +384,7 @@ impl Walker<'_> {
     }
 
     fn fail(&mut self, node: &Node<'_>, path: KeyPath<'_>, message: &str) {
-        self.error(node.span.start, at_path(path, message));
+        self.error(node.start, at_path(path, message));
     }
 
     fn type_error(&mut self, node: &Node<'_>, path: KeyPath<'_>, expected: &str) {
@@ -430,7 +430,7 @@ impl Walker<'_> {
                     .min_by_key(|a| edit_distance(a, key));
                 let hint = near.map_or(String::new(), |n| format!("did you mean {n:?}? "));
                 self.error(
-                    k.span.start,
+                    k.start,
                     format!(
                         "{}: unknown key ({hint}allowed keys: {})",
                         path.key(key),
@@ -446,10 +446,7 @@ impl Walker<'_> {
                 .iter()
                 .any(|(k, _)| matches!(&k.data, Data::Value(Scalar::String(s)) if s == r))
             {
-                self.error(
-                    node.span.start,
-                    format!("{}: missing required key", path.key(r)),
-                );
+                self.error(node.start, format!("{}: missing required key", path.key(r)));
             }
         }
         Some(Fields { entries })
@@ -506,7 +503,7 @@ impl Walker<'_> {
     fn policy(&mut self, root: &Node<'_>) -> Option<Policy> {
         if matches!(root.data, Data::Value(Scalar::Null) | Data::BadValue) {
             self.error(
-                root.span.start,
+                root.start,
                 "the document is empty; expected a TierPolicy".to_owned(),
             );
             return None;
@@ -691,7 +688,7 @@ impl Walker<'_> {
                 );
                 return None;
             }
-            names.by_name.insert(s.to_owned(), (index, n.span.start.line()));
+            names.by_name.insert(s.to_owned(), (index, n.start.line()));
             names.in_order.push(s.to_owned());
             if !is_tier_name(s) {
                 self.fail(
