@@ -632,6 +632,8 @@ struct Report {
     rss_idle_kb: Vec<f64>,
     rss_load_kb: Vec<f64>,
     cpu_per_10k: Vec<f64>,
+    /// (rules, load, program) → ns per call (bpf_stats).
+    hook_ns: BTreeMap<(usize, String, String), f64>,
     /// (rules, kind of change) → ms.
     reload_ms: BTreeMap<(usize, &'static str), Vec<f64>>,
     mixed: Option<(u64, u64, u64)>,
@@ -731,10 +733,83 @@ fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
         }
     }
     w.nft(None)?;
+    if rep.wants("connect") {
+        hook_costs(w, rep)?;
+    }
     if rep.wants("reload") {
         reload(w, rep)?;
     }
     w.stop_agent();
+    Ok(())
+}
+
+/// `run_time_ns` and `run_cnt` of each program attached through the agent's
+/// pinned links (named by the link pin), from bpftool.
+fn prog_stats(bpffs: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    let dir = bpffs.join("tiergate/v1/links");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let link: serde_json::Value = serde_json::from_str(&sh(
+            "bpftool",
+            &["--json", "link", "show", "pinned", &path.to_string_lossy()],
+        )?)?;
+        let id = link["prog_id"].as_u64().context("link without prog_id")?;
+        let prog: serde_json::Value = serde_json::from_str(&sh(
+            "bpftool",
+            &["--json", "prog", "show", "id", &id.to_string()],
+        )?)?;
+        out.insert(
+            name,
+            (
+                prog["run_time_ns"].as_u64().unwrap_or(0),
+                prog["run_cnt"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Kernel time per call of the connect and socket-creation hooks, per
+/// policy size and load, from the kernel's BPF run-time statistics
+/// (`kernel.bpf_stats_enabled`, on only for these short runs: it adds two
+/// clock reads to every call).
+fn hook_costs(w: &mut World, rep: &mut Report) -> Result<()> {
+    let bpffs = w.agent.as_ref().context("no agent")?.bpffs.clone();
+    let cg = w.cg("enf", 3);
+    let set_stats = |on: bool| {
+        std::fs::write(
+            "/proc/sys/kernel/bpf_stats_enabled",
+            if on { "1" } else { "0" },
+        )
+    };
+    for n in [10usize, 1_000, 10_000] {
+        w.apply_policy(&w.policy(n, true))?;
+        for (name, mode, to) in LOADS {
+            say(&format!("hook cost: {n} rules, {name}"));
+            set_stats(true)?;
+            let before = prog_stats(&bpffs);
+            let run = w.client(&cg, mode, to, 0.3);
+            let after = prog_stats(&bpffs);
+            set_stats(false)?;
+            let (before, after) = (before?, after?);
+            run?;
+            for (prog, (t1, c1)) in &after {
+                let (t0, c0) = before.get(prog).copied().unwrap_or((0, 0));
+                if c1 > &c0 {
+                    rep.hook_ns.insert(
+                        (n, name.to_string(), prog.clone()),
+                        (t1 - t0) as f64 / (c1 - c0) as f64,
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1275,6 +1350,32 @@ impl Report {
                 tg10k / self.med("nft-set-10k", l),
                 tg10k / self.med("nft-vmap-10k", l)
             );
+        }
+        if !self.hook_ns.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n### Kernel time per hook call (ns, `kernel.bpf_stats_enabled`)\n\nMeasured in separate 0.3 s runs with the statistics on (they add two clock reads per call, so these figures are slightly high); `tg_connect4` judges the connect and, for every attempt reported, writes the ring-buffer record; `tg_sock_create` runs on every `socket()`.\n"
+            );
+            let progs: std::collections::BTreeSet<&String> =
+                self.hook_ns.keys().map(|k| &k.2).collect();
+            for prog in progs {
+                let _ = writeln!(
+                    s,
+                    "| `{prog}` | tcp-allow | tcp-deny | udp-allow | udp-deny |\n|---|---|---|---|---|"
+                );
+                for n in [10usize, 1_000, 10_000] {
+                    let cells: Vec<String> = LOADS
+                        .iter()
+                        .map(|(l, _, _)| {
+                            self.hook_ns
+                                .get(&(n, l.to_string(), prog.clone()))
+                                .map_or("—".into(), |v| format!("{v:.0}"))
+                        })
+                        .collect();
+                    let _ = writeln!(s, "| {n} rules | {} |", cells.join(" | "));
+                }
+                let _ = writeln!(s);
+            }
         }
         let _ = writeln!(
             s,

@@ -322,6 +322,101 @@ fn reload_to_stricter_policy_applies_on_next_connect_and_bad_reload_keeps_last_g
     }
 }
 
+/// Waits (up to 5 s) until a TCP connect from `rel` to `target` gives `want`.
+fn eventually(f: &Fixture, rel: &str, target: &str, want: &str, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = f.tcp(rel, target);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}: {target} gives {got}, expected {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Swaps write only the difference to what the inactive generation holds
+/// (the policy of two swaps before, or whatever an earlier agent left): a
+/// rule dropped, a rule whose ports changed and a new rule must all be
+/// right after each swap, across generations and an agent restart.
+#[test]
+fn policy_swaps_write_the_difference_across_generations_and_restarts() {
+    let mut f = Fixture::new("swapdiff");
+    let root = f.cg_path.clone();
+    let tier = |rules: &[(&str, &str)]| {
+        let mut body = String::from("      egress:\n");
+        for (cidr, port) in rules {
+            body += &format!("        - cidrs: [\"{cidr}\"]\n          ports: [\"{port}\"]\n");
+        }
+        policy(&root, body.trim_end())
+    };
+    let check = |f: &Fixture, why: &str, expect: &[(&str, &str)]| {
+        for (target, want) in expect {
+            eventually(f, "t0/a", target, want, why);
+        }
+    };
+    let a = tier(&[("10.20.0.1/32", "80")]);
+    let b = tier(&[("10.30.0.1/32", "80")]);
+    let c = tier(&[("10.20.0.1/32", "81"), ("fd00:30::/64", "80")]);
+    let d = tier(&[("10.30.0.1/32", "80"), ("10.20.0.0/16", "81")]);
+
+    f.start_agent(&a);
+    check(
+        &f,
+        "A",
+        &[("10.20.0.1:80", "ok"), ("10.30.0.1:80", "EPERM")],
+    );
+    f.write_policy(&b);
+    check(
+        &f,
+        "B",
+        &[("10.20.0.1:80", "EPERM"), ("10.30.0.1:80", "ok")],
+    );
+    // Written into the generation that still holds A.
+    let path = f.write_policy(&c);
+    let c_expect = [
+        ("10.20.0.1:80", "EPERM"),
+        ("10.20.0.1:81", "ok"),
+        ("10.30.0.1:80", "EPERM"),
+        ("[fd00:30::1]:80", "ok"),
+    ];
+    check(&f, "C over A", &c_expect);
+
+    // A new agent re-adopts the maps, reads back what they hold and writes D.
+    f.agent.as_mut().unwrap().kill9();
+    f.start_agent(&d);
+    let d_expect = [
+        ("10.30.0.1:80", "ok"),
+        ("10.20.0.1:80", "EPERM"),
+        ("10.20.0.1:81", "ok"),
+        ("[fd00:30::1]:80", "EPERM"),
+    ];
+    check(&f, "D after restart", &d_expect);
+
+    // An in-place write (no rename) is read once the file is closed.
+    std::fs::write(&path, &a).expect("write the policy in place");
+    check(
+        &f,
+        "A written in place",
+        &[
+            ("10.20.0.1:80", "ok"),
+            ("10.20.0.1:81", "EPERM"),
+            ("10.30.0.1:80", "EPERM"),
+            ("[fd00:30::1]:80", "EPERM"),
+        ],
+    );
+    let applied = f
+        .agent
+        .as_ref()
+        .unwrap()
+        .metric("tiergate_policy_reloads_total{result=\"applied\"}")
+        .unwrap_or(0.0);
+    assert!(applied >= 1.0, "the in-place write was not applied");
+}
+
 #[test]
 fn new_cgroups_are_enforced_from_their_first_connect() {
     let mut f = Fixture::new("newcg");
