@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::ocsf::PodFields;
 use crate::identity::cgroupfs;
 use crate::policy::PodIdentity;
 use crate::state::{NodeState, PodState};
@@ -31,18 +32,8 @@ pub struct Row {
     /// `spec.bindings[i]` index that placed it, if any.
     pub binding: Option<usize>,
     pub pod_state: PodState,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub service_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub pod: PodFields,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub spiffe_id: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
@@ -52,14 +43,15 @@ pub struct Row {
 impl Row {
     /// The pod identity this row describes, if it is a resolved pod.
     pub fn pod_identity(&self) -> Option<PodIdentity> {
+        let p = &self.pod;
         Some(PodIdentity {
-            namespace: self.namespace.clone()?,
-            pod: self.pod.clone()?,
-            pod_uid: self.pod_uid.clone()?,
-            service_account: self.service_account.clone()?,
+            namespace: p.namespace.clone()?,
+            pod: p.pod.clone()?,
+            pod_uid: p.pod_uid.clone()?,
+            service_account: p.service_account.clone()?,
             labels: self.labels.clone(),
-            container: self.container.clone(),
-            container_id: self.container_id.clone(),
+            container: p.container.clone(),
+            container_id: p.container_id.clone(),
         })
     }
 }
@@ -103,12 +95,7 @@ impl Inventory {
                     enforced: w.enforced(),
                     binding: w.binding,
                     pod_state: w.pod_state,
-                    namespace: pod.map(|p| p.namespace.clone()),
-                    pod: pod.map(|p| p.pod.clone()),
-                    pod_uid: pod.map(|p| p.pod_uid.clone()),
-                    service_account: pod.map(|p| p.service_account.clone()),
-                    container: pod.and_then(|p| p.container.clone()),
-                    container_id: pod.and_then(|p| p.container_id.clone()),
+                    pod: PodFields::of(pod),
                     spiffe_id: w.spiffe_id.clone(),
                     labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
                 }

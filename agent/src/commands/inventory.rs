@@ -38,7 +38,7 @@ pub fn run(args: &InventoryArgs) -> i32 {
         "TIER", "ENFORCED", "POD", "CGROUP"
     );
     for w in &doc.workloads {
-        let identity = match (&w.spiffe_id, &w.container) {
+        let identity = match (&w.spiffe_id, &w.pod.container) {
             (Some(s), Some(c)) => format!("{s} container={c}"),
             (Some(s), None) => s.clone(),
             (None, _) => w.systemd_unit.clone().unwrap_or_default(),

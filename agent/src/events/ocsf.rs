@@ -6,7 +6,7 @@
 //! `unmapped.tiergate.kind` saying which. Every record carries `seq` and a
 //! `metadata.uid` that stays the same when the record is sent again.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const PRODUCT: &str = "tiergate";
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -93,23 +93,44 @@ pub struct Workload {
     pub cgroup_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
+    #[serde(flatten)]
+    pub pod: PodFields,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
     /// `resolved`, `unresolved` or `malformed` for pod cgroups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_state: Option<crate::state::PodState>,
+}
+
+/// A workload's pod fields as events and the inventory name them; all
+/// absent for a cgroup that is no pod's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodFields {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_id: Option<String>,
+}
+
+impl PodFields {
+    pub fn of(pod: Option<&crate::policy::PodIdentity>) -> Self {
+        Self {
+            namespace: pod.map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod.clone()),
+            pod_uid: pod.map(|p| p.pod_uid.clone()),
+            service_account: pod.map(|p| p.service_account.clone()),
+            container: pod.and_then(|p| p.container.clone()),
+            container_id: pod.and_then(|p| p.container_id.clone()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -375,12 +396,14 @@ mod tests {
         let w = Workload {
             cgroup_id: 9,
             cgroup_path: Some("/agents/tier0".into()),
-            namespace: Some("agents".into()),
-            pod: Some("retriever-0".into()),
-            pod_uid: Some("u-1".into()),
-            service_account: Some("retriever".into()),
-            container: Some("tool".into()),
-            container_id: Some("abc".into()),
+            pod: PodFields {
+                namespace: Some("agents".into()),
+                pod: Some("retriever-0".into()),
+                pod_uid: Some("u-1".into()),
+                service_account: Some("retriever".into()),
+                container: Some("tool".into()),
+                container_id: Some("abc".into()),
+            },
             spiffe_id: Some("spiffe://corp.example/ns/agents/sa/retriever".into()),
             ..Default::default()
         };

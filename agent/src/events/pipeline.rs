@@ -25,7 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::decode::{self, KernelEvent};
-use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
+use super::ocsf::{self, Envelope, PodFields, ProcessInfo, SocketInfo, Verdict, Workload};
 use super::sinks::{RecordMeta, Sink};
 use crate::admin::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::identity::cgroupfs;
@@ -234,17 +234,11 @@ impl Writer {
 
     fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
         if let Some(w) = self.state.workload(cgroup_id) {
-            let pod = w.pod.as_ref();
             return Workload {
                 cgroup_id,
                 cgroup_path: Some(w.path.to_string()),
                 systemd_unit: cgroupfs::systemd_unit(&w.path).map(str::to_string),
-                namespace: pod.map(|p| p.namespace.clone()),
-                pod: pod.map(|p| p.pod.clone()),
-                pod_uid: pod.map(|p| p.pod_uid.clone()),
-                service_account: pod.map(|p| p.service_account.clone()),
-                container: pod.and_then(|p| p.container.clone()),
-                container_id: pod.and_then(|p| p.container_id.clone()),
+                pod: PodFields::of(w.pod.as_ref()),
                 spiffe_id: w.spiffe_id.clone(),
                 pod_state: (w.pod_state != PodState::None).then_some(w.pod_state),
             };
