@@ -73,22 +73,31 @@ pub async fn run_reader(
         // The kernel wakes us only when the ring passes 1/16 full (see
         // `wakeup_flags` in agent-ebpf); below that the tick drains it.
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &queues, &metrics);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => drain(fd.get_mut(), &queues, &metrics),
+            guard = fd.readable_mut() => guard?.clear_ready(),
+            _ = tick.tick() => {}
+        }
+        // In batches: a ring refilled as fast as it drains must not keep
+        // this worker from the other tasks (writer, admin endpoint).
+        while drain(fd.get_mut(), &queues, &metrics, DRAIN_BATCH) == DRAIN_BATCH {
+            tokio::task::yield_now().await;
         }
     }
 }
+
+/// Records the reader takes from the ring before it yields.
+const DRAIN_BATCH: usize = 4096;
 
 /// How often the reader drains the ring without a kernel wakeup: the most an
 /// event waits in the ring while the ring is below its wakeup mark.
 pub const READER_TICK: Duration = Duration::from_millis(10);
 
-fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics) {
-    while let Some(item) = ring.next() {
+/// Takes up to `max` records from the ring; returns how many it took.
+fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics, max: usize) -> usize {
+    let mut n = 0;
+    while n < max
+        && let Some(item) = ring.next()
+    {
+        n += 1;
         match decode::decode(&item) {
             Ok(ev) => {
                 let (tx, lost) = if ev.is_priority() {
@@ -106,6 +115,7 @@ fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics) {
             }
         }
     }
+    n
 }
 
 /// Kernel counters the writer turns into loss records.
