@@ -157,8 +157,105 @@ fn delete_one_by_one<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()>
 
 #[cfg(test)]
 mod tests {
-    use super::{BatchAttr, ElemAttr};
+    use super::{BatchAttr, ElemAttr, bpf, delete, update};
     use std::mem::offset_of;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    /// An LPM-trie key as the kernel lays it out: prefix length, then data.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Key {
+        prefix_len: u32,
+        data: [u8; 8],
+    }
+
+    fn key(i: u64) -> Key {
+        Key {
+            prefix_len: 64,
+            data: i.to_be_bytes(),
+        }
+    }
+
+    /// `union bpf_attr` for BPF_MAP_CREATE (the fields used here).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+
+    fn lpm_trie() -> OwnedFd {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let mut attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_LPM_TRIE,
+            key_size: size_of::<Key>() as u32,
+            value_size: 8,
+            max_entries: 4096,
+            map_flags: BPF_F_NO_PREALLOC,
+        };
+        // SAFETY: as in `bpf`; BPF_MAP_CREATE returns a new fd we own.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_CREATE,
+                (&mut attr as *mut CreateAttr).cast::<libc::c_void>(),
+                size_of::<CreateAttr>() as libc::c_uint,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_MAP_CREATE: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd returned by the kernel, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    fn lookup(map: &OwnedFd, k: &Key) -> Option<u64> {
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let mut value = 0u64;
+        let mut attr = ElemAttr {
+            map_fd: std::os::fd::AsRawFd::as_raw_fd(map) as u32,
+            key: (k as *const Key) as u64,
+            value: (&mut value as *mut u64) as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).ok().map(|()| value)
+    }
+
+    /// Against the real kernel (the privileged test run is root).
+    #[test]
+    fn batches_write_and_delete_in_a_real_lpm_trie() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating BPF maps needs root (`cargo xtask test` runs as root)");
+            return;
+        }
+        let map = lpm_trie();
+        let keys: Vec<Key> = (0..1000).map(key).collect();
+        let values: Vec<u64> = (0..1000).map(|i| i * 7).collect();
+        update(map.as_fd(), &keys, &values).expect("batch update");
+        assert!((0..1000).all(|i| lookup(&map, &key(i)) == Some(i * 7)));
+
+        // Overwrites keep the newer value.
+        update(map.as_fd(), &keys[..10], &[1u64; 10]).expect("overwrite");
+        assert_eq!(lookup(&map, &key(3)), Some(1));
+
+        // Absent keys in a delete batch are skipped, the rest still go.
+        let mut gone: Vec<Key> = (0..10).map(key).collect();
+        gone.push(key(5_000));
+        gone.extend((10..20).map(key));
+        gone.push(key(6_000));
+        delete(map.as_fd(), &gone).expect("batch delete");
+        assert!((0..20).all(|i| lookup(&map, &key(i)).is_none()));
+        assert!((20..1000).all(|i| lookup(&map, &key(i)) == Some(i * 7)));
+        delete::<Key>(map.as_fd(), &[]).expect("an empty batch is no call");
+    }
 
     /// Offsets of `union bpf_attr`'s members, from include/uapi/linux/bpf.h.
     #[test]
