@@ -16,9 +16,9 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
             bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
         },
     },
@@ -146,22 +146,43 @@ fn fill_header(h: &mut EventHeader, kind: u32) {
     }
     h.pid_tgid = bpf_get_current_pid_tgid();
     h.uid_gid = bpf_get_current_uid_gid();
-    h.comm = bpf_get_current_comm().unwrap_or_default();
+    // Straight into the record (the safe wrapper zeroes a stack buffer and
+    // copies it over byte by byte). On failure the helper zero-fills.
+    // SAFETY: `h.comm` is 16 writable bytes of the reserved record.
+    unsafe {
+        bpf_get_current_comm(h.comm.as_mut_ptr().cast(), h.comm.len() as u32);
+    }
 }
 
-/// Submit flags for a record of `size` bytes just reserved: wake the reader
-/// only when this record makes the ring cross 1/16 full. Below that, user
-/// space drains on its own short timer. The kernel's default (wake whenever
-/// the ring was empty) costs an irq_work self-interrupt plus a scheduler
-/// wakeup on the connecting CPU for nearly every record while the reader
-/// keeps up, which was most of the hook's cost on allowed connects.
+/// How full the ring is, read once per record (ring size, bytes not yet
+/// consumed).
+#[derive(Clone, Copy)]
+struct RingFill {
+    size: u64,
+    used: u64,
+}
+
 #[inline(always)]
-fn wakeup_flags(size: u64) -> u64 {
-    let ring = TG_EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let used = TG_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let threshold = ring / 16;
+fn ring_fill() -> RingFill {
+    RingFill {
+        size: TG_EVENTS.query(BPF_RB_RING_SIZE as u64),
+        used: TG_EVENTS.query(BPF_RB_AVAIL_DATA as u64),
+    }
+}
+
+/// Submit flags for a record of `size` bytes reserved when the ring was
+/// `fill`: wake the reader only when this record makes the ring cross 1/16
+/// full. Below that, user space drains on its own short timer. The kernel's
+/// default (wake whenever the ring was empty) costs an irq_work
+/// self-interrupt plus a scheduler wakeup on the connecting CPU for nearly
+/// every record while the reader keeps up, which was most of the hook's cost
+/// on allowed connects. (Another CPU's record landing in between can make
+/// this one miss the crossing; the timer covers it.)
+#[inline(always)]
+fn wakeup_flags(fill: RingFill, size: u64) -> u64 {
+    let threshold = fill.size / 16;
     // +8: the ring's per-record header.
-    if used >= threshold && used < threshold + size + 8 {
+    if fill.used < threshold && fill.used + size + 8 >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -171,10 +192,8 @@ fn wakeup_flags(size: u64) -> u64 {
 /// Whether an allowed-connection event may use the ring: above 3/4 full the
 /// rest is kept for denies and metadata accesses (the shed ones are counted).
 #[inline(always)]
-fn ring_has_room_for_allowed() -> bool {
-    let size = TG_EVENTS.query(BPF_RB_RING_SIZE as u64);
-    let used = TG_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    used < size - size / 4
+fn ring_has_room_for_allowed(fill: RingFill) -> bool {
+    fill.used < fill.size - fill.size / 4
 }
 
 fn is_metadata(addr: &[u8; 16], v4: bool) -> bool {
@@ -333,7 +352,8 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     });
 
     let must_report = verdict != VERDICT_ALLOW || metadata;
-    if must_report || ring_has_room_for_allowed() {
+    let fill = ring_fill();
+    if must_report || ring_has_room_for_allowed(fill) {
         match TG_EVENTS.reserve::<ConnectEvent>(0) {
             Some(mut entry) => {
                 let ev = entry.as_mut_ptr();
@@ -357,7 +377,10 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
                     (*ev).generation = r.generation;
                     (*ev)._pad2 = 0;
                 }
-                entry.submit(wakeup_flags(core::mem::size_of::<ConnectEvent>() as u64));
+                entry.submit(wakeup_flags(
+                    fill,
+                    core::mem::size_of::<ConnectEvent>() as u64,
+                ));
             }
             None => count(counter::RINGBUF_LOST),
         }
@@ -426,6 +449,7 @@ fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
         VERDICT_DENY
     };
     count(counter::SOCKET_DENY);
+    let fill = ring_fill();
     match TG_EVENTS.reserve::<SocketEvent>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
@@ -441,7 +465,10 @@ fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
                 (*ev).tier = r.tier;
                 (*ev).generation = r.generation;
             }
-            entry.submit(wakeup_flags(core::mem::size_of::<SocketEvent>() as u64));
+            entry.submit(wakeup_flags(
+                fill,
+                core::mem::size_of::<SocketEvent>() as u64,
+            ));
         }
         None => count(counter::RINGBUF_LOST),
     }
