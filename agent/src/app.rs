@@ -54,6 +54,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     let cgfs = CgroupFs::discover().map_err(StartError::Cgroup)?;
     preflight::check_btf()?;
+    let preparing = Instant::now();
     let policy = Arc::new(
         policy::load(&args.policy).map_err(|errors| StartError::Policy {
             path: args.policy.clone(),
@@ -64,6 +65,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         path: args.policy.clone(),
         error: e.to_string(),
     })?;
+    let prepared = preparing.elapsed();
     let root = args
         .cgroup_root
         .clone()
@@ -190,7 +192,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     control.scan();
     control
-        .install(policy.clone(), &compiled, started.elapsed())
+        .install(policy.clone(), &compiled, prepared)
         .context("cannot write the policy maps")?;
     ready.programs_attached.store(true, Ordering::Release);
     ready.policy_in_force.store(true, Ordering::Release);
@@ -370,18 +372,34 @@ enum PolicyFileEvent {
 /// written before the rename) and for reads.
 fn classify_policy_event(ev: &notify::Event, name: &std::ffi::OsStr) -> Option<PolicyFileEvent> {
     use notify::EventKind as K;
-    use notify::event::{AccessKind, AccessMode};
-    let ours = ev.paths.iter().any(|p| {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    let is_ours = |p: &std::path::PathBuf| {
         p.file_name()
             .is_some_and(|f| f == name || f == std::ffi::OsStr::new("..data"))
-    });
-    if !ours {
+    };
+    if !ev.paths.iter().any(is_ours) {
         return None;
     }
     match ev.kind {
         K::Access(AccessKind::Close(AccessMode::Write)) => Some(PolicyFileEvent::Complete),
         K::Access(_) => None,
-        K::Modify(notify::event::ModifyKind::Data(_)) => Some(PolicyFileEvent::Writing),
+        // Created or written in place (`>`, `cp`): read once it is closed.
+        K::Modify(ModifyKind::Data(_)) | K::Create(_) => Some(PolicyFileEvent::Writing),
+        // Moved away or removed (an editor's save, `rm` + `cp`): the new
+        // file usually follows at once; reading now would only report it
+        // missing.
+        K::Modify(ModifyKind::Name(RenameMode::From)) | K::Remove(_) => {
+            Some(PolicyFileEvent::Writing)
+        }
+        // A rename seen from both ends: ours only if the policy file (or
+        // `..data`) is where it went.
+        K::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            if ev.paths.get(1).is_some_and(is_ours) {
+                Some(PolicyFileEvent::Complete)
+            } else {
+                Some(PolicyFileEvent::Writing)
+            }
+        }
         _ => Some(PolicyFileEvent::Complete),
     }
 }
@@ -458,9 +476,11 @@ mod tests {
             ),
             Some(PolicyFileEvent::Complete)
         );
+        // A file created in place is read once it is closed (`>` creates
+        // it empty first).
         assert_eq!(
             c(EventKind::Create(CreateKind::File), "/etc/tg/policy.yaml"),
-            Some(PolicyFileEvent::Complete)
+            Some(PolicyFileEvent::Writing)
         );
         // A ConfigMap volume swaps its `..data` symlink.
         assert_eq!(
@@ -483,6 +503,40 @@ mod tests {
                 EventKind::Access(AccessKind::Close(AccessMode::Write)),
                 "/etc/tg/policy.yaml"
             ),
+            Some(PolicyFileEvent::Complete)
+        );
+        // Moved away or removed: wait for what replaces it.
+        assert_eq!(
+            c(
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                "/etc/tg/policy.yaml"
+            ),
+            Some(PolicyFileEvent::Writing)
+        );
+        assert_eq!(
+            c(
+                EventKind::Remove(notify::event::RemoveKind::File),
+                "/etc/tg/policy.yaml"
+            ),
+            Some(PolicyFileEvent::Writing)
+        );
+        let both = |from: &str, to: &str| {
+            let ev = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+                .add_path(from.into())
+                .add_path(to.into());
+            classify_policy_event(&ev, name)
+        };
+        // vim: policy.yaml → policy.yaml~, then the new file → policy.yaml.
+        assert_eq!(
+            both("/etc/tg/policy.yaml", "/etc/tg/policy.yaml~"),
+            Some(PolicyFileEvent::Writing)
+        );
+        assert_eq!(
+            both("/etc/tg/.policy.tmp", "/etc/tg/policy.yaml"),
+            Some(PolicyFileEvent::Complete)
+        );
+        assert_eq!(
+            both("/etc/tg/..data_tmp", "/etc/tg/..data"),
             Some(PolicyFileEvent::Complete)
         );
         // Reads, and the temporary file written before a rename, are not changes.

@@ -36,9 +36,11 @@ fn main() {
     }
 }
 
+/// The value after the last `name` (so `cargo xtask bench --out X` overrides
+/// the default the xtask passes first).
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
-        .position(|a| a == name)
+        .rposition(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 
