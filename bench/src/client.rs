@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
+use tiergate_tests::enter;
+
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -18,23 +20,6 @@ pub fn mono_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn enter(cgroup: Option<&str>, netns: Option<&str>) {
-    if let Some(dir) = cgroup {
-        std::fs::write(
-            format!("{dir}/cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .unwrap_or_else(|e| panic!("cannot join cgroup {dir}: {e}"));
-    }
-    if let Some(ns) = netns {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"))
-            .unwrap_or_else(|e| panic!("netns {ns}: {e}"));
-        // SAFETY: setns on a valid netns fd; this process is single-threaded here.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-    }
 }
 
 fn sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {

@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tiergate_tests::{cgroup2_mount, free_port, http_get};
+use tiergate_tests::{cgroup2_mount, free_port, http_get, remove_cgroup_tree};
 
 const ALLOW: &str = "10.20.0.1:80";
 const DENY: &str = "10.30.0.1:80";
@@ -498,20 +498,7 @@ impl Drop for World {
                 .output();
             let _ = std::fs::remove_dir(b);
         }
-        let mut dirs = Vec::new();
-        walk(&self.cg_base, &mut dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in &dirs {
-            let _ = std::fs::write(d.join("cgroup.kill"), "1");
-        }
-        for d in &dirs {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        remove_cgroup_tree(&self.cg_base);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
@@ -528,17 +515,6 @@ fn merged_number(key: &str, x: f64) -> serde_json::Value {
         serde_json::json!(x)
     } else {
         serde_json::json!(x as u64)
-    }
-}
-
-fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-    out.push(d.to_path_buf());
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                walk(&e.path(), out);
-            }
-        }
     }
 }
 

@@ -404,21 +404,7 @@ impl Drop for Fixture {
             let _ = s.kill();
             let _ = s.wait();
         }
-        // Kill anything left in our cgroups, then remove them deepest first.
-        let mut dirs = Vec::new();
-        walk(&self.cg_root, &mut dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in &dirs {
-            let _ = std::fs::write(d.join("cgroup.kill"), "1");
-        }
-        for d in &dirs {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        remove_cgroup_tree(&self.cg_root);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
@@ -439,6 +425,45 @@ fn tiergate_bin_or_none() -> PathBuf {
     std::env::var_os("TIERGATE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/bin/false".into())
+}
+
+/// Kills every process left in the cgroup tree under `root` and removes the
+/// tree, deepest first (shared by the fixtures and the benchmark suite).
+pub fn remove_cgroup_tree(root: &Path) {
+    let mut dirs = Vec::new();
+    walk(root, &mut dirs);
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &dirs {
+        let _ = std::fs::write(d.join("cgroup.kill"), "1");
+    }
+    for d in &dirs {
+        for _ in 0..50 {
+            if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Moves this process into cgroup directory `cgroup` (so the kernel judges
+/// it as that workload) and then into network namespace `netns` (so nothing
+/// it sends leaves the machine). Call before starting any thread.
+pub fn enter(cgroup: Option<&str>, netns: Option<&str>) {
+    if let Some(dir) = cgroup {
+        std::fs::write(
+            format!("{dir}/cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap_or_else(|e| panic!("cannot join cgroup {dir}: {e}"));
+    }
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(format!("/run/netns/{ns}"))
+            .unwrap_or_else(|e| panic!("netns {ns}: {e}"));
+        // SAFETY: setns on a valid fd of a netns file; single-threaded here.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+    }
 }
 
 fn walk(d: &Path, out: &mut Vec<PathBuf>) {

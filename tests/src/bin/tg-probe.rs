@@ -13,6 +13,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use tiergate_tests::enter;
+
 fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EPERM) => "EPERM".into(),
@@ -23,23 +25,6 @@ fn errno_name(e: &std::io::Error) -> String {
         Some(libc::EPROTONOSUPPORT) => "errno93".into(),
         Some(n) => format!("errno{n}"),
         None => format!("{e}"),
-    }
-}
-
-fn enter(cgroup: Option<&str>, netns: Option<&str>) {
-    if let Some(dir) = cgroup {
-        std::fs::write(
-            format!("{dir}/cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .unwrap_or_else(|e| panic!("cannot join cgroup {dir}: {e}"));
-    }
-    if let Some(ns) = netns {
-        let f = std::fs::File::open(format!("/run/netns/{ns}"))
-            .unwrap_or_else(|e| panic!("netns {ns}: {e}"));
-        // SAFETY: setns on a valid fd of a netns file; single-threaded here.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
     }
 }
 
