@@ -415,6 +415,28 @@ fn policy_swaps_write_the_difference_across_generations_and_restarts() {
         .metric("tiergate_policy_reloads_total{result=\"applied\"}")
         .unwrap_or(0.0);
     assert!(applied >= 1.0, "the in-place write was not applied");
+
+    // An editor's save: the file moved out of the directory, a new one
+    // created and, a moment later, written. The agent waits for the new
+    // file to be closed instead of reporting it missing or empty.
+    let aside = f.dir.join("old");
+    std::fs::create_dir_all(&aside).expect("backup directory");
+    std::fs::rename(&path, aside.join("policy.yaml")).expect("move the policy away");
+    let mut file = std::fs::File::create(&path).expect("create the new policy");
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    std::io::Write::write_all(&mut file, d.as_bytes()).expect("write the new policy");
+    drop(file);
+    check(&f, "D saved editor-style", &d_expect);
+    let rejected = f
+        .agent
+        .as_ref()
+        .unwrap()
+        .metric("tiergate_policy_reloads_total{result=\"rejected\"}")
+        .unwrap_or(0.0);
+    assert_eq!(
+        rejected, 0.0,
+        "an editor-style save was reported as a bad policy"
+    );
 }
 
 #[test]
