@@ -1,0 +1,324 @@
+//! Section 2, event path: records/s to a file, a collector and a minimal reader, accounted.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tiergate_tests::free_port;
+
+use crate::agent::metric;
+use crate::reload::mixed_verdicts;
+use crate::report::Report;
+use crate::world::World;
+use crate::{DENY, say};
+
+/// The event path's load: UDP connects to the denied destination from
+/// `TIERGATE_BENCH_EVENT_PROCS` processes (default 1). A denied connect is
+/// the cheapest attempt to generate (EPERM before any packet), so one core
+/// produces more records than an allowed connect loop can, and denies are
+/// never shed: every record must arrive or be reported lost.
+fn event_load(w: &World, cg: &Path, secs: f64) -> Result<(serde_json::Value, u64, u64)> {
+    let procs = std::env::var("TIERGATE_BENCH_EVENT_PROCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    w.clients(cg, "udp", DENY, secs, procs)
+}
+
+fn count_file(path: &Path, from: u64) -> (u64, u64, u64, Vec<(String, String)>) {
+    // (connection records, loss records' summed counts, loss records, (version, verdict) of connections)
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(_) => return (0, 0, 0, Vec::new()),
+    };
+    use std::io::Seek;
+    let _ = f.seek(std::io::SeekFrom::Start(from));
+    let (mut conn, mut lost, mut lossrec, mut vv) = (0, 0, 0, Vec::new());
+    for line in BufReader::new(f).lines().map_while(|l| l.ok()) {
+        if line.contains("\"kind\":\"connection\"") {
+            conn += 1;
+            let pol = line.find("\"policy\":{").map(|i| &line[i..]).unwrap_or("");
+            if let (Some(v), Some(d)) =
+                (field(pol, "\"version\":\""), field(&line, "\"verdict\":\""))
+            {
+                vv.push((v, d));
+            }
+        } else if line.contains("\"kind\":\"loss\"")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+        {
+            lossrec += 1;
+            lost += v["unmapped"]["tiergate"]["count"].as_u64().unwrap_or(0);
+        }
+    }
+    (conn, lost, lossrec, vv)
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    let i = line.find(key)? + key.len();
+    let j = line[i..].find('"')?;
+    Some(line[i..i + j].to_string())
+}
+
+fn produced(port: u16) -> f64 {
+    ["allow", "deny", "audit-deny", "socket-deny"]
+        .iter()
+        .map(|v| {
+            metric(
+                port,
+                &format!("tiergate_kernel_verdicts{{verdict=\"{v}\"}}"),
+            )
+        })
+        .sum()
+}
+
+/// Polls `count` every 20 ms until it has not moved for `quiet`, or until
+/// `limit` has passed since `t0` (then `true`); returns when it last moved.
+fn last_move(
+    t0: Instant,
+    quiet: Duration,
+    limit: Option<Duration>,
+    count: impl Fn() -> f64,
+) -> (Duration, bool) {
+    let mut last = -1.0;
+    let mut t_end = t0.elapsed();
+    loop {
+        let cur = count();
+        if cur != last {
+            last = cur;
+            t_end = t0.elapsed();
+        } else if t0.elapsed() - t_end > quiet {
+            return (t_end, false);
+        }
+        if limit.is_some_and(|l| t0.elapsed() > l) {
+            return (t_end, true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Records `sink`'s delivery rate for one rep (connection records in `file`
+/// past `off`, over `secs`) and returns the rep's accounting figures.
+fn delivered(
+    rep: &mut Report,
+    sink: &str,
+    prod: f64,
+    file: &Path,
+    off: u64,
+    secs: Duration,
+) -> String {
+    let (conn, lost, lossrec, _) = count_file(file, off);
+    rep.events
+        .entry(sink.into())
+        .or_default()
+        .push(conn as f64 / secs.as_secs_f64());
+    format!(
+        "kernel produced {prod} · delivered {conn} · lost {lost} (in {lossrec} loss records) · produced − delivered − lost = {}",
+        prod as i64 - conn as i64 - lost as i64
+    )
+}
+
+pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
+    let load_s = 2.0;
+    w.write_policy(&w.policy(10, true))?;
+    let events = w.dir.join("events.jsonl");
+    let ms = w.start_agent("b", &events, &[])?;
+    rep.start_ms.push(ms);
+    let mut port = w.agent.as_ref().expect("agent").port;
+    let cg = w.cg("enf", 9);
+    for r in 0..rep.reps.min(3) {
+        say(&format!("event path rep {}: file sink", r + 1));
+        let settle = |w: &World| {
+            // Wait until the agent has delivered what the kernel produced.
+            let mut last = (-1.0, 0.0);
+            for _ in 0..200 {
+                let cur = (
+                    metric(port, "tiergate_events_total"),
+                    metric(port, "tiergate_events_lost_total"),
+                );
+                if cur == last {
+                    break;
+                }
+                last = cur;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = w;
+        };
+        settle(w);
+        let p0 = produced(port);
+        let off = std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let (v, _, _) = event_load(w, &cg, load_s)?;
+        // Delivered when the events counter stops moving.
+        let (t_end, _) = last_move(t0, Duration::from_millis(500), None, || {
+            metric(port, "tiergate_events_total") + metric(port, "tiergate_events_lost_total")
+        });
+        let prod = produced(port) - p0;
+        let figures = delivered(rep, "file", prod, &events, off, t_end);
+        rep.accounting.push(format!(
+            "file rep {}: attempts {} · {figures}",
+            r + 1,
+            v["n"]
+        ));
+
+        // The ceiling: a minimal reader on the pinned ring buffer, agent stopped.
+        say(&format!(
+            "event path rep {}: minimal ring-buffer reader",
+            r + 1
+        ));
+        // The agent is killed (its pins stay and the programs go on
+        // producing): a ring buffer has one consumer, and a second reader
+        // would move the consumer position under the agent's feet.
+        let mut dead = w.agent.take().expect("agent");
+        let _ = dead.child.kill();
+        let _ = dead.child.wait();
+        let pin = dead.bpffs.join("tiergate/v1/maps/TG_EVENTS");
+        let res = (|| -> Result<f64> {
+            let md = aya::maps::MapData::from_pin(&pin)?;
+            let mut rb = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(md))?;
+            while rb.next().is_some() {}
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s2 = stop.clone();
+            let h = std::thread::spawn(move || {
+                let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+                loop {
+                    let mut got = false;
+                    while let Some(item) = rb.next() {
+                        std::hint::black_box(item.len());
+                        n += 1;
+                        got = true;
+                    }
+                    if got {
+                        first.get_or_insert_with(Instant::now);
+                        last = Instant::now();
+                    } else if s2.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                let d = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
+                (n, d)
+            });
+            let (_v, _, _) = event_load(w, &cg, load_s)?;
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (n, d) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+            Ok(n as f64 / d.max(1e-9))
+        })();
+        // A fresh agent re-adopts the pins for the next rep.
+        w.start_agent("b", &events, &[])?;
+        port = w.agent.as_ref().expect("agent").port;
+        match res {
+            Ok(rate) => rep.events.entry("reader".into()).or_default().push(rate),
+            Err(e) => rep.notes.push(format!("minimal reader failed: {e:#}")),
+        }
+    }
+    mixed_verdicts(w, rep, &events)?;
+    w.stop_agent();
+    collector(w, rep, load_s)?;
+    Ok(())
+}
+
+fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
+    let pki = w.dir.join("pki");
+    let root = std::env::current_dir()?;
+    let st = Command::new("cargo")
+        .current_dir(root)
+        .args(["xtask", "certs"])
+        .arg(&pki)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        rep.notes
+            .push("collector: `cargo xtask certs` failed; collector not measured".into());
+        return Ok(());
+    }
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let listen = free_port();
+    let cadmin = free_port();
+    let sink = w.dir.join("collected.jsonl");
+    let log = std::fs::File::create(w.dir.join("collector.log"))?;
+    let c = Command::new(&w.bin)
+        .arg("collector")
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{cadmin}"),
+        ])
+        .args([
+            "--tls-ca",
+            &p("ca.pem"),
+            "--tls-cert",
+            &p("collector.pem"),
+            "--tls-key",
+            &p("collector-key.pem"),
+        ])
+        .args(["--allow-spiffe", "spiffe://corp.example/ns/tiergate/sa/*"])
+        .args([
+            "--sink",
+            &format!("file:{}?max-bytes=100000000000&keep=1", sink.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    w.children.push(c);
+    let extra: Vec<String> = [
+        "--collector",
+        &format!("https://127.0.0.1:{listen}"),
+        "--collector-spiffe-id",
+        "spiffe://corp.example/tiergate/collector",
+        "--tls-ca",
+        &p("ca.pem"),
+        "--tls-cert",
+        &p("agent.pem"),
+        "--tls-key",
+        &p("agent-key.pem"),
+        "--spool",
+        &w.dir.join("spool").to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    w.write_policy(&w.policy(10, true))?;
+    let ms = w.start_agent("c", Path::new("/dev/null"), &extra)?;
+    rep.start_ms.push(ms);
+    let port = w.agent.as_ref().expect("agent").port;
+    let cg = w.cg("enf", 21);
+    let recs = |_: ()| metric(cadmin, "tiergate_collector_records_total");
+    for r in 0..rep.reps.min(3) {
+        say(&format!("event path rep {}: collector over mTLS", r + 1));
+        let mut last = -1.0;
+        for _ in 0..300 {
+            let cur = recs(()) + metric(port, "tiergate_events_lost_total");
+            if cur == last && metric(port, "tiergate_spool_pending") == 0.0 {
+                break;
+            }
+            last = cur;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let p0 = produced(port);
+        let off = std::fs::metadata(&sink).map(|m| m.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let (v, _, _) = event_load(w, &cg, load_s)?;
+        let limit = Some(Duration::from_secs(60));
+        let (t_end, cut) = last_move(t0, Duration::from_millis(1500), limit, || recs(()));
+        if cut {
+            rep.notes
+                .push("collector: still receiving after 60 s".into());
+        }
+        let prod = produced(port) - p0;
+        let figures = delivered(rep, "collector", prod, &sink, off, t_end);
+        rep.accounting.push(format!(
+            "collector rep {}: attempts {} · {figures} · collector duplicates so far {}",
+            r + 1,
+            v["n"],
+            metric(cadmin, "tiergate_collector_duplicates_total")
+        ));
+    }
+    w.stop_agent();
+    Ok(())
+}
