@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use super::policy_watch::{self, PolicyFileEvent};
 use crate::cli::AgentArgs;
-use crate::control::{self, Control, PodChange};
+use crate::control::{self, Control};
+use crate::identity::pods::PodChange;
 use crate::identity::watch::CgroupChange;
 
 /// The watches started before the first scan.

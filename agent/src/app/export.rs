@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::admin::metrics::Metrics;
 use crate::cli::AgentArgs;
 use crate::events::pipeline::AgentRecord;
 use crate::events::sinks::Sink;
 use crate::export::{sender, spool, spool_sink::SpoolSink};
+use crate::metrics::Metrics;
 
 /// What the exporter set-up gives the writer.
 pub(super) struct ExportSetup {

@@ -18,14 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
-use crate::admin::{self, Readiness, metrics::Metrics};
+use crate::admin::{self, Readiness};
 use crate::cli::AgentArgs;
-use crate::control::{Control, PodChange};
+use crate::control::Control;
 use crate::enforcement::loader::{self, LoadOptions, Loaded};
 use crate::enforcement::sync::MapSync;
 use crate::identity::cgroupfs::{self, CgroupFs};
 use crate::identity::kubernetes;
+use crate::identity::pods::PodChange;
 use crate::identity::watch::{self, CgroupChange};
+use crate::metrics::Metrics;
 use crate::policy::{self, Compiled, Policy};
 use crate::preflight;
 use crate::state::NodeState;

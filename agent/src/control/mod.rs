@@ -16,25 +16,15 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::admin::metrics::Metrics;
 use crate::enforcement::sync::{CgroupVerdicts, MapSync};
 use crate::events::pipeline::AgentRecord;
 use crate::identity::cgroupfs::CgroupFs;
-use crate::identity::pods::{PodInfo, PodResolution, PodStore};
+use crate::identity::pods::{PodResolution, PodStore};
+use crate::metrics::Metrics;
 use crate::policy::{Policy, Workload};
 use crate::state::{NodeState, PodState, WorkloadInfo};
 
 pub use reload::{TRIM_AFTER, release_freed_memory};
-
-/// A change reported by the Kubernetes pod watch.
-#[derive(Debug)]
-pub enum PodChange {
-    Upsert(PodInfo),
-    /// By metadata uid.
-    Delete(String),
-    /// A full relist: the pods of this node now.
-    Replace(Vec<PodInfo>),
-}
 
 /// A cgroup's identity and kernel entry under `policy`, and its pod's
 /// cgroup uid (for indexing).

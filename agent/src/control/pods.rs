@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::{Control, PodChange};
+use super::Control;
+use crate::identity::pods::PodChange;
 
 impl Control {
     /// Applies a pod watch change: the pod's cgroups get their new tier on

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Control, describe};
-use crate::admin::metrics::PolicyLabels;
 use crate::enforcement::sync::{CgroupVerdicts, SyncError};
 use crate::events::pipeline::AgentRecord;
+use crate::metrics::PolicyLabels;
 use crate::policy::{self, Policy};
 use crate::state::WorkloadInfo;
 

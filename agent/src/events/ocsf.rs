@@ -6,7 +6,9 @@
 //! `unmapped.tiergate.kind` saying which. Every record carries `seq` and a
 //! `metadata.uid` that stays the same when the record is sent again.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::identity::pods::PodFields;
 
 pub const PRODUCT: &str = "tiergate";
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -100,37 +102,6 @@ pub struct Workload {
     /// `resolved`, `unresolved` or `malformed` for pod cgroups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_state: Option<crate::state::PodState>,
-}
-
-/// A workload's pod fields as events and the inventory name them; all
-/// absent for a cgroup that is no pod's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodFields {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub service_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container_id: Option<String>,
-}
-
-impl PodFields {
-    pub fn of(pod: Option<&crate::policy::PodIdentity>) -> Self {
-        Self {
-            namespace: pod.map(|p| p.namespace.clone()),
-            pod: pod.map(|p| p.pod.clone()),
-            pod_uid: pod.map(|p| p.pod_uid.clone()),
-            service_account: pod.map(|p| p.service_account.clone()),
-            container: pod.and_then(|p| p.container.clone()),
-            container_id: pod.and_then(|p| p.container_id.clone()),
-        }
-    }
 }
 
 #[derive(Serialize)]
