@@ -12,6 +12,8 @@ pub mod enforcement;
 pub mod events;
 pub mod export;
 pub mod identity;
+pub mod inventory;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod state;

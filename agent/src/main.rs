@@ -1,3 +1,6 @@
+//! The `tiergate` binary: parses the command line and runs the agent, the
+//! collector or a one-shot command.
+
 use clap::Parser;
 use tiergate::cli::{Cli, Command, LogFormat, PolicyCommand};
 use tiergate::commands;

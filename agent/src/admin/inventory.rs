@@ -1,15 +1,15 @@
 //! `/inventory`: every workload the agent has seen, with its identity, tier
-//! and whether it is enforced — the node's machine-identity inventory.
+//! and whether it is enforced — the node's machine-identity inventory,
+//! rendered from the node state as a [`Document`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::events::ocsf::PodFields;
 use crate::identity::cgroupfs;
-use crate::policy::PodIdentity;
-use crate::state::{NodeState, PodState};
+use crate::identity::pods::PodFields;
+use crate::inventory::{Document, PolicyRef, Row};
+use crate::state::NodeState;
 
 /// Query parameters of `/inventory`.
 #[derive(Debug, Default, Deserialize)]
@@ -18,57 +18,6 @@ pub struct Filter {
     pub cgroup: Option<String>,
     /// Only enforced workloads (`true`) or only host ones (`false`).
     pub enforced: Option<bool>,
-}
-
-/// One workload row.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Row {
-    pub cgroup_id: u64,
-    pub cgroup_path: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub systemd_unit: Option<String>,
-    pub tier: String,
-    pub enforced: bool,
-    /// `spec.bindings[i]` index that placed it, if any.
-    pub binding: Option<usize>,
-    pub pod_state: PodState,
-    #[serde(flatten)]
-    pub pod: PodFields,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub spiffe_id: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Row {
-    /// The pod identity this row describes, if it is a resolved pod.
-    pub fn pod_identity(&self) -> Option<PodIdentity> {
-        let p = &self.pod;
-        Some(PodIdentity {
-            namespace: p.namespace.clone()?,
-            pod: p.pod.clone()?,
-            pod_uid: p.pod_uid.clone()?,
-            service_account: p.service_account.clone()?,
-            labels: self.labels.clone(),
-            container: p.container.clone(),
-            container_id: p.container_id.clone(),
-        })
-    }
-}
-
-/// The whole document.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Document {
-    pub node: String,
-    pub policy: Option<PolicyRef>,
-    pub workloads: Vec<Row>,
-}
-
-/// Policy name and version.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PolicyRef {
-    pub name: String,
-    pub version: String,
 }
 
 /// Renders the inventory from the node state.

@@ -1,7 +1,6 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
 pub mod inventory;
-pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Readiness: every program attached and a policy in force.
 #[derive(Default)]

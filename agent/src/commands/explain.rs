@@ -1,9 +1,9 @@
 //! `tiergate policy explain`: the user-space replica of the kernel's verdict.
 
 use super::agent_client;
-use crate::admin::inventory::Document;
 use crate::cli::ExplainArgs;
 use crate::identity::cgroupfs;
+use crate::inventory::Document;
 use crate::policy::{self, Proto, TierRef, Workload};
 
 /// Prints which binding and tier apply and the verdict with its reason.

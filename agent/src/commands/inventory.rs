@@ -1,7 +1,7 @@
 //! `tiergate inventory`: the running agent's workloads, identities and tiers.
 
-use crate::admin::inventory::Document;
 use crate::cli::InventoryArgs;
+use crate::inventory::Document;
 
 use super::agent_client;
 

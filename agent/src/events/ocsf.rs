@@ -6,7 +6,9 @@
 //! `unmapped.tiergate.kind` saying which. Every record carries `seq` and a
 //! `metadata.uid` that stays the same when the record is sent again.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+use crate::identity::pods::PodFields;
 
 pub const PRODUCT: &str = "tiergate";
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -102,37 +104,6 @@ pub struct Workload {
     pub pod_state: Option<crate::state::PodState>,
 }
 
-/// A workload's pod fields as events and the inventory name them; all
-/// absent for a cgroup that is no pod's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodFields {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub service_account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub container_id: Option<String>,
-}
-
-impl PodFields {
-    pub fn of(pod: Option<&crate::policy::PodIdentity>) -> Self {
-        Self {
-            namespace: pod.map(|p| p.namespace.clone()),
-            pod: pod.map(|p| p.pod.clone()),
-            pod_uid: pod.map(|p| p.pod_uid.clone()),
-            service_account: pod.map(|p| p.service_account.clone()),
-            container: pod.and_then(|p| p.container.clone()),
-            container_id: pod.and_then(|p| p.container_id.clone()),
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct PolicyRef<'a> {
     name: Option<&'a str>,
@@ -181,15 +152,45 @@ struct Unmapped<T> {
     tiergate: T,
 }
 
+/// The OCSF classification every record opens with: class, category,
+/// activity and type.
+#[derive(Serialize)]
+struct Class {
+    class_uid: u32,
+    class_name: &'static str,
+    category_uid: u32,
+    category_name: &'static str,
+    activity_id: u32,
+    activity_name: &'static str,
+    type_uid: u32,
+}
+
+/// A connection attempt or a refused socket.
+const NETWORK_OPEN: Class = Class {
+    class_uid: 4001,
+    class_name: "Network Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+    activity_id: 1,
+    activity_name: "Open",
+    type_uid: 400101,
+};
+
+/// A record about the agent itself.
+const BASE_OTHER: Class = Class {
+    class_uid: 0,
+    class_name: "Base Event",
+    category_uid: 0,
+    category_name: "Uncategorized",
+    activity_id: 99,
+    activity_name: "Other",
+    type_uid: 99,
+};
+
 #[derive(Serialize)]
 struct NetworkActivity<'a> {
-    class_uid: u32,
-    class_name: &'a str,
-    category_uid: u32,
-    category_name: &'a str,
-    activity_id: u32,
-    activity_name: &'a str,
-    type_uid: u32,
+    #[serde(flatten)]
+    class: Class,
     type_name: &'a str,
     severity_id: u8,
     time: u64,
@@ -236,13 +237,7 @@ pub fn network_activity(
         _ => "other",
     };
     let rec = NetworkActivity {
-        class_uid: 4001,
-        class_name: "Network Activity",
-        category_uid: 4,
-        category_name: "Network Activity",
-        activity_id: 1,
-        activity_name: "Open",
-        type_uid: 400101,
+        class: NETWORK_OPEN,
         type_name: "Network Activity: Open",
         // Informational for allowed, Medium for blocked or audit-denied.
         severity_id: if v.verdict == "allow" { 1 } else { 3 },
@@ -305,13 +300,8 @@ pub fn network_activity(
 
 #[derive(Serialize)]
 struct BaseEvent<'a, T: Serialize> {
-    class_uid: u32,
-    class_name: &'a str,
-    category_uid: u32,
-    category_name: &'a str,
-    activity_id: u32,
-    activity_name: &'a str,
-    type_uid: u32,
+    #[serde(flatten)]
+    class: Class,
     severity_id: u8,
     status_id: u8,
     time: u64,
@@ -340,13 +330,7 @@ pub fn base_event(
         );
     }
     let rec = BaseEvent {
-        class_uid: 0,
-        class_name: "Base Event",
-        category_uid: 0,
-        category_name: "Uncategorized",
-        activity_id: 99,
-        activity_name: "Other",
-        type_uid: 99,
+        class: BASE_OTHER,
         severity_id: if failure { 4 } else { 1 },
         status_id: if failure { 2 } else { 1 },
         time: env.time,

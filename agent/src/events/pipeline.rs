@@ -25,10 +25,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::decode::{self, KernelEvent};
-use super::ocsf::{self, Envelope, PodFields, ProcessInfo, SocketInfo, Verdict, Workload};
+use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 use super::sinks::{RecordMeta, Sink};
-use crate::admin::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::identity::cgroupfs;
+use crate::identity::pods::PodFields;
+use crate::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::state::{NodeState, PodState, tier_name};
 
 /// Capacity of each user-space queue (records).

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Uri};
 
 use super::spool::Spool;
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::tls::ClientTls;
 
 /// Batches in flight before the sender waits for acknowledgements.
@@ -93,7 +93,7 @@ pub async fn run(
         if let Err(e) = result {
             metrics
                 .export_errors
-                .get_or_create(&crate::admin::metrics::StageLabels {
+                .get_or_create(&crate::metrics::StageLabels {
                     stage: e.label().into(),
                 })
                 .inc();

@@ -15,9 +15,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 
-use super::pods::{ContainerInfo, PodInfo};
-use crate::admin::metrics::Metrics;
-use crate::control::PodChange;
+use super::pods::{ContainerInfo, PodChange, PodInfo};
+use crate::metrics::Metrics;
 
 /// Where the API server is.
 pub enum Source {

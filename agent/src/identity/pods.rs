@@ -1,9 +1,11 @@
 //! What the agent knows about the pods on its node (from the Kubernetes
-//! watch), and how a pod cgroup's path plus that knowledge becomes a
-//! workload identity.
+//! watch), how a pod cgroup's path plus that knowledge becomes a workload
+//! identity, and the pod fields events and the inventory name it by.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::kubepods::{self, ParseOutcome};
 use crate::policy::PodIdentity;
@@ -30,6 +32,47 @@ pub struct PodInfo {
     pub host_network: bool,
     /// Regular, init and ephemeral containers.
     pub containers: Vec<ContainerInfo>,
+}
+
+/// A change reported by the Kubernetes pod watch.
+#[derive(Debug)]
+pub enum PodChange {
+    Upsert(PodInfo),
+    /// By metadata uid.
+    Delete(String),
+    /// A full relist: the pods of this node now.
+    Replace(Vec<PodInfo>),
+}
+
+/// A workload's pod fields as events and the inventory name them; all
+/// absent for a cgroup that is no pod's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodFields {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_id: Option<String>,
+}
+
+impl PodFields {
+    pub fn of(pod: Option<&PodIdentity>) -> Self {
+        Self {
+            namespace: pod.map(|p| p.namespace.clone()),
+            pod: pod.map(|p| p.pod.clone()),
+            pod_uid: pod.map(|p| p.pod_uid.clone()),
+            service_account: pod.map(|p| p.service_account.clone()),
+            container: pod.and_then(|p| p.container.clone()),
+            container_id: pod.and_then(|p| p.container_id.clone()),
+        }
+    }
 }
 
 /// Pods by the uid their cgroups carry.

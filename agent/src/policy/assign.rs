@@ -206,12 +206,9 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::policy::testing::with_spec;
 
-    const POLICY: &str = r#"
-apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
+    const SPEC: &str = r#"
 spec:
   trustDomain: corp.example
   defaultTier: unassigned
@@ -241,10 +238,7 @@ spec:
 "#;
 
     fn policy() -> Policy {
-        match parse_str(POLICY, "p.yaml") {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
+        with_spec(SPEC)
     }
 
     fn pod(ns: &str, sa: &str, labels: &[(&str, &str)], container: Option<&str>) -> PodIdentity {
@@ -371,21 +365,16 @@ spec:
 
     #[test]
     fn child_tier_without_pod_bindings() {
-        let src = r#"
-apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
+        let p = with_spec(
+            r#"
 spec:
   defaultTier: d
   tiers: [{name: a}, {name: d}]
   bindings:
     - tier: a
       match: {cgroupPath: "/kubepods.slice/kubepods-besteffort.slice/**"}
-"#;
-        let p = match parse_str(src, "p.yaml") {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
+"#,
+        );
         // Covered kubepods subtree: the binding's tier.
         assert_eq!(
             p.child_tier("/kubepods.slice/kubepods-besteffort.slice"),
@@ -417,10 +406,8 @@ spec:
 
     #[test]
     fn pod_key_bindings_make_pod_subtrees_ambiguous() {
-        let src = r#"
-apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
+        let p = with_spec(
+            r#"
 spec:
   defaultTier: d
   tiers: [{name: a}, {name: b}, {name: d}]
@@ -429,11 +416,8 @@ spec:
       match: {namespace: privileged}
     - tier: a
       match: {cgroupPath: "/**"}
-"#;
-        let p = match parse_str(src, "p.yaml") {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        };
+"#,
+        );
         // A new pod under kubepods might be in namespace "privileged" (tier b)
         // or not (tier a): unknown until resolved, so fail closed.
         assert_eq!(

@@ -392,18 +392,14 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::policy::TierRef;
     use crate::policy::explain::{Proto, Verdict};
     use crate::policy::model::{EgressRule, Protocols, Tier};
-    use crate::policy::{TierRef, parse_str};
+    use crate::policy::testing::with_spec as policy;
 
-    fn policy(src_spec: &str) -> Policy {
-        let src = format!(
-            "apiVersion: tiergate.io/v1alpha1\nkind: TierPolicy\nmetadata: {{name: p}}\n{src_spec}"
-        );
-        match parse_str(&src, "p.yaml") {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
+    /// A policy from its `tiers:` items, defaulting to tier `a`.
+    fn with_tiers(tiers: &str) -> Policy {
+        policy(&format!("spec:\n  defaultTier: a\n  tiers:\n{tiers}"))
     }
 
     fn key(s: &str) -> ([u8; 16], u32) {
@@ -449,11 +445,8 @@ mod tests {
 
     #[test]
     fn nested_prefixes_carry_the_union() {
-        let p = policy(
-            r#"spec:
-  defaultTier: a
-  tiers:
-  - name: a
+        let c = with_tiers(
+            r#"  - name: a
     egress:
     - {cidrs: ["10.0.0.0/8"], ports: ["443"], protocols: [tcp]}
     - {cidrs: ["10.1.0.0/16"], ports: ["22"], protocols: [tcp]}
@@ -463,8 +456,9 @@ mod tests {
     egress:
     - {cidrs: ["10.1.0.0/16"], ports: ["80"]}
 "#,
-        );
-        let c = p.compile().expect("compiles");
+        )
+        .compile()
+        .expect("compiles");
         assert_eq!(c.rules.len(), 4);
         let wide = entry(&c, 0, "10.0.0.0/8");
         assert_eq!(
@@ -484,11 +478,8 @@ mod tests {
 
     #[test]
     fn port_merging() {
-        let p = policy(
-            r#"spec:
-  defaultTier: a
-  tiers:
-  - name: a
+        let c = with_tiers(
+            r#"  - name: a
     egress:
     - {cidrs: ["192.0.2.0/24"], ports: ["100-200", "150-250", "251", "300-310"], protocols: [tcp]}
     - {cidrs: ["192.0.2.0/24"], ports: ["300-310", "1000"], protocols: [udp]}
@@ -497,8 +488,9 @@ mod tests {
     - {cidrs: ["198.51.100.0/24"], protocols: [tcp]}
     - {cidrs: ["198.51.100.0/24"], ports: ["65535", "1-1"], protocols: [tcp]}
 "#,
-        );
-        let c = p.compile().expect("compiles");
+        )
+        .compile()
+        .expect("compiles");
         let a = entry(&c, 0, "192.0.2.0/24");
         assert_eq!(a.ports.any_port, 0);
         assert_eq!(
@@ -518,11 +510,8 @@ mod tests {
 
     #[test]
     fn v4_and_v6_stay_apart() {
-        let p = policy(
-            r#"spec:
-  defaultTier: a
-  tiers:
-  - name: a
+        let c = with_tiers(
+            r#"  - name: a
     egress:
     - {cidrs: ["::/0"], ports: ["443"]}
     - {cidrs: ["10.0.0.0/8"], ports: ["80"]}
@@ -532,8 +521,9 @@ mod tests {
     - {cidrs: ["0.0.0.0/0"], ports: ["53"]}
     - {cidrs: ["2001:db8::/32"], ports: ["22"]}
 "#,
-        );
-        let c = p.compile().expect("compiles");
+        )
+        .compile()
+        .expect("compiles");
         // ::/0 must not give 443 to IPv4: a barrier at ::ffff:0:0/96.
         let barrier = entry(&c, 0, "0.0.0.0/0");
         assert_eq!((barrier.ports.any_port, barrier.ports.len), (0, 0));
@@ -566,11 +556,14 @@ mod tests {
         let ports: Vec<String> = (0..MAX_PORT_RANGES + 1)
             .map(|i| format!("\"{}\"", 1000 + 2 * i))
             .collect();
-        let p = policy(&format!(
-            "spec:\n  defaultTier: a\n  tiers:\n  - name: a\n    egress:\n    - {{cidrs: [\"10.0.0.0/8\"], ports: [{}], protocols: [tcp]}}\n",
-            ports.join(", ")
-        ));
-        let e = p.compile().expect_err("too many");
+        // One tcp rule for 10.0.0.0/8 with these ports.
+        let with_ports = |ports: &[String]| {
+            with_tiers(&format!(
+                "  - name: a\n    egress:\n    - {{cidrs: [\"10.0.0.0/8\"], ports: [{}], protocols: [tcp]}}\n",
+                ports.join(", ")
+            ))
+        };
+        let e = with_ports(&ports).compile().expect_err("too many");
         assert_eq!(
             e,
             CompileError::TooManyPortRanges {
@@ -587,11 +580,18 @@ mod tests {
         );
         // Exactly at the limit is fine; adjacent ports coalesce.
         let ok: Vec<String> = (0..40).map(|i| format!("\"{}\"", 1000 + i)).collect();
-        let p = policy(&format!(
-            "spec:\n  defaultTier: a\n  tiers:\n  - name: a\n    egress:\n    - {{cidrs: [\"10.0.0.0/8\"], ports: [{}], protocols: [tcp]}}\n",
-            ok.join(", ")
-        ));
-        assert!(p.compile().is_ok());
+        assert!(with_ports(&ok).compile().is_ok());
+    }
+
+    /// Tier `t<t>` of a generated policy: metadata denied, these rules.
+    fn numbered_tier(t: usize, egress: Vec<EgressRule>) -> Tier {
+        Tier {
+            name: format!("t{t}"),
+            description: None,
+            mode: None,
+            metadata: MetadataAccess::Deny,
+            egress,
+        }
     }
 
     fn big_policy(rules_per_tier: usize, tiers: usize) -> Policy {
@@ -624,13 +624,7 @@ mod tests {
                     },
                 }))
                 .collect();
-            p.tiers.push(Tier {
-                name: format!("t{t}"),
-                description: None,
-                mode: None,
-                metadata: MetadataAccess::Deny,
-                egress,
-            });
+            p.tiers.push(numbered_tier(t, egress));
         }
         p
     }
@@ -747,13 +741,7 @@ mod tests {
                     protocols,
                 });
             }
-            p.tiers.push(Tier {
-                name: format!("t{t}"),
-                description: None,
-                mode: None,
-                metadata: MetadataAccess::Deny,
-                egress,
-            });
+            p.tiers.push(numbered_tier(t, egress));
         }
         p
     }

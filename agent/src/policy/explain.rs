@@ -222,12 +222,9 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::policy::testing::with_spec;
 
-    const POLICY: &str = r#"
-apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
+    const SPEC: &str = r#"
 spec:
   defaultTier: closed
   tiers:
@@ -253,10 +250,7 @@ spec:
 "#;
 
     fn policy() -> Policy {
-        match parse_str(POLICY, "p.yaml") {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
+        with_spec(SPEC)
     }
 
     /// (tier, destination, port, protocol, verdict, reason, rule, metadata).
@@ -278,266 +272,42 @@ spec:
         use Verdict::{Allow, AuditDeny, Deny};
         let p = policy();
         let t = |n: &str| TierRef::Tier(p.tier_index(n).expect("tier"));
+        #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            (
-                t("web"),
-                "93.184.216.34",
-                443,
-                Tcp,
-                Allow,
-                R::EgressRule,
-                Some((0, 0)),
-                false,
-            ),
-            (
-                t("web"),
-                "93.184.216.34",
-                443,
-                Udp,
-                Deny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
-            (
-                t("web"),
-                "93.184.216.34",
-                80,
-                Tcp,
-                Deny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
-            (
-                t("web"),
-                "10.2.3.4",
-                53,
-                Udp,
-                Allow,
-                R::EgressRule,
-                Some((0, 1)),
-                false,
-            ),
-            (
-                t("web"),
-                "fd12::1",
-                53,
-                Udp,
-                Allow,
-                R::EgressRule,
-                Some((0, 1)),
-                false,
-            ),
+            (t("web"),          "93.184.216.34",          443, Tcp, Allow,     R::EgressRule,      Some((0, 0)), false),
+            (t("web"),          "93.184.216.34",          443, Udp, Deny,      R::NoMatchingRule,  None,         false),
+            (t("web"),          "93.184.216.34",          80,  Tcp, Deny,      R::NoMatchingRule,  None,         false),
+            (t("web"),          "10.2.3.4",               53,  Udp, Allow,     R::EgressRule,      Some((0, 1)), false),
+            (t("web"),          "fd12::1",                53,  Udp, Allow,     R::EgressRule,      Some((0, 1)), false),
             // 0.0.0.0/0 is IPv4 only.
-            (
-                t("web"),
-                "2001:db8::1",
-                443,
-                Tcp,
-                Deny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
+            (t("web"),          "2001:db8::1",            443, Tcp, Deny,      R::NoMatchingRule,  None,         false),
             // Mapped destination judged as IPv4.
-            (
-                t("web"),
-                "::ffff:93.184.216.34",
-                443,
-                Tcp,
-                Allow,
-                R::EgressRule,
-                Some((0, 0)),
-                false,
-            ),
-            (
-                t("web"),
-                "10.1.2.3",
-                22,
-                Tcp,
-                Allow,
-                R::EgressRule,
-                Some((0, 2)),
-                false,
-            ),
+            (t("web"),          "::ffff:93.184.216.34",   443, Tcp, Allow,     R::EgressRule,      Some((0, 0)), false),
+            (t("web"),          "10.1.2.3",               22,  Tcp, Allow,     R::EgressRule,      Some((0, 2)), false),
             // Metadata: deny wins over 0.0.0.0/0.
-            (
-                t("web"),
-                "169.254.169.254",
-                443,
-                Tcp,
-                Deny,
-                R::MetadataService,
-                None,
-                true,
-            ),
-            (
-                t("web"),
-                "::ffff:169.254.169.254",
-                443,
-                Tcp,
-                Deny,
-                R::MetadataService,
-                None,
-                true,
-            ),
-            (
-                t("web"),
-                "fd00:ec2::254",
-                53,
-                Udp,
-                Deny,
-                R::MetadataService,
-                None,
-                true,
-            ),
-            (
-                t("meta"),
-                "169.254.170.2",
-                80,
-                Tcp,
-                Allow,
-                R::MetadataService,
-                None,
-                true,
-            ),
-            (
-                t("meta"),
-                "fd00:ec2::23",
-                80,
-                Tcp,
-                Allow,
-                R::MetadataService,
-                None,
-                true,
-            ),
-            (
-                t("meta"),
-                "100.100.100.200",
-                80,
-                Tcp,
-                Allow,
-                R::MetadataService,
-                None,
-                true,
-            ),
+            (t("web"),          "169.254.169.254",        443, Tcp, Deny,      R::MetadataService, None,         true),
+            (t("web"),          "::ffff:169.254.169.254", 443, Tcp, Deny,      R::MetadataService, None,         true),
+            (t("web"),          "fd00:ec2::254",          53,  Udp, Deny,      R::MetadataService, None,         true),
+            (t("meta"),         "169.254.170.2",          80,  Tcp, Allow,     R::MetadataService, None,         true),
+            (t("meta"),         "fd00:ec2::23",           80,  Tcp, Allow,     R::MetadataService, None,         true),
+            (t("meta"),         "100.100.100.200",        80,  Tcp, Allow,     R::MetadataService, None,         true),
             // Loopback and unspecified.
-            (
-                t("closed"),
-                "127.0.0.1",
-                1,
-                Tcp,
-                Allow,
-                R::Loopback,
-                None,
-                false,
-            ),
-            (
-                t("closed"),
-                "127.255.0.9",
-                1,
-                Udp,
-                Allow,
-                R::Loopback,
-                None,
-                false,
-            ),
-            (t("closed"), "::1", 1, Tcp, Allow, R::Loopback, None, false),
-            (
-                t("closed"),
-                "::ffff:127.0.0.1",
-                1,
-                Tcp,
-                Allow,
-                R::Loopback,
-                None,
-                false,
-            ),
-            (
-                t("closed"),
-                "0.0.0.0",
-                1,
-                Tcp,
-                Allow,
-                R::Loopback,
-                None,
-                false,
-            ),
-            (t("closed"), "::", 1, Tcp, Allow, R::Loopback, None, false),
-            (
-                t("closed"),
-                "192.0.2.1",
-                80,
-                Tcp,
-                Deny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
+            (t("closed"),       "127.0.0.1",              1,   Tcp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "127.255.0.9",            1,   Udp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "::1",                    1,   Tcp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "::ffff:127.0.0.1",       1,   Tcp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "0.0.0.0",                1,   Tcp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "::",                     1,   Tcp, Allow,     R::Loopback,        None,         false),
+            (t("closed"),       "192.0.2.1",              80,  Tcp, Deny,      R::NoMatchingRule,  None,         false),
             // Audit.
-            (
-                t("audited"),
-                "192.0.2.1",
-                85,
-                Tcp,
-                Allow,
-                R::EgressRule,
-                Some((2, 0)),
-                false,
-            ),
-            (
-                t("audited"),
-                "192.0.2.1",
-                22,
-                Tcp,
-                AuditDeny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
-            (
-                t("audited"),
-                "169.254.169.254",
-                80,
-                Tcp,
-                AuditDeny,
-                R::MetadataService,
-                None,
-                true,
-            ),
+            (t("audited"),      "192.0.2.1",              85,  Tcp, Allow,     R::EgressRule,      Some((2, 0)), false),
+            (t("audited"),      "192.0.2.1",              22,  Tcp, AuditDeny, R::NoMatchingRule,  None,         false),
+            (t("audited"),      "169.254.169.254",        80,  Tcp, AuditDeny, R::MetadataService, None,         true),
             // Host: allowed, metadata still flagged.
-            (
-                TierRef::Host,
-                "169.254.169.254",
-                80,
-                Tcp,
-                Allow,
-                R::Host,
-                None,
-                true,
-            ),
-            (
-                TierRef::Host,
-                "8.8.8.8",
-                53,
-                Udp,
-                Allow,
-                R::Host,
-                None,
-                false,
-            ),
+            (TierRef::Host,     "169.254.169.254",        80,  Tcp, Allow,     R::Host,            None,         true),
+            (TierRef::Host,     "8.8.8.8",                53,  Udp, Allow,     R::Host,            None,         false),
             // Out-of-range tier: fail closed.
-            (
-                TierRef::Tier(99),
-                "8.8.8.8",
-                53,
-                Udp,
-                Deny,
-                R::NoMatchingRule,
-                None,
-                false,
-            ),
+            (TierRef::Tier(99), "8.8.8.8",                53,  Udp, Deny,      R::NoMatchingRule,  None,         false),
         ];
         for (tier, dst, port, proto, verdict, reason, rule, md) in cases {
             let dst: IpAddr = dst.parse().expect("addr");

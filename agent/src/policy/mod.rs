@@ -12,6 +12,8 @@ pub mod explain;
 pub mod glob;
 pub mod model;
 pub mod parse;
+#[cfg(test)]
+mod testing;
 pub mod version;
 pub mod yaml;
 

@@ -89,21 +89,17 @@ fn build(
     expect_server: Option<&SpiffePattern>,
 ) -> Result<TlsConnector, TlsError> {
     let material = Material::load(files, provider)?;
-    let config_error = |e: &dyn fmt::Display| TlsError::Config {
-        flags: "--tls-ca/--tls-cert/--tls-key",
-        detail: e.to_string(),
-    };
     let inner =
         WebPkiServerVerifier::builder_with_provider(material.roots.clone(), provider.clone())
             .build()
-            .map_err(|e| config_error(&e))?;
+            .map_err(|e| TlsError::config(&e))?;
     let verifier = Arc::new(ServerVerifier {
         inner,
         expect: expect_server.cloned(),
     });
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| config_error(&e))?
+        .map_err(|e| TlsError::config(&e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(material.key)));

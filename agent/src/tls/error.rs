@@ -90,3 +90,13 @@ pub enum TlsError {
     #[error("{flags}: cannot build the TLS configuration: {detail}")]
     Config { flags: &'static str, detail: String },
 }
+
+impl TlsError {
+    /// rustls refused to build a configuration from the `--tls-*` files.
+    pub(super) fn config(e: &dyn std::fmt::Display) -> Self {
+        TlsError::Config {
+            flags: "--tls-ca/--tls-cert/--tls-key",
+            detail: e.to_string(),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -141,14 +142,10 @@ fn build(
     on_reject: &OnReject,
 ) -> Result<TlsAcceptor, TlsError> {
     let material = Material::load(files, provider)?;
-    let config_error = |e: &dyn fmt::Display| TlsError::Config {
-        flags: "--tls-ca/--tls-cert/--tls-key",
-        detail: e.to_string(),
-    };
     let inner =
         WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
             .build()
-            .map_err(|e| config_error(&e))?;
+            .map_err(|e| TlsError::config(&e))?;
     let verifier = Arc::new(ClientVerifier {
         inner,
         allow: allow.clone(),
@@ -156,7 +153,7 @@ fn build(
     });
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| config_error(&e))?
+        .map_err(|e| TlsError::config(&e))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(material.key)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -243,10 +240,8 @@ impl ClientCertVerifier for ClientVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls12_signature(message, cert, dss)
-            .inspect_err(|e| self.signature_failed(cert, e))
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.signature_checked(cert, self.inner.verify_tls12_signature(message, cert, dss))
     }
 
     fn verify_tls13_signature(
@@ -254,10 +249,8 @@ impl ClientCertVerifier for ClientVerifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls13_signature(message, cert, dss)
-            .inspect_err(|e| self.signature_failed(cert, e))
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.signature_checked(cert, self.inner.verify_tls13_signature(message, cert, dss))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -266,11 +259,18 @@ impl ClientCertVerifier for ClientVerifier {
 }
 
 impl ClientVerifier {
-    /// The certificate passed, but the client did not prove it holds its key.
-    fn signature_failed(&self, cert: &CertificateDer<'_>, e: &Error) {
-        let rejection = Rejection::BadChain(format!(
-            "the client's handshake signature does not verify with its certificate's key: {e}"
-        ));
-        self.reject(&rejection, cert, &e.to_string());
+    /// A handshake signature's check, reported when it failed: the
+    /// certificate passed, but the client did not prove it holds its key.
+    fn signature_checked(
+        &self,
+        cert: &CertificateDer<'_>,
+        checked: Result<HandshakeSignatureValid, Error>,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        checked.inspect_err(|e| {
+            let rejection = Rejection::BadChain(format!(
+                "the client's handshake signature does not verify with its certificate's key: {e}"
+            ));
+            self.reject(&rejection, cert, &e.to_string());
+        })
     }
 }

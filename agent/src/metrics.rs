@@ -1,4 +1,5 @@
-//! The agent's Prometheus metrics, all under the `tiergate_` prefix.
+//! The agent's Prometheus metrics, all under the `tiergate_` prefix: every
+//! stage counts here; the admin endpoint only serves them.
 
 use std::sync::atomic::AtomicU64;
 

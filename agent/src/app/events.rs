@@ -1,0 +1,125 @@
+//! The event path's start: the kernel's ring buffer and counters, the sinks
+//! (`--events`, and the spool with `--collector`), the writer and the
+//! ring-buffer reader.
+
+use std::sync::Arc;
+
+use agent_common::map_names;
+use anyhow::Context as _;
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use super::export::export_setup;
+use crate::cli::AgentArgs;
+use crate::events::pipeline::{
+    self, AgentRecord, KernelCounters, QueueLosses, Queues, Writer, WriterConfig, WriterInputs,
+};
+use crate::events::sinks::{LineSink, Sink};
+use crate::identity::cgroupfs::CgroupFs;
+
+/// The running event path.
+pub(super) struct EventPath {
+    pub reader: JoinHandle<()>,
+    pub writer: JoinHandle<()>,
+    /// The agent's own records (policy applied or rejected) into the writer.
+    pub records: mpsc::UnboundedSender<AgentRecord>,
+}
+
+/// Takes the event maps, opens the sinks and starts the writer and the
+/// reader.
+pub(super) async fn start(
+    args: &AgentArgs,
+    ebpf: &mut aya::Ebpf,
+    hostname: &str,
+    cgroups: (CgroupFs, std::path::PathBuf),
+    shared: &Shared,
+) -> anyhow::Result<EventPath> {
+    let (ring, counters) = kernel_maps(ebpf)?;
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(target) = &args.events {
+        sinks.push(Box::new(
+            LineSink::open(target).with_context(|| format!("cannot open --events {target}"))?,
+        ));
+    }
+    let losses = Arc::new(QueueLosses::default());
+    let (ptx, prx) = mpsc::channel(pipeline::QUEUE_CAPACITY);
+    let (ntx, nrx) = mpsc::channel(pipeline::QUEUE_CAPACITY);
+    let (atx, arx) = mpsc::unbounded_channel();
+    // Delivery to the collector: spool first (it fixes the agent id and
+    // where numbering resumes), then the sender.
+    let mut instance = instance_id();
+    let mut start_seq = 0;
+    let mut startup_records = Vec::new();
+    if let Some(url) = &args.collector {
+        let export = export_setup(args, url, hostname, shared.metrics.clone()).await?;
+        instance = export.agent_id;
+        start_seq = export.last_seq;
+        startup_records = export.records;
+        sinks.push(export.sink);
+    }
+    let writer = Writer::new(
+        WriterConfig {
+            hostname: hostname.to_string(),
+            instance,
+            start_seq,
+            cgroups,
+        },
+        shared.state.clone(),
+        shared.metrics.clone(),
+        sinks,
+        counters,
+        losses.clone(),
+    );
+    for rec in startup_records {
+        let _ = atx.send(rec);
+    }
+    let writer = tokio::spawn(writer.run(WriterInputs {
+        priority: prx,
+        normal: nrx,
+        agent: arx,
+    }));
+    let reader_metrics = shared.metrics.clone();
+    let reader = tokio::spawn(async move {
+        let q = Queues {
+            priority: ptx,
+            normal: ntx,
+            losses,
+        };
+        if let Err(e) = pipeline::run_reader(ring, q, reader_metrics).await {
+            tracing::error!(error = %e, "ring-buffer reader stopped");
+        }
+    });
+    Ok(EventPath {
+        reader,
+        writer,
+        records: atx,
+    })
+}
+
+/// The ring buffer and the verdict/loss counters, out of the loaded object.
+fn kernel_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, KernelCounters)> {
+    let mut take = |name: &'static str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    };
+    let ring = RingBuf::try_from(take(map_names::EVENTS)?)?;
+    let counters = KernelCounters {
+        counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
+        reported: Array::try_from(take(map_names::REPORTED)?)?,
+    };
+    Ok((ring, counters))
+}
+
+/// Random id of this agent run (for `metadata.uid`).
+fn instance_id() -> String {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        b = (std::process::id() as u64 ^ pipeline::now_epoch_ms()).to_le_bytes();
+    }
+    hex::encode(b)
+}

@@ -1,0 +1,283 @@
+//! Composition root of `tiergate agent`: wires the kernel side, the cgroup
+//! watch, the policy watch, the event pipeline and the admin endpoint.
+//!
+//! One control task owns the policy maps; everything that changes them
+//! (policy reloads, cgroups appearing and going) is a message to it, so map
+//! writes never interleave.
+
+mod control_loop;
+mod events;
+mod export;
+mod policy_watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use crate::admin::{self, Readiness};
+use crate::cli::AgentArgs;
+use crate::control::Control;
+use crate::enforcement::loader::{self, LoadOptions, Loaded};
+use crate::enforcement::sync::MapSync;
+use crate::identity::cgroupfs::{self, CgroupFs};
+use crate::identity::kubernetes;
+use crate::identity::pods::PodChange;
+use crate::identity::watch::{self, CgroupChange};
+use crate::metrics::Metrics;
+use crate::policy::{self, Compiled, Policy};
+use crate::preflight;
+use crate::state::NodeState;
+
+/// Everything that can stop the agent before it runs, each one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error("no cgroup v2: {0}")]
+    Cgroup(#[from] cgroupfs::CgroupError),
+    #[error("--cgroup-root {0} is not a cgroup v2 directory")]
+    CgroupRoot(PathBuf),
+    #[error("policy {path} is invalid:\n{errors}")]
+    Policy {
+        path: PathBuf,
+        errors: policy::PolicyErrors,
+    },
+    #[error("policy {path} cannot be compiled: {error}")]
+    Compile { path: PathBuf, error: String },
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Enforcement stays pinned on exit.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let cgfs = preflight()?;
+    let start = load_policy(&args.policy)?;
+    let root = cgroup_root(&args, &cgfs)?;
+    let hostname = args.node_name.clone().unwrap_or_else(hostname);
+    let shared = Shared::default();
+    let _admin = serve_admin(&args, &hostname, &shared).await?;
+
+    let started = Instant::now();
+    let (mut programs, sync) = load_programs(&args, &root, &shared.metrics)?;
+    let event_path = events::start(
+        &args,
+        &mut programs.ebpf,
+        &hostname,
+        (cgfs.clone(), root.clone()),
+        &shared,
+    )
+    .await?;
+    // Cgroup watch first, then the scan, so no cgroup falls between them.
+    let (cgroup_changes, _cgroup_watch) = watch_cgroups(&root)?;
+    let mut control = Control::new(
+        cgfs,
+        root,
+        sync,
+        shared.state.clone(),
+        start.policy.clone(),
+        shared.metrics.clone(),
+        event_path.records.clone(),
+        args.policy.clone(),
+    );
+    let pods = watch_pods(&args, &hostname, &shared.metrics).await?;
+    enforce(&mut control, &start, &shared.ready, &programs, started)?;
+
+    control_loop::run(
+        &mut control,
+        &args,
+        control_loop::Inputs {
+            cgroups: cgroup_changes,
+            pods: pods.changes,
+        },
+    )
+    .await?;
+    shutdown(event_path, control).await;
+    Ok(())
+}
+
+/// The start's policy, read and compiled before anything is loaded.
+struct StartPolicy {
+    policy: Arc<Policy>,
+    compiled: Compiled,
+    /// How long reading, parsing and compiling took.
+    prepared: Duration,
+}
+
+/// What the stages share: the metrics, the readiness flags and the node
+/// state the admin endpoint serves.
+#[derive(Default)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
+    state: Arc<NodeState>,
+}
+
+/// Privileges, cgroup v2 and BTF: what the agent needs of the host.
+fn preflight() -> anyhow::Result<CgroupFs> {
+    preflight::check_privileges()?;
+    let cgfs = CgroupFs::discover().map_err(StartError::Cgroup)?;
+    preflight::check_btf()?;
+    Ok(cgfs)
+}
+
+/// Reads and compiles the policy: a bad file stops the start.
+fn load_policy(path: &std::path::Path) -> anyhow::Result<StartPolicy> {
+    let preparing = Instant::now();
+    let policy = Arc::new(policy::load(path).map_err(|errors| StartError::Policy {
+        path: path.to_path_buf(),
+        errors,
+    })?);
+    let compiled = policy.compile().map_err(|e| StartError::Compile {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })?;
+    Ok(StartPolicy {
+        policy,
+        compiled,
+        prepared: preparing.elapsed(),
+    })
+}
+
+/// The cgroup the programs attach to: `--cgroup-root` or the whole tree.
+fn cgroup_root(args: &AgentArgs, cgfs: &CgroupFs) -> anyhow::Result<PathBuf> {
+    let root = args
+        .cgroup_root
+        .clone()
+        .unwrap_or_else(|| cgfs.mount.clone());
+    if !root.starts_with(&cgfs.mount) || !root.join("cgroup.procs").exists() {
+        return Err(StartError::CgroupRoot(root).into());
+    }
+    Ok(root)
+}
+
+/// Binds the admin address before anything is loaded, so a bad address
+/// fails the start and changes nothing in the kernel.
+async fn serve_admin(
+    args: &AgentArgs,
+    hostname: &str,
+    shared: &Shared,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let inventory = Arc::new(admin::inventory::Inventory {
+        node: hostname.to_string(),
+        state: shared.state.clone(),
+    });
+    admin::serve(
+        args.admin_addr,
+        shared.metrics.clone(),
+        shared.ready.clone(),
+        inventory,
+    )
+    .await
+    .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))
+}
+
+/// Loads (or adopts the pinned) eBPF programs and opens the policy maps.
+fn load_programs(
+    args: &AgentArgs,
+    root: &std::path::Path,
+    metrics: &Metrics,
+) -> anyhow::Result<(Loaded, MapSync)> {
+    let mut loaded = loader::load(&LoadOptions {
+        bpffs: &args.bpffs,
+        cgroup_root: root,
+        ring_bytes: args.ring_buffer_bytes,
+    })
+    .context("cannot load the eBPF programs")?;
+    metrics.programs_attached.set(loaded.attached.len() as i64);
+    let sync = MapSync::new(&mut loaded.ebpf).context("cannot open the policy maps")?;
+    Ok((loaded, sync))
+}
+
+fn watch_cgroups(
+    root: &std::path::Path,
+) -> anyhow::Result<(
+    mpsc::UnboundedReceiver<CgroupChange>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watch =
+        watch::spawn(root.to_path_buf(), tx).context("cannot watch the cgroup tree (inotify)")?;
+    Ok((rx, watch))
+}
+
+/// The pod watch, if there is a Kubernetes.
+struct PodWatch {
+    changes: mpsc::UnboundedReceiver<PodChange>,
+    _task: Option<tokio::task::JoinHandle<()>>,
+    /// Without Kubernetes the sender is kept: the control loop waits on an
+    /// open channel that never delivers.
+    _idle: Option<mpsc::UnboundedSender<PodChange>>,
+}
+
+/// Pod metadata: the watch starts now; until it has listed, pod cgroups
+/// stay in defaultTier (fail closed).
+async fn watch_pods(
+    args: &AgentArgs,
+    hostname: &str,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<PodWatch> {
+    let (tx, changes) = mpsc::unbounded_channel();
+    Ok(match kubernetes::source(args.kubeconfig.as_deref())? {
+        Some(source) => PodWatch {
+            changes,
+            _task: Some(
+                kubernetes::spawn(source, hostname.to_string(), tx, metrics.clone()).await?,
+            ),
+            _idle: None,
+        },
+        None => {
+            tracing::info!(
+                "no Kubernetes (no --kubeconfig and not in a cluster): host identity only"
+            );
+            PodWatch {
+                changes,
+                _task: None,
+                _idle: Some(tx),
+            }
+        }
+    })
+}
+
+/// Learns the cgroup tree, writes the start's policy and reports ready.
+fn enforce(
+    control: &mut Control,
+    start: &StartPolicy,
+    ready: &Readiness,
+    programs: &Loaded,
+    started: Instant,
+) -> anyhow::Result<()> {
+    control.scan();
+    control
+        .install(start.policy.clone(), &start.compiled, start.prepared)
+        .context("cannot write the policy maps")?;
+    ready.programs_attached.store(true, Ordering::Release);
+    ready.policy_in_force.store(true, Ordering::Release);
+    // The start's parse is over: its memory goes back to the kernel.
+    crate::control::release_freed_memory();
+    tracing::info!(
+        policy = %start.policy.name,
+        version = %start.policy.version,
+        cgroups = control.known.len(),
+        programs = ?programs.attached,
+        lsm = programs.lsm_attached,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "enforcing"
+    );
+    Ok(())
+}
+
+/// Stops the event path; the programs and maps stay pinned.
+async fn shutdown(event_path: events::EventPath, control: Control) {
+    tracing::info!("stopping; enforcement stays in force (pinned) until `tiergate uninstall`");
+    event_path.reader.abort();
+    drop(control);
+    let _ = tokio::time::timeout(Duration::from_secs(2), event_path.writer).await;
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
