@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+pub use tiergate_collector::CollectorArgs;
 
 /// tiergate: eBPF node agent that enforces per-workload egress tiers.
 #[derive(Debug, Parser)]
@@ -21,38 +22,19 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Receive event streams from agents (gRPC + mTLS) and write them to sinks.
-    Collector(CollectorArgs),
+    Collector(CollectorCommand),
     /// List the workloads the running agent has seen: identity, tier, enforced.
     Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
 }
 
+/// `tiergate collector`: the collector's own flags, then the log format every
+/// daemon subcommand shares.
 #[derive(Debug, Args)]
-pub struct CollectorArgs {
-    /// gRPC listen address.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4317")]
-    pub listen: SocketAddr,
-    /// Trust bundle (PEM) that client certificates must chain to.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: PathBuf,
-    /// The collector's certificate (PEM); re-read when it changes.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: PathBuf,
-    /// The collector's private key (PEM); re-read when it changes.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: PathBuf,
-    /// SPIFFE ID pattern agents must present (URI SAN); repeatable; `*` one
-    /// path segment, `**` any depth.
-    #[arg(long, value_name = "PATTERN", required = true)]
-    pub allow_spiffe: Vec<String>,
-    /// Where records go; repeatable: `stdout`,
-    /// `file:PATH[?max-bytes=N&keep=K]`, `syslog+tls://HOST:PORT?ca=FILE[&cert=FILE&key=FILE]`.
-    #[arg(long, value_name = "SPEC")]
-    pub sink: Vec<String>,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
-    pub admin_addr: SocketAddr,
+pub struct CollectorCommand {
+    #[command(flatten)]
+    pub args: CollectorArgs,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,7 +5,6 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
-pub mod collector;
 pub mod commands;
 pub mod control;
 pub mod enforcement;
@@ -17,7 +16,6 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod state;
-pub mod tls;
 
 /// An error with its causes, `outer: inner: root`, for log lines and
 /// messages that must name what actually failed.

@@ -41,13 +41,13 @@ fn main() {
         }
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
         Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
-        Command::Collector(args) => {
-            init_logs(args.log_format);
+        Command::Collector(cmd) => {
+            init_logs(cmd.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(tiergate::collector::run(args)) {
+            match rt.block_on(tiergate_collector::run(cmd.args)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("tiergate: {e:#}");

@@ -301,6 +301,10 @@ fn test(extra: &[String]) -> Result<()> {
             "--package",
             "tiergate",
             "--package",
+            "tiergate-tls",
+            "--package",
+            "tiergate-collector",
+            "--package",
             "xtask",
         ]))?;
         let bin = build_release()?;

@@ -65,8 +65,8 @@ pub(super) async fn export_setup(
 
 /// The client side of mTLS to the collector: `--tls-*` files and the
 /// collector's expected SPIFFE id.
-fn client_tls(args: &AgentArgs) -> anyhow::Result<Arc<crate::tls::ClientTls>> {
-    let files = crate::tls::TlsFiles {
+fn client_tls(args: &AgentArgs) -> anyhow::Result<Arc<tiergate_tls::ClientTls>> {
+    let files = tiergate_tls::TlsFiles {
         ca: args.tls_ca.clone().context("--collector needs --tls-ca")?,
         cert: args
             .tls_cert
@@ -79,13 +79,13 @@ fn client_tls(args: &AgentArgs) -> anyhow::Result<Arc<crate::tls::ClientTls>> {
     };
     let expect = match &args.collector_spiffe_id {
         Some(p) => Some(
-            crate::policy::glob::SpiffePattern::parse(p)
+            tiergate_tls::SpiffePattern::parse(p)
                 .map_err(|e| anyhow::anyhow!("--collector-spiffe-id {p}: {e}"))?,
         ),
         None => None,
     };
     Ok(Arc::new(
-        crate::tls::ClientTls::new(files, expect).map_err(|e| anyhow::anyhow!("{e}"))?,
+        tiergate_tls::ClientTls::new(files, expect).map_err(|e| anyhow::anyhow!("{e}"))?,
     ))
 }
 

@@ -13,13 +13,13 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 use tiergate_proto::events::v1::event_collector_client::EventCollectorClient;
 use tiergate_proto::events::v1::{Batch, Event};
+use tiergate_tls::ClientTls;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Endpoint, Uri};
 
 use super::spool::Spool;
 use crate::metrics::Metrics;
-use crate::tls::ClientTls;
 
 /// Batches in flight before the sender waits for acknowledgements.
 const WINDOW: usize = 8;

@@ -13,37 +13,20 @@
 //! Matching runs an NFA whose states are positions in the segment list, so
 //! the same machine answers both "does this path match?" and the question the
 //! kernel needs for cgroups it has not seen yet: "which *descendants* of this
-//! path can match?" ([`Glob::descendants`]).
+//! path can match?" ([`Glob::descendants`]). The machine itself lives in
+//! `tiergate_tls::glob`, shared with SPIFFE ID patterns.
 
 use std::collections::HashSet;
 
 use serde::{Serialize, Serializer};
+use tiergate_tls::glob::SegmentGlob;
 
-/// Most segments a pattern may have. The NFA state set is a `u128` bitmask
-/// (positions `0..=len`), so this keeps every state representable.
-pub const MAX_GLOB_SEGMENTS: usize = 64;
-
-/// One segment of a pattern.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Seg {
-    /// `**`: zero or more whole segments.
-    AnyDepth,
-    /// A segment without wildcards: equal names only.
-    Literal(String),
-    /// A segment with `*` / `?`.
-    Wild {
-        pat: Vec<char>,
-        /// Matches every non-empty name (e.g. `*`, `?*`). Path segments are
-        /// never empty, so such a segment accepts any name.
-        universal: bool,
-    },
-}
+pub use tiergate_tls::glob::MAX_GLOB_SEGMENTS;
 
 /// A compiled path glob (see the module docs for the syntax).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob {
-    source: String,
-    segs: Vec<Seg>,
+    nfa: SegmentGlob,
 }
 
 /// Which unknown strict descendants of a path a glob matches.
@@ -57,73 +40,25 @@ pub enum Coverage {
     Some,
 }
 
-type States = u128;
-
 impl Glob {
     /// Parses an absolute pattern (`/a/*/b/**`). `/` alone matches the root.
     pub fn parse(pattern: &str) -> Result<Glob, String> {
         let Some(rest) = pattern.strip_prefix('/') else {
             return Err(format!("{pattern:?} must start with `/`"));
         };
-        Self::from_segments(pattern, rest)
-    }
-
-    /// Builds a glob from the part after the leading `/` (or after
-    /// `spiffe://`); `source` is kept verbatim for display and serialization.
-    fn from_segments(source: &str, rest: &str) -> Result<Glob, String> {
-        let mut segs = Vec::new();
-        if !rest.is_empty() {
-            for s in rest.split('/') {
-                if s.is_empty() {
-                    return Err(format!(
-                        "{source:?} has an empty path segment (`//` or a trailing `/`)"
-                    ));
-                }
-                let seg = if s == "**" {
-                    // `**/**` means the same as `**`; collapsing keeps the NFA small.
-                    if segs.last() == Some(&Seg::AnyDepth) {
-                        continue;
-                    }
-                    Seg::AnyDepth
-                } else if s.contains("**") {
-                    return Err(format!(
-                        "{source:?}: `**` must be a whole path segment (`/**/`), found {s:?}"
-                    ));
-                } else if s.contains(['*', '?']) {
-                    let pat: Vec<char> = s.chars().collect();
-                    let stars = pat.iter().filter(|&&c| c == '*').count();
-                    let qs = pat.iter().filter(|&&c| c == '?').count();
-                    let only_wild = stars + qs == pat.len();
-                    Seg::Wild {
-                        universal: only_wild && stars > 0 && qs <= 1,
-                        pat,
-                    }
-                } else {
-                    Seg::Literal(s.to_owned())
-                };
-                segs.push(seg);
-            }
-        }
-        if segs.len() > MAX_GLOB_SEGMENTS {
-            return Err(format!(
-                "{source:?} has more than {MAX_GLOB_SEGMENTS} path segments"
-            ));
-        }
         Ok(Glob {
-            source: source.to_owned(),
-            segs,
+            nfa: SegmentGlob::parse(pattern, rest)?,
         })
     }
 
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.nfa.as_str()
     }
 
     /// Whether `path` (absolute, `/`-separated) matches the whole pattern.
     pub fn matches(&self, path: &str) -> bool {
-        let s = self.run(path);
-        s & self.accept() != 0
+        self.nfa.matches(path)
     }
 
     /// For an *unknown* strict descendant `path/x/...` (any names, depth ≥ 1):
@@ -138,17 +73,17 @@ impl Glob {
     /// answers `Some` where `All` would hold, which callers treat as
     /// ambiguous and resolve fail-closed, never open.
     pub fn descendants(&self, path: &str) -> Coverage {
-        let start = self.run(path);
+        let start = self.nfa.run(path);
         if start == 0 {
             return Coverage::None;
         }
-        let accept = self.accept();
+        let accept = self.nfa.accept();
 
         // Reachability with any names: the union of step_any^k(start), k ≥ 1.
         // step_any distributes over union, so iterate to a fixed point.
-        let mut reach = self.step_any(start);
+        let mut reach = self.nfa.step_any(start);
         loop {
-            let next = reach | self.step_any(reach);
+            let next = reach | self.nfa.step_any(reach);
             if next == reach {
                 break;
             }
@@ -161,7 +96,7 @@ impl Glob {
         // Generic names: deterministic on state sets, so the walk cycles; every
         // set met after at least one step must accept.
         let mut seen = HashSet::new();
-        let mut cur = self.step_generic(start);
+        let mut cur = self.nfa.step_generic(start);
         loop {
             if cur & accept == 0 {
                 return Coverage::Some;
@@ -169,145 +104,20 @@ impl Glob {
             if !seen.insert(cur) {
                 return Coverage::All;
             }
-            cur = self.step_generic(cur);
+            cur = self.nfa.step_generic(cur);
         }
-    }
-
-    fn accept(&self) -> States {
-        1u128 << self.segs.len()
-    }
-
-    /// The ε-closed state set after consuming the segments of `path`.
-    fn run(&self, path: &str) -> States {
-        let mut s = self.closure(1);
-        for name in path.split('/').filter(|n| !n.is_empty()) {
-            s = self.step(s, |seg| match seg {
-                Seg::AnyDepth => true,
-                Seg::Literal(l) => l == name,
-                Seg::Wild { pat, .. } => wild_match(pat, name),
-            });
-            if s == 0 {
-                break;
-            }
-        }
-        s
-    }
-
-    /// ε-moves: `**` may match zero segments. Ascending order lets a chain of
-    /// such moves propagate in one pass.
-    fn closure(&self, mut s: States) -> States {
-        for (i, seg) in self.segs.iter().enumerate() {
-            if s & (1 << i) != 0 && *seg == Seg::AnyDepth {
-                s |= 1 << (i + 1);
-            }
-        }
-        s
-    }
-
-    /// One consumed segment; `admits(seg)` says whether the segment accepts
-    /// the consumed name. `**` loops on itself, others advance.
-    fn step(&self, s: States, admits: impl Fn(&Seg) -> bool) -> States {
-        let mut out = 0;
-        for (i, seg) in self.segs.iter().enumerate() {
-            if s & (1 << i) == 0 || !admits(seg) {
-                continue;
-            }
-            out |= if *seg == Seg::AnyDepth {
-                1 << i
-            } else {
-                1 << (i + 1)
-            };
-        }
-        self.closure(out)
-    }
-
-    /// A step for which some name exists (every segment admits some name).
-    fn step_any(&self, s: States) -> States {
-        self.step(s, |_| true)
-    }
-
-    /// A step on a name only universal segments admit.
-    fn step_generic(&self, s: States) -> States {
-        self.step(s, |seg| match seg {
-            Seg::AnyDepth => true,
-            Seg::Literal(_) => false,
-            Seg::Wild { universal, .. } => *universal,
-        })
     }
 }
 
 impl Serialize for Glob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.source)
+        self.nfa.serialize(s)
     }
 }
 
 impl std::fmt::Display for Glob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.source)
-    }
-}
-
-/// `*` / `?` match within one name (names never contain `/`). Greedy with a
-/// single backtrack point: O(len(pat) * len(name)) at worst.
-fn wild_match(pat: &[char], name: &str) -> bool {
-    let name: Vec<char> = name.chars().collect();
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if p < pat.len() && (pat[p] == '?' || pat[p] == name[n]) {
-            p += 1;
-            n += 1;
-        } else if p < pat.len() && pat[p] == '*' {
-            star = Some((p, n));
-            p += 1;
-        } else if let Some((sp, sn)) = star {
-            p = sp + 1;
-            n = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    pat[p..].iter().all(|&c| c == '*')
-}
-
-/// A `spiffeId` pattern: `spiffe://` followed by a glob over the trust domain
-/// and path segments (`spiffe://corp.example/ns/*/sa/**`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpiffePattern {
-    glob: Glob,
-}
-
-impl SpiffePattern {
-    /// Parses `spiffe://TRUST-DOMAIN/PATH` with the [`Glob`] wildcards.
-    pub fn parse(pattern: &str) -> Result<SpiffePattern, String> {
-        let Some(rest) = pattern.strip_prefix("spiffe://") else {
-            return Err(format!("{pattern:?} must start with `spiffe://`"));
-        };
-        if rest.is_empty() {
-            return Err(format!("{pattern:?} has no trust domain"));
-        }
-        Ok(SpiffePattern {
-            glob: Glob::from_segments(pattern, rest)?,
-        })
-    }
-
-    /// Whether a SPIFFE ID matches.
-    pub fn matches(&self, id: &str) -> bool {
-        id.strip_prefix("spiffe://")
-            .is_some_and(|rest| self.glob.matches(rest))
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        self.glob.as_str()
-    }
-}
-
-impl Serialize for SpiffePattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.glob.serialize(s)
+        self.nfa.fmt(f)
     }
 }
 
@@ -450,18 +260,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn spiffe_patterns() {
-        let p = SpiffePattern::parse("spiffe://corp.example/ns/ops/sa/*").expect("valid");
-        assert!(p.matches("spiffe://corp.example/ns/ops/sa/retriever"));
-        assert!(!p.matches("spiffe://corp.example/ns/ops/sa/a/b"));
-        assert!(!p.matches("spiffe://other.example/ns/ops/sa/retriever"));
-        assert!(!p.matches("corp.example/ns/ops/sa/retriever"));
-        let deep = SpiffePattern::parse("spiffe://corp.example/**").expect("valid");
-        assert!(deep.matches("spiffe://corp.example/ns/a/sa/b"));
-        assert!(SpiffePattern::parse("https://x/y").is_err());
-        assert!(SpiffePattern::parse("spiffe://").is_err());
     }
 }

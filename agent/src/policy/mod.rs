@@ -20,9 +20,10 @@ pub mod yaml;
 pub use assign::{Assignment, PodIdentity, TierRef, Workload, is_pod_cgroup};
 pub use compile::{CompileError, Compiled, CompiledRule, MAX_RULES};
 pub use explain::{Decision, Proto, Reason, Verdict, is_loopback, is_metadata_endpoint};
-pub use glob::{Coverage, Glob, MAX_GLOB_SEGMENTS, SpiffePattern};
+pub use glob::{Coverage, Glob, MAX_GLOB_SEGMENTS};
 pub use model::{
     API_VERSION, Binding, DEFAULT_TRUST_DOMAIN, EgressRule, HOST_TIER_NAME, KIND, Match,
     MetadataAccess, Mode, Policy, Protocols, Tier, normalize_addr, normalize_net,
 };
 pub use parse::{PolicyError, PolicyErrors, load, parse_str};
+pub use tiergate_tls::SpiffePattern;

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Serialize, Serializer};
 
-use super::glob::{Glob, SpiffePattern};
+use tiergate_tls::SpiffePattern;
+
+use super::glob::Glob;
 
 /// The only `apiVersion` this agent understands.
 pub const API_VERSION: &str = "tiergate.io/v1alpha1";

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use tiergate_tls::SpiffePattern;
+
 use super::tiers::TierNames;
 use super::walker::{KeyPath, Walker};
-use crate::policy::glob::{Glob, SpiffePattern};
+use crate::policy::glob::Glob;
 use crate::policy::model::{Binding, Match};
 use crate::policy::yaml::{Data, Node};
 

@@ -2,6 +2,7 @@
 //! mTLS (client SPIFFE IDs checked against `--allow-spiffe`) and writes them
 //! to sinks (JSON-lines files with rotation, stdout, syslog over TLS).
 
+mod args;
 pub mod metrics;
 pub mod service;
 pub mod sinks;
@@ -14,10 +15,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tiergate_proto::events::v1::event_collector_server::EventCollectorServer;
+use tiergate_tls::{Rejection, ServerTls, SpiffePattern, TlsFiles};
 
-use crate::cli::CollectorArgs;
-use crate::policy::glob::SpiffePattern;
-use crate::tls::{Rejection, ServerTls, TlsFiles};
+pub use args::CollectorArgs;
 use metrics::{CollectorMetrics, ReasonLabels};
 use service::{Collector, SeqTracker};
 

@@ -15,12 +15,17 @@
 //!   force, with a warning.
 //!
 //! There is no plaintext mode.
+//!
+//! SPIFFE ID patterns ([`SpiffePattern`]) and the segment glob they run on
+//! ([`glob`]) live here too: the policy's `spiffeId` key uses the same ones.
 
 mod client;
 mod error;
 mod files;
+pub mod glob;
 mod server;
 mod spiffe;
+mod spiffe_pattern;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +37,7 @@ pub use client::ClientTls;
 pub use error::TlsError;
 pub use server::{OnReject, ServerTls};
 pub use spiffe::{Rejection, spiffe_ids};
+pub use spiffe_pattern::SpiffePattern;
 
 /// Flag of the CA bundle (PEM, one or more CA certificates), named in errors.
 pub const FLAG_CA: &str = "--tls-ca";

@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 use super::files::{Material, Reloading};
 use super::spiffe::{self, Rejection};
 use super::{ALPN_H2, FLAG_COLLECTOR, FLAG_SERVER_ID, TlsError, TlsFiles, VERSIONS};
-use crate::policy::glob::SpiffePattern;
+use crate::SpiffePattern;
 
 /// Agent side: presents `files.cert`/`files.key`, trusts `files.ca`;
 /// verifies the collector's chain; if `expect_server` is set, requires its

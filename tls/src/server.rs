@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use super::files::{Material, Reloading};
 use super::spiffe::{self, Rejection};
 use super::{ALPN_H2, FLAG_ALLOW, TlsError, TlsFiles, VERSIONS};
-use crate::policy::glob::SpiffePattern;
+use crate::SpiffePattern;
 
 /// The rejection callback of [`ServerTls::new`].
 pub type OnReject = Arc<dyn Fn(&Rejection) + Send + Sync>;

@@ -17,7 +17,6 @@ use tokio_rustls::TlsConnector;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::*;
-use crate::policy::glob::SpiffePattern;
 use tiergate_testpki::{
     AGENT_ID, COLLECTOR_ID, Ca, Leaf, OTHER_ID, Svid, TD, TempDir, TlsFiles, write_svid,
 };

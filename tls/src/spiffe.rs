@@ -4,7 +4,7 @@ use rustls::{CertificateError, Error};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::TlsError;
-use crate::policy::glob::SpiffePattern;
+use crate::SpiffePattern;
 
 /// Longest SPIFFE ID the SPIFFE spec allows, in bytes.
 const MAX_SPIFFE_ID_LEN: usize = 2048;
