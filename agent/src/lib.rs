@@ -7,6 +7,8 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod control;
+pub mod dns;
+pub mod duration;
 pub mod enforcement;
 pub mod events;
 pub mod export;
