@@ -33,7 +33,14 @@ pub mod map_names {
     pub const EVENTS: &str = "TG_EVENTS";
     pub const COUNTERS: &str = "TG_COUNTERS";
     pub const REPORTED: &str = "TG_REPORTED";
-    pub const ALL: [&str; 7] = [CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED];
+    pub const DNS_NETNS: &str = "TG_DNS_NETNS";
+    pub const DNS_ORIG: &str = "TG_DNS_ORIG";
+    pub const LEARNED: &str = "TG_LEARNED";
+    pub const FQDN_PORTS: &str = "TG_FQDN_PORTS";
+    pub const ALL: [&str; 11] = [
+        CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED, DNS_NETNS, DNS_ORIG, LEARNED,
+        FQDN_PORTS,
+    ];
 }
 
 /// Names of the programs in the eBPF object (also their link pin names).
@@ -43,6 +50,10 @@ pub mod prog_names {
     pub const SENDMSG4: &str = "tg_sendmsg4";
     pub const SENDMSG6: &str = "tg_sendmsg6";
     pub const SOCK_CREATE: &str = "tg_sock_create";
+    pub const RECVMSG4: &str = "tg_recvmsg4";
+    pub const RECVMSG6: &str = "tg_recvmsg6";
+    pub const GETPEERNAME4: &str = "tg_getpeername4";
+    pub const GETPEERNAME6: &str = "tg_getpeername6";
     pub const LSM_SOCKET_CREATE: &str = "tg_socket_create";
 }
 
@@ -91,6 +102,10 @@ pub const TIER_F_AUDIT: u32 = 1 << 1;
 /// Cloud metadata endpoints are reachable (`metadata: allow`).
 pub const TIER_F_METADATA_ALLOW: u32 = 1 << 2;
 
+/// The tier has `fqdns` rules: its DNS (port 53, UDP and TCP, any address)
+/// goes to the agent's DNS proxy, and addresses its answers taught open.
+pub const TIER_F_DNS: u32 = 1 << 3;
+
 /// Index of a tier slot in `TG_TIERS`.
 pub const fn tier_slot(generation: u32, tier: u32) -> u32 {
     generation * MAX_TIERS + tier
@@ -138,6 +153,76 @@ pub struct PortSet {
     pub ranges: [PortRange; MAX_PORT_RANGES],
 }
 
+/// The DNS port every query of a DNS tier is taken from.
+pub const DNS_PORT: u16 = 53;
+
+/// `TG_DNS_NETNS[netns cookie]`: the DNS proxy serves this network
+/// namespace (it holds sockets there) on `port` of the whole of 127.0.0.0/8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsNetns {
+    /// Proxy port, host order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// `TG_DNS_ORIG[socket cookie]`: where a redirected socket meant to send its
+/// query, so `recvmsg`/`getpeername` show the application that peer again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrig {
+    /// Original destination, IPv6 form (IPv4 as `::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// Original port, host order (53).
+    pub port: u16,
+    /// The proxy port the socket was sent to, host order.
+    pub proxy_port: u16,
+    pub _pad: u32,
+}
+
+/// The proxy address a cgroup's queries are sent to: 127.0.0.0/8 with the
+/// cgroup's slot in the low 24 bits, so the proxy knows the asking cgroup
+/// from the address the packet arrived on, whoever sent it (the hook rewrites
+/// every port-53 destination, and direct sends to the proxy port are denied).
+/// Slots run 1..=0xfffffe (never the network or broadcast address).
+pub const fn dns_slot(cgroup_id: u64) -> u32 {
+    ((cgroup_id % 0xff_fffe) + 1) as u32
+}
+
+/// `TG_LEARNED` key: an address a cgroup learned from a DNS answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    pub cgroup_id: u64,
+    /// IPv6 form (IPv4 as `::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+}
+
+/// Name patterns one learned address may carry.
+pub const MAX_LEARNED_PATTERNS: usize = 4;
+
+/// `TG_LEARNED` value: until when, and by which name patterns. The ports
+/// come from `TG_FQDN_PORTS` of the *active* generation, so a reload that
+/// drops or narrows a pattern takes effect with the generation flip.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// `bpf_ktime_get_boot_ns()` after which the entry no longer opens.
+    pub expires_ns: u64,
+    /// Pattern ids (0 = unused).
+    pub patterns: [u64; MAX_LEARNED_PATTERNS],
+}
+
+/// `TG_FQDN_PORTS` key: a name pattern of a tier in a generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FqdnKey {
+    pub generation: u32,
+    pub tier: u32,
+    /// Stable id of (pattern, allowPrivate): see the agent's `pattern_id`.
+    pub pattern: u64,
+}
+
 /// Event kinds; the first field of every ring-buffer record.
 pub const EVENT_CONNECT: u32 = 1;
 pub const EVENT_SOCKET: u32 = 2;
@@ -179,6 +264,12 @@ pub const REASON_NO_MATCHING_RULE: u8 = 3;
 pub const REASON_METADATA_SERVICE: u8 = 4;
 pub const REASON_HOST: u8 = 5;
 pub const REASON_SOCKET_TYPE: u8 = 6;
+/// Allowed by an address a DNS answer taught this cgroup (`fqdns` rule).
+pub const REASON_FQDN: u8 = 7;
+/// A DNS query from a network namespace the DNS proxy does not serve yet.
+pub const REASON_DNS_UNSERVED: u8 = 8;
+/// A direct send to the DNS proxy's port (only the hook may send there).
+pub const REASON_DNS_PROXY_PORT: u8 = 9;
 
 /// `ConnectEvent::flags`: the destination is a cloud metadata endpoint.
 pub const CONNECT_F_METADATA: u32 = 1;
@@ -275,6 +366,11 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for SocketEvent {}
+    unsafe impl aya::Pod for DnsNetns {}
+    unsafe impl aya::Pod for DnsOrig {}
+    unsafe impl aya::Pod for LearnedKey {}
+    unsafe impl aya::Pod for Learned {}
+    unsafe impl aya::Pod for FqdnKey {}
 }
 
 #[cfg(test)]
@@ -298,6 +394,19 @@ mod tests {
             56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4
         );
         assert_eq!(size_of::<SocketEvent>(), 56 + 12 + 4 + 8);
+        assert_eq!(size_of::<DnsNetns>(), 8);
+        assert_eq!(size_of::<DnsOrig>(), 24);
+        assert_eq!(size_of::<LearnedKey>(), 24);
+        assert_eq!(size_of::<Learned>(), 8 + 8 * MAX_LEARNED_PATTERNS);
+        assert_eq!(size_of::<FqdnKey>(), 16);
+    }
+
+    #[test]
+    fn dns_slots_avoid_network_and_broadcast() {
+        assert_eq!(dns_slot(0), 1);
+        assert_eq!(dns_slot(0xff_fffd), 0xff_fffe);
+        assert_eq!(dns_slot(0xff_fffe), 1);
+        assert_eq!(dns_slot(u64::MAX) & !0xff_ffff, 0);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use agent_common::{
     CONFIG_F_POLICY_LOADED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED,
-    CgroupTier, Config, ConnectEvent, EVENT_CONNECT, EVENT_SOCKET, EventHeader, GENERATIONS,
+    CgroupTier, Config, ConnectEvent, DNS_PORT, DnsNetns, DnsOrig, EVENT_CONNECT, EVENT_SOCKET,
+    EventHeader, FqdnKey, GENERATIONS, Learned, LearnedKey, MAX_LEARNED_PATTERNS, REASON_DNS_PROXY_PORT,
+    REASON_DNS_UNSERVED, REASON_FQDN, TIER_F_DNS, dns_slot,
     HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES,
     MAX_TIERS, METADATA_V4, METADATA_V6, PROTO_TCP, PROTO_UDP, PortSet, REASON_EGRESS_RULE,
     REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE,
@@ -19,11 +21,12 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-            bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+            bpf_get_netns_cookie, bpf_get_smp_processor_id, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 
@@ -66,6 +69,26 @@ static TG_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map(name = "TG_REPORTED")]
 static TG_REPORTED: Array<u64> = Array::pinned(counter::COUNT, 0);
 
+/// Network namespaces the DNS proxy serves (user space writes; see
+/// `agent/src/dns/netns.rs`).
+#[map(name = "TG_DNS_NETNS")]
+static TG_DNS_NETNS: HashMap<u64, DnsNetns> = HashMap::pinned(4096, 0);
+
+/// Where redirected sockets meant to send (written here, read by the
+/// recvmsg/getpeername hooks). LRU: entries of closed sockets age out.
+#[map(name = "TG_DNS_ORIG")]
+static TG_DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::pinned(16384, 0);
+
+/// Addresses DNS answers taught each cgroup (the proxy writes before it
+/// releases the answer). LRU: the global bound; per-cgroup caps are the
+/// proxy's.
+#[map(name = "TG_LEARNED")]
+static TG_LEARNED: LruHashMap<LearnedKey, Learned> = LruHashMap::pinned(65536, 0);
+
+/// Ports of each name pattern of each tier, per generation.
+#[map(name = "TG_FQDN_PORTS")]
+static TG_FQDN_PORTS: HashMap<FqdnKey, PortSet> = HashMap::pinned(16384, 0);
+
 #[inline(always)]
 fn count(slot: u32) {
     if let Some(p) = TG_COUNTERS.get_ptr_mut(slot) {
@@ -76,6 +99,7 @@ fn count(slot: u32) {
 
 /// The tier of the calling task and whether it was inherited from an ancestor.
 struct Resolved {
+    cgroup: u64,
     tier: u32,
     generation: u32,
     inherited: bool,
@@ -95,6 +119,7 @@ fn resolve() -> Option<Resolved> {
     // SAFETY: the value is only read; user space writes whole entries.
     if let Some(entry) = unsafe { TG_CGROUPS.get(&cgroup) } {
         return Some(Resolved {
+            cgroup,
             tier: entry.tier[g],
             generation,
             inherited: false,
@@ -119,6 +144,7 @@ fn resolve() -> Option<Resolved> {
     }
     count(counter::INHERITED);
     Some(Resolved {
+        cgroup,
         tier,
         generation,
         inherited: true,
@@ -254,6 +280,129 @@ fn ports_admit(set: &PortSet, port: u16, proto_bit: u32) -> bool {
     false
 }
 
+/// The proxy of the calling socket's network namespace, if it serves it.
+#[inline(always)]
+fn served_netns(ctx: &SockAddrContext) -> Option<DnsNetns> {
+    // SAFETY: plain helper call on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: read only; user space writes whole entries.
+    unsafe { TG_DNS_NETNS.get(&netns) }.copied()
+}
+
+/// Sends a DNS query to the proxy: 127.0.0.0/8 with the cgroup's slot (the
+/// proxy learns the asking cgroup from it), on the proxy port. The original
+/// destination is kept for recvmsg/getpeername.
+#[inline(always)]
+fn redirect_dns(
+    ctx: &SockAddrContext,
+    r: &Resolved,
+    is6: bool,
+    addr: &[u8; 16],
+    port: u16,
+    proxy_port: u16,
+) {
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let orig = DnsOrig {
+        addr: *addr,
+        port,
+        proxy_port,
+        _pad: 0,
+    };
+    // A full LRU map evicts its oldest entry, never fails for room.
+    let _ = TG_DNS_ORIG.insert(&cookie, &orig, 0);
+    let ip4 = (127u32 << 24) | dns_slot(r.cgroup);
+    let sa = ctx.sock_addr;
+    // SAFETY: writable ctx fields of connect/sendmsg programs.
+    unsafe {
+        if is6 {
+            // IPv4-mapped: a dual-stack socket reaches the IPv4 proxy.
+            (*sa).user_ip6 = [0, 0, 0xffffu32.to_be(), ip4.to_be()];
+        } else {
+            (*sa).user_ip4 = ip4.to_be();
+        }
+        (*sa).user_port = u32::from(proxy_port.to_be());
+    }
+}
+
+/// Whether an address a DNS answer taught this cgroup admits the port now:
+/// the entry is live and one of its patterns, in the active generation's
+/// policy of the cgroup's tier, admits it.
+#[inline(always)]
+fn learned_admits(r: &Resolved, addr: &[u8; 16], port: u16, proto_bit: u32) -> bool {
+    let key = LearnedKey {
+        cgroup_id: r.cgroup,
+        addr: *addr,
+    };
+    // SAFETY: read only.
+    let Some(l) = (unsafe { TG_LEARNED.get(&key) }) else {
+        return false;
+    };
+    // SAFETY: plain helper call.
+    if unsafe { bpf_ktime_get_boot_ns() } >= l.expires_ns {
+        return false;
+    }
+    let mut i = 0;
+    while i < MAX_LEARNED_PATTERNS {
+        let pattern = l.patterns[i];
+        if pattern != 0 {
+            let k = FqdnKey {
+                generation: r.generation,
+                tier: r.tier,
+                pattern,
+            };
+            // SAFETY: read only.
+            if let Some(set) = unsafe { TG_FQDN_PORTS.get(&k) }
+                && ports_admit(set, port, proto_bit)
+            {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Shows a redirected socket its original DNS server as the peer (recvmsg's
+/// source address, getpeername) when the peer is the proxy.
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext, is6: bool) {
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: read only.
+    let Some(o) = (unsafe { TG_DNS_ORIG.get(&cookie) }) else {
+        return;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx fields of recvmsg/getpeername programs (readable and writable).
+    unsafe {
+        if u16::from_be((*sa).user_port as u16) != o.proxy_port {
+            return;
+        }
+        let from_proxy = if is6 {
+            let w = (*sa).user_ip6;
+            w[0] == 0 && w[1] == 0 && w[2] == 0xffffu32.to_be() && u32::from_be(w[3]) >> 24 == 127
+        } else {
+            u32::from_be((*sa).user_ip4) >> 24 == 127
+        };
+        if !from_proxy {
+            return;
+        }
+        let a = o.addr;
+        if is6 {
+            (*sa).user_ip6 = [
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            ];
+        } else {
+            (*sa).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        }
+        (*sa).user_port = u32::from(o.port.to_be());
+    }
+}
+
 /// Judges one connect()/sendmsg() and reports it. Returns ALLOW or REJECT.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
@@ -317,7 +466,23 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         (VERDICT_ALLOW, REASON_HOST)
     } else {
         let tflags = tier_flags(&r);
-        let (allowed, reason) = if is_loopback(&addr, v4) {
+        let dns = tflags & TIER_F_DNS != 0;
+        let proxy = if dns { served_netns(ctx) } else { None };
+        if dns && port == DNS_PORT {
+            if let Some(p) = proxy {
+                redirect_dns(ctx, &r, is6, &addr, port, p.port);
+                return ALLOW;
+            }
+        }
+        let (allowed, reason) = if dns && port == DNS_PORT {
+            // No proxy in this namespace yet: the query must not slip past
+            // the name filter (audit tiers let it go, reported).
+            (false, REASON_DNS_UNSERVED)
+        } else if dns && is_loopback(&addr, v4) && proxy.is_some_and(|p| p.port == port) {
+            // Only the hook may choose a proxy slot: a direct send could
+            // pose as another cgroup.
+            (false, REASON_DNS_PROXY_PORT)
+        } else if is_loopback(&addr, v4) {
             (true, REASON_LOOPBACK)
         } else if metadata {
             // metadata: deny wins over any egress rule.
@@ -333,6 +498,7 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
             );
             match TG_RULES.get(&key) {
                 Some(set) if ports_admit(set, port, proto_bit) => (true, REASON_EGRESS_RULE),
+                _ if dns && learned_admits(&r, &addr, port, proto_bit) => (true, REASON_FQDN),
                 _ => (false, REASON_NO_MATCHING_RULE),
             }
         };
@@ -413,6 +579,31 @@ pub fn tg_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn tg_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge(&ctx, HOOK_SENDMSG6)
+}
+
+/// recvmsg/getpeername programs must return 1.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn tg_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn tg_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, true);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn tg_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn tg_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, true);
+    ALLOW
 }
 
 /// Socket kinds an enforced tier may create: TCP and UDP over IPv4/IPv6

@@ -3,6 +3,7 @@
 
 pub mod addr_class;
 pub mod answer;
+pub mod query;
 
 pub use addr_class::{AddrClass, classify};
 pub use answer::{MAX_CHAIN, Offered, Rejection, name_key, read};

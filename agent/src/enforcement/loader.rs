@@ -71,11 +71,15 @@ pub struct Loaded {
 /// rejects explicit flags on link_create, so the mode here is the default.
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
-const SOCK_ADDR_HOOKS: [&str; 4] = [
+const SOCK_ADDR_HOOKS: [&str; 8] = [
     prog_names::CONNECT4,
     prog_names::CONNECT6,
     prog_names::SENDMSG4,
     prog_names::SENDMSG6,
+    prog_names::RECVMSG4,
+    prog_names::RECVMSG6,
+    prog_names::GETPEERNAME4,
+    prog_names::GETPEERNAME6,
 ];
 
 /// Loads, attaches (or re-adopts) and pins everything.
