@@ -129,24 +129,42 @@ mod tests {
         assert_eq!(parse(b"\x01\x02").unwrap_err().0, Malformed::Unreadable);
 
         let mut two = query("a.test.", RecordType::A);
-        two.add_query(Query::query(Name::from_str("b.test.").expect("n"), RecordType::A));
-        assert_eq!(parse(&two.to_vec().expect("e")).unwrap_err().0, Malformed::FormErr);
+        two.add_query(Query::query(
+            Name::from_str("b.test.").expect("n"),
+            RecordType::A,
+        ));
+        assert_eq!(
+            parse(&two.to_vec().expect("e")).unwrap_err().0,
+            Malformed::FormErr
+        );
 
         let mut none = query("a.test.", RecordType::A);
         none.queries.clear();
-        assert_eq!(parse(&none.to_vec().expect("e")).unwrap_err().0, Malformed::FormErr);
+        assert_eq!(
+            parse(&none.to_vec().expect("e")).unwrap_err().0,
+            Malformed::FormErr
+        );
 
         let mut resp = query("a.test.", RecordType::A);
         resp.metadata.message_type = MessageType::Response;
-        assert_eq!(parse(&resp.to_vec().expect("e")).unwrap_err().0, Malformed::FormErr);
+        assert_eq!(
+            parse(&resp.to_vec().expect("e")).unwrap_err().0,
+            Malformed::FormErr
+        );
 
         let mut chaos = query("version.bind.", RecordType::TXT);
         chaos.queries[0].query_class = DNSClass::CH;
-        assert_eq!(parse(&chaos.to_vec().expect("e")).unwrap_err().0, Malformed::FormErr);
+        assert_eq!(
+            parse(&chaos.to_vec().expect("e")).unwrap_err().0,
+            Malformed::FormErr
+        );
 
         let mut update = query("a.test.", RecordType::A);
         update.metadata.op_code = OpCode::Update;
-        assert_eq!(parse(&update.to_vec().expect("e")).unwrap_err().0, Malformed::NotImp);
+        assert_eq!(
+            parse(&update.to_vec().expect("e")).unwrap_err().0,
+            Malformed::NotImp
+        );
     }
 
     #[test]

@@ -602,6 +602,7 @@ mod tests {
             default_tier: 0,
             tiers: Vec::new(),
             bindings: Vec::new(),
+            dns: None,
             version: String::new(),
         };
         for t in 0..tiers {
@@ -611,12 +612,16 @@ mod tests {
                     let v4 = Ipv4Addr::from(0x0a00_0000 | (i << 8));
                     EgressRule {
                         cidrs: vec![IpNet::V4(Ipv4Net::new(v4, 24).expect("len"))],
+                        fqdns: Vec::new(),
+                        allow_private: false,
                         ports: Some(vec![(443, 443), (8000 + (i % 50) as u16, 8100)]),
                         protocols: Protocols::default(),
                     }
                 })
                 .chain(std::iter::once(EgressRule {
                     cidrs: vec!["10.0.0.0/8".parse().expect("net")],
+                    fqdns: Vec::new(),
+                    allow_private: false,
                     ports: Some(vec![(53, 53)]),
                     protocols: Protocols {
                         tcp: false,
@@ -737,6 +742,8 @@ mod tests {
                 };
                 egress.push(EgressRule {
                     cidrs,
+                    fqdns: Vec::new(),
+                    allow_private: false,
                     ports,
                     protocols,
                 });

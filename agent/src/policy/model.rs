@@ -15,7 +15,9 @@ use serde::{Serialize, Serializer};
 
 use tiergate_tls::SpiffePattern;
 
+use super::fqdn::NamePattern;
 use super::glob::Glob;
+use crate::duration::Span;
 
 /// The only `apiVersion` this agent understands.
 pub const API_VERSION: &str = "tiergate.io/v1alpha1";
@@ -41,6 +43,11 @@ pub struct Policy {
     pub tiers: Vec<Tier>,
     /// Bindings in file order (first match wins).
     pub bindings: Vec<Binding>,
+    /// `spec.dns`: present when any tier has `fqdns` rules (validated).
+    /// Absent from the canonical form when not set, so versions of
+    /// policies without it did not change when it was added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSettings>,
     /// `sha256:` + hex of the canonical form. Derived from the other fields,
     /// so it is not part of the canonical form itself.
     #[serde(skip)]
@@ -100,13 +107,44 @@ impl Tier {
     }
 }
 
-/// One allow rule: destinations, ports and protocols.
+/// `spec.dns`: whose answers count, and how long learned addresses live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsSettings {
+    /// `resolvers`: the DNS servers the proxy forwards to, in order; only
+    /// their answers teach addresses.
+    pub resolvers: Vec<IpAddr>,
+    /// `minTTL`: a learned address lives at least this long (default 0s).
+    #[serde(rename = "minTTL")]
+    pub min_ttl: Span,
+    /// `maxTTL`: and at most this long (default: the answer's TTL, uncapped).
+    #[serde(rename = "maxTTL", skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<Span>,
+}
+
+impl DnsSettings {
+    /// How long an address with the answer TTL `ttl` (seconds) stays open.
+    pub fn lifetime(&self, ttl: u32) -> std::time::Duration {
+        let t = std::time::Duration::from_secs(u64::from(ttl)).max(self.min_ttl.get());
+        self.max_ttl
+            .map_or(t, |m| t.min(m.get().max(self.min_ttl.get())))
+    }
+}
+
+/// One allow rule: destinations (addresses or DNS names), ports and protocols.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EgressRule {
     /// Destination networks, normalised (no host bits; IPv4-mapped IPv6
-    /// networks of prefix ≥ 96 stored as IPv4).
+    /// networks of prefix ≥ 96 stored as IPv4). Empty in an `fqdns` rule.
     #[serde(serialize_with = "ser_cidrs")]
     pub cidrs: Vec<IpNet>,
+    /// DNS name patterns (an `fqdns` rule); empty in a `cidrs` rule. Left
+    /// out of the canonical form when empty (versions of older policies
+    /// stay as they were).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fqdns: Vec<NamePattern>,
+    /// `allowPrivate`: answers in RFC 1918, ULA and CGNAT ranges may be learned.
+    #[serde(rename = "allowPrivate", skip_serializing_if = "is_false")]
+    pub allow_private: bool,
     /// Inclusive port ranges; `None` = every port.
     pub ports: Option<Vec<(u16, u16)>>,
     /// Protocols the rule admits.
@@ -176,6 +214,14 @@ impl Policy {
     }
 }
 
+impl Tier {
+    /// Whether the tier names destinations by DNS name (its DNS then goes
+    /// through the proxy).
+    pub fn has_fqdns(&self) -> bool {
+        self.egress.iter().any(|r| !r.fqdns.is_empty())
+    }
+}
+
 /// IPv4-mapped IPv6 networks (`::ffff:10.0.0.0/104`) become IPv4
 /// (`10.0.0.0/8`), because destinations are judged by the IPv4 address they
 /// map to; everything is truncated to its network address. Networks shorter
@@ -197,6 +243,10 @@ pub fn normalize_addr(addr: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// CIDRs serialize as their normalised text (`10.0.0.0/8`, `fd00::/64`).
@@ -234,6 +284,25 @@ mod tests {
         assert_eq!(t.effective_mode(Mode::Audit), Mode::Audit);
         t.mode = Some(Mode::Enforce);
         assert_eq!(t.effective_mode(Mode::Audit), Mode::Enforce);
+    }
+
+    #[test]
+    fn learned_lifetime_is_the_ttl_within_the_bounds() {
+        let d = |min: u64, max: Option<u64>| DnsSettings {
+            resolvers: vec![],
+            min_ttl: Span::from_millis(min * 1000),
+            max_ttl: max.map(|m| Span::from_millis(m * 1000)),
+        };
+        let secs = |s: u64| std::time::Duration::from_secs(s);
+        assert_eq!(d(0, None).lifetime(30), secs(30));
+        assert_eq!(d(0, None).lifetime(0), secs(0));
+        assert_eq!(d(5, None).lifetime(1), secs(5));
+        assert_eq!(d(5, None).lifetime(60), secs(60));
+        assert_eq!(d(5, Some(20)).lifetime(60), secs(20));
+        assert_eq!(d(5, Some(20)).lifetime(1), secs(5));
+        // A maximum below the minimum: the minimum wins (the floor is the
+        // operator's promise to applications that cache answers).
+        assert_eq!(d(30, Some(10)).lifetime(60), secs(30));
     }
 
     #[test]

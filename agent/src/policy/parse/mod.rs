@@ -9,7 +9,7 @@
 //! The walk follows the document, one file per part: `document` (apiVersion,
 //! kind, metadata) hands `spec` to `spec`, which reads its own keys and hands
 //! its lists to `tiers` (each tier's `egress` list to `egress`) and
-//! `bindings`. `fields` holds the typed readers every part uses, `walker` the
+//! `bindings`, and `spec.dns` to `dns`. `fields` holds the typed readers every part uses, `walker` the
 //! error collection they all report to.
 
 use std::path::Path;
@@ -19,6 +19,7 @@ use super::yaml::{self, Node};
 use walker::Walker;
 
 mod bindings;
+mod dns;
 mod document;
 mod egress;
 mod errors;
@@ -121,5 +122,7 @@ pub fn parse_keeping_tree<'s>(
     (result, tree)
 }
 
+#[cfg(test)]
+mod dns_tests;
 #[cfg(test)]
 mod tests;

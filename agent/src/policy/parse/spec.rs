@@ -1,11 +1,19 @@
 //! `spec`: its keys, trustDomain, mode and defaultTier, with the tiers and bindings handed to their readers.
 
+use super::dns::first_fqdns_key;
 use super::tiers::TierNames;
 use super::walker::{KeyPath, Walker};
 use crate::policy::model::{DEFAULT_TRUST_DOMAIN, Mode, Policy};
 use crate::policy::yaml::Node;
 
-const SPEC_KEYS: &[&str] = &["trustDomain", "mode", "defaultTier", "tiers", "bindings"];
+const SPEC_KEYS: &[&str] = &[
+    "trustDomain",
+    "mode",
+    "defaultTier",
+    "tiers",
+    "bindings",
+    "dns",
+];
 
 fn is_trust_domain(s: &str) -> bool {
     (1..=255).contains(&s.len())
@@ -60,6 +68,20 @@ impl Walker<'_> {
             Some(n) => self.bindings(n, KeyPath::At("spec.bindings"), &names),
         };
 
+        let dns = match f.get("dns") {
+            Some(n) => self.dns(n).map(Some),
+            None => match f.get("tiers").and_then(first_fqdns_key) {
+                Some(k) => {
+                    self.error(
+                        k.start,
+                        "fqdns rules need spec.dns.resolvers: the DNS servers whose answers may open addresses".into(),
+                    );
+                    None
+                }
+                None => Some(None),
+            },
+        };
+
         Some(Policy {
             name: String::new(),
             trust_domain: trust_domain?,
@@ -67,6 +89,7 @@ impl Walker<'_> {
             default_tier: default_tier?,
             tiers: tiers?,
             bindings: bindings?,
+            dns: dns?,
             version: String::new(),
         })
     }

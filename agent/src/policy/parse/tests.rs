@@ -239,7 +239,7 @@ fn malformed_inputs_report_position_and_fix() {
             "unknown spec key with suggestion",
             with_spec("  defaultTier: a\n", "  defaultTier: a\n  defaultTeir: a\n"),
             vec![
-                "policy.yaml:7:3: spec.defaultTeir: unknown key (did you mean \"defaultTier\"? allowed keys: trustDomain, mode, defaultTier, tiers, bindings)",
+                "policy.yaml:7:3: spec.defaultTeir: unknown key (did you mean \"defaultTier\"? allowed keys: trustDomain, mode, defaultTier, tiers, bindings, dns)",
             ],
         ),
         (
@@ -344,7 +344,7 @@ fn malformed_inputs_report_position_and_fix() {
                 "        - cidrs: [\"10.0.0.0/8\"]\n          ports",
                 "        - ports",
             ),
-            vec!["policy.yaml:10:11: spec.tiers[0].egress[0].cidrs: missing required key"],
+            vec!["policy.yaml:10:11: spec.tiers[0].egress[0]: a rule needs `cidrs` or `fqdns`"],
         ),
         (
             "empty cidrs",
@@ -440,7 +440,7 @@ fn malformed_inputs_report_position_and_fix() {
                 "          protocols: [tcp]\n          action: allow\n",
             ),
             vec![
-                "policy.yaml:13:11: spec.tiers[0].egress[0].action: unknown key (allowed keys: cidrs, ports, protocols)",
+                "policy.yaml:13:11: spec.tiers[0].egress[0].action: unknown key (allowed keys: cidrs, fqdns, allowPrivate, ports, protocols)",
             ],
         ),
         (
