@@ -7,6 +7,8 @@
 //! - `TG_RULES` (LPM trie): (gen, tier, destination prefix) → port set.
 //! - `TG_CGROUPS`: cgroup id → tier and child tier, one slot per generation;
 //!   updated on policy swaps, on cgroup creation and removed on deletion.
+//! - `TG_FQDN_PORTS`: (gen, tier, name pattern id) → port set; written with
+//!   the rules (the DNS proxy's own maps are `dns/learn.rs`'s).
 //!
 //! A swap brings the inactive generation to the new policy, then flips
 //! `active_gen`. The generation left behind keeps its rules: the next swap
@@ -18,7 +20,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use agent_common::{
-    CONFIG_F_POLICY_LOADED, CgroupTier, Config, GENERATIONS, MAX_TIERS, PortSet,
+    CONFIG_F_POLICY_LOADED, CgroupTier, Config, FqdnKey, GENERATIONS, MAX_TIERS, PortSet,
     RULE_KEY_FIXED_BITS, RuleKey, TIER_HOST, TierConfig, map_names, tier_slot,
 };
 use aya::Ebpf;
@@ -28,6 +30,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use super::batch;
 
+use crate::policy::names::CompiledName;
 use crate::policy::{Compiled, CompiledRule, TierRef};
 
 /// Errors writing the maps.
@@ -68,6 +71,7 @@ pub struct MapSync {
     tiers: Array<MapData, TierConfig>,
     rules: LpmTrie<MapData, RuleKey, PortSet>,
     rules_fd: OwnedFd,
+    names: HashMap<MapData, FqdnKey, PortSet>,
     active_gen: u32,
     /// Last value written per cgroup (so a swap keeps the live slot intact).
     written: StdHashMap<u64, CgroupTier>,
@@ -167,6 +171,7 @@ impl MapSync {
             _ => return Err(SyncError::MissingMap(map_names::RULES)),
         };
         let rules = take(ebpf, map_names::RULES)?;
+        let names = take(ebpf, map_names::FQDN_PORTS)?;
         // A re-adopted map set carries the previous agent's generation.
         let current = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
         let mut me = Self {
@@ -175,6 +180,7 @@ impl MapSync {
             tiers,
             rules,
             rules_fd,
+            names,
             active_gen: current.active_gen & 1,
             written: StdHashMap::new(),
             rules_in: [None, None],
@@ -239,6 +245,7 @@ impl MapSync {
             }
         }
         self.tiers_in[n] = Some(flags_now);
+        self.write_names(next, &compiled.names)?;
         for (id, v) in cgroups {
             let mut entry = self.written.get(id).copied().unwrap_or_else(|| {
                 // New to the maps: the live slot gets the same answer, so the
@@ -271,6 +278,37 @@ impl MapSync {
             rules_written: written,
             cgroups: cgroups.len(),
         })
+    }
+
+    /// Brings `TG_FQDN_PORTS` of `generation` to `want`. The map is small
+    /// (one entry per name pattern per tier), so it is read back each time.
+    fn write_names(&mut self, generation: u32, want: &[CompiledName]) -> Result<(), SyncError> {
+        let key = |n: &CompiledName| FqdnKey {
+            generation,
+            tier: n.tier,
+            pattern: n.pattern,
+        };
+        let held: StdHashMap<FqdnKey, PortSet> = self
+            .names
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.generation == generation)
+            .collect();
+        let wanted: StdHashMap<FqdnKey, PortSet> = want.iter().map(|n| (key(n), n.ports)).collect();
+        for k in held.keys().filter(|k| !wanted.contains_key(k)) {
+            match self.names.remove(k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::FQDN_PORTS)(e)),
+            }
+        }
+        for (k, ports) in &wanted {
+            if held.get(k) != Some(ports) {
+                self.names
+                    .insert(*k, *ports, 0)
+                    .map_err(map_err(map_names::FQDN_PORTS))?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds or updates one cgroup under the policy in force.

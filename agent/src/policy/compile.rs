@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use agent_common::{
-    MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP, PortRange, PortSet, TIER_F_AUDIT, TIER_F_METADATA_ALLOW,
+    MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP, PortRange, PortSet, TIER_F_AUDIT, TIER_F_DNS, TIER_F_METADATA_ALLOW,
     TIER_F_VALID,
 };
 use ipnet::{IpNet, Ipv4Net};
@@ -45,6 +45,8 @@ pub struct Compiled {
     pub rules: Vec<CompiledRule>,
     /// Tier id of `spec.defaultTier`.
     pub default_tier: u32,
+    /// `TG_FQDN_PORTS` entries: what each name pattern of each tier admits.
+    pub names: Vec<super::names::CompiledName>,
 }
 
 /// One `TG_RULES` entry (the generation is added by the loader).
@@ -118,9 +120,10 @@ fn key_of(net: IpNet) -> (u128, u8) {
     }
 }
 
-/// What the rules of one prefix admit, before conversion to a `PortSet`.
+/// What the rules of one prefix (or one name pattern) admit, before
+/// conversion to a `PortSet`.
 #[derive(Clone, Debug, Default)]
-struct Acc {
+pub(super) struct Acc {
     /// `PROTO_*` bits admitted on every port.
     any: u32,
     tcp: Vec<(u16, u16)>,
@@ -128,6 +131,28 @@ struct Acc {
 }
 
 impl Acc {
+    /// Adds what `rule` admits.
+    pub(super) fn add_rule(&mut self, rule: &super::model::EgressRule) {
+        let mut bits = 0;
+        if rule.protocols.tcp {
+            bits |= PROTO_TCP;
+        }
+        if rule.protocols.udp {
+            bits |= PROTO_UDP;
+        }
+        match &rule.ports {
+            None => self.any |= bits,
+            Some(ranges) => {
+                if rule.protocols.tcp {
+                    self.tcp.extend_from_slice(ranges);
+                }
+                if rule.protocols.udp {
+                    self.udp.extend_from_slice(ranges);
+                }
+            }
+        }
+    }
+
     fn merge(&mut self, other: &Acc) {
         self.any |= other.any;
         self.tcp.extend_from_slice(&other.tcp);
@@ -136,7 +161,7 @@ impl Acc {
 
     /// Sorted, merged lists without ranges a protocol already admits on
     /// every port. Unions only add, so dropping those ranges early is safe.
-    fn normalize(&mut self) {
+    pub(super) fn normalize(&mut self) {
         if self.any & PROTO_TCP != 0 {
             self.tcp.clear();
         }
@@ -148,7 +173,7 @@ impl Acc {
     }
 
     /// A normalised `Acc` as a `PortSet`; `Err(count)` when too many entries.
-    fn port_set(&self) -> Result<PortSet, usize> {
+    pub(super) fn port_set(&self) -> Result<PortSet, usize> {
         // Both lists are sorted and disjoint; walk them together so that an
         // identical range for both protocols takes one entry.
         let mut entries: Vec<PortRange> = Vec::with_capacity(self.tcp.len() + self.udp.len());
@@ -270,6 +295,9 @@ impl Policy {
                 if t.metadata == MetadataAccess::Allow {
                     f |= TIER_F_METADATA_ALLOW;
                 }
+                if t.has_fqdns() {
+                    f |= TIER_F_DNS;
+                }
                 f
             })
             .collect();
@@ -281,13 +309,6 @@ impl Policy {
             let mut lens = [false; 129];
 
             for rule in &tier.egress {
-                let mut bits = 0;
-                if rule.protocols.tcp {
-                    bits |= PROTO_TCP;
-                }
-                if rule.protocols.udp {
-                    bits |= PROTO_UDP;
-                }
                 for &cidr in &rule.cidrs {
                     let (addr, len) = key_of(cidr);
                     let k = *index.entry((addr, len)).or_insert_with(|| {
@@ -300,18 +321,7 @@ impl Policy {
                         prefixes.len() - 1
                     });
                     lens[usize::from(len)] = true;
-                    let acc = &mut prefixes[k].acc;
-                    match &rule.ports {
-                        None => acc.any |= bits,
-                        Some(ranges) => {
-                            if rule.protocols.tcp {
-                                acc.tcp.extend_from_slice(ranges);
-                            }
-                            if rule.protocols.udp {
-                                acc.udp.extend_from_slice(ranges);
-                            }
-                        }
-                    }
+                    prefixes[k].acc.add_rule(rule);
                 }
             }
 
@@ -382,6 +392,7 @@ impl Policy {
             tier_flags,
             rules,
             default_tier: self.default_tier as u32,
+            names: self.compile_names()?,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod fqdn;
 pub mod glob;
 pub mod model;
+pub mod names;
 pub mod parse;
 #[cfg(test)]
 mod testing;
