@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
-use agent_common::{GENERATIONS, TIER_HOST};
+use agent_common::{GENERATIONS, TIER_HOST, dns_slot};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{PodIdentity, Policy};
@@ -49,20 +49,49 @@ impl WorkloadInfo {
 #[derive(Default)]
 pub struct NodeState {
     workloads: RwLock<HashMap<u64, Arc<WorkloadInfo>>>,
+    /// DNS proxy slot → cgroup ids with that slot (see `agent_common::dns_slot`).
+    slots: RwLock<HashMap<u32, Vec<u64>>>,
     generations: RwLock<[Option<Arc<Policy>>; GENERATIONS]>,
     active: AtomicU32,
 }
 
 impl NodeState {
     pub fn set_workload(&self, id: u64, w: WorkloadInfo) {
-        self.workloads
+        let new = self
+            .workloads
             .write()
             .expect("lock")
-            .insert(id, Arc::new(w));
+            .insert(id, Arc::new(w))
+            .is_none();
+        if new {
+            let mut slots = self.slots.write().expect("lock");
+            slots.entry(dns_slot(id)).or_default().push(id);
+        }
     }
 
     pub fn remove_workload(&self, id: u64) {
-        self.workloads.write().expect("lock").remove(&id);
+        if self.workloads.write().expect("lock").remove(&id).is_some() {
+            let mut slots = self.slots.write().expect("lock");
+            if let Some(ids) = slots.get_mut(&dns_slot(id)) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    slots.remove(&dns_slot(id));
+                }
+            }
+        }
+    }
+
+    /// The one enforced workload whose DNS slot is `slot`: `None` when
+    /// none is, or when several are (16M cgroup ids apart: the proxy then
+    /// refuses rather than guess whose query it is).
+    pub fn workload_by_slot(&self, slot: u32) -> Option<(u64, Arc<WorkloadInfo>)> {
+        let ids = self.slots.read().expect("lock").get(&slot).cloned()?;
+        let mut found = ids
+            .into_iter()
+            .filter_map(|id| self.workload(id).map(|w| (id, w)))
+            .filter(|(_, w)| w.enforced());
+        let one = found.next()?;
+        found.next().is_none().then_some(one)
     }
 
     pub fn workload(&self, id: u64) -> Option<Arc<WorkloadInfo>> {

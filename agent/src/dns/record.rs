@@ -1,0 +1,71 @@
+//! What the proxy reports per query (rendered as OCSF 4003 DNS Activity by
+//! the event writer).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::policy::Policy;
+
+/// The decision on a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryVerdict {
+    /// Forwarded (a tier name allowed it).
+    Allow,
+    /// Answered NXDOMAIN (or an error) by the proxy; never forwarded.
+    Deny,
+    /// Not allowed, forwarded anyway because the tier is in audit mode.
+    AuditDeny,
+}
+
+impl QueryVerdict {
+    /// `allow`, `deny` or `audit-deny`, as in connection events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryVerdict::Allow => "allow",
+            QueryVerdict::Deny => "deny",
+            QueryVerdict::AuditDeny => "audit-deny",
+        }
+    }
+}
+
+/// One address in the answer and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerAddr {
+    pub addr: IpAddr,
+    pub ttl: u32,
+    /// Owner name of its record.
+    pub owner: String,
+    /// `None`: learned; `Some(reason)`: not learned, and why.
+    pub rejected: Option<&'static str>,
+}
+
+/// One query the proxy handled.
+#[derive(Clone, Debug)]
+pub struct DnsRecord {
+    /// Epoch milliseconds when the query arrived.
+    pub time_ms: u64,
+    pub cgroup_id: u64,
+    /// Tier name, or `unknown` when the slot named no workload.
+    pub tier: String,
+    /// The policy in force when the query was judged.
+    pub policy: Option<Arc<Policy>>,
+    pub qname: String,
+    /// `A`, `AAAA`, ...
+    pub qtype: String,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    pub verdict: QueryVerdict,
+    /// Why: `name-allowed`, `name-not-allowed`, `upstream-failed`,
+    /// `unknown-workload`, `malformed`, `overload`.
+    pub reason: &'static str,
+    /// Response code sent to the workload (numeric, and OCSF's caption).
+    pub rcode_id: u16,
+    pub rcode: &'static str,
+    /// The name patterns of the tier that matched.
+    pub matched: Vec<String>,
+    /// The resolver that answered, if one did.
+    pub resolver: Option<IpAddr>,
+    pub answers: Vec<AnswerAddr>,
+    /// Microseconds to commit the learned addresses to the kernel.
+    pub commit_us: Option<u64>,
+}
