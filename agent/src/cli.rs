@@ -94,6 +94,11 @@ pub struct AgentArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Port of the DNS proxy on 127.0.0.0/8 in each network namespace it
+    /// serves (tiers with `fqdns` rules send their DNS there). Pick one no
+    /// workload binds.
+    #[arg(long, value_name = "PORT", default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_proxy_port: u16,
     /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
     /// --tls-* files and --spool).
     #[arg(long, value_name = "URL", requires_all = ["tls_ca", "tls_cert", "tls_key"])]

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub export_acked: Counter,
     pub spool_bytes: Gauge,
     pub spool_pending: Gauge,
+    /// DNS proxy: network namespaces served, queries answered SERVFAIL for
+    /// want of room, learned addresses in the kernel.
+    pub dns_namespaces: Gauge,
+    pub dns_overloaded: Gauge<u64, AtomicU64>,
+    pub dns_learned: Gauge,
 }
 
 impl Metrics {
@@ -173,8 +178,29 @@ impl Metrics {
             "Records in the spool not yet acknowledged",
             spool_pending.clone(),
         );
+        let dns_namespaces = Gauge::default();
+        registry.register(
+            "dns_namespaces",
+            "Network namespaces the DNS proxy serves",
+            dns_namespaces.clone(),
+        );
+        let dns_overloaded = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "dns_overloaded",
+            "DNS queries answered SERVFAIL at once because too many were in flight",
+            dns_overloaded.clone(),
+        );
+        let dns_learned = Gauge::default();
+        registry.register(
+            "dns_learned",
+            "Addresses learned from DNS answers, in the kernel map",
+            dns_learned.clone(),
+        );
         Self {
             registry,
+            dns_namespaces,
+            dns_overloaded,
+            dns_learned,
             export_connected,
             export_errors,
             export_sent,

@@ -13,8 +13,10 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use super::export::export_setup;
 use crate::cli::AgentArgs;
+use crate::dns::record::DnsRecord;
 use crate::events::pipeline::{
-    self, AgentRecord, KernelCounters, QueueLosses, Queues, Writer, WriterConfig, WriterInputs,
+    self, AgentRecord, DnsLink, KernelCounters, QueueLosses, Queues, Writer, WriterConfig,
+    WriterInputs,
 };
 use crate::events::sinks::{LineSink, Sink};
 use crate::identity::cgroupfs::CgroupFs;
@@ -35,6 +37,7 @@ pub(super) async fn start(
     hostname: &str,
     cgroups: (CgroupFs, std::path::PathBuf),
     shared: &Shared,
+    dns: (DnsLink, mpsc::Receiver<DnsRecord>),
 ) -> anyhow::Result<EventPath> {
     let (ring, counters) = kernel_maps(ebpf)?;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -71,7 +74,8 @@ pub(super) async fn start(
         sinks,
         counters,
         losses.clone(),
-    );
+    )
+    .with_dns(dns.0);
     for rec in startup_records {
         let _ = atx.send(rec);
     }
@@ -79,6 +83,7 @@ pub(super) async fn start(
         priority: prx,
         normal: nrx,
         agent: arx,
+        dns: dns.1,
     }));
     let reader_metrics = shared.metrics.clone();
     let reader = tokio::spawn(async move {

@@ -6,6 +6,7 @@
 //! writes never interleave.
 
 mod control_loop;
+mod dns;
 mod events;
 mod export;
 mod policy_watch;
@@ -61,16 +62,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let (mut programs, sync) = load_programs(&args, &root, &shared.metrics)?;
+    let mut dns_path = dns::setup(&args, &mut programs.ebpf, shared.state.clone())?;
     let event_path = events::start(
         &args,
         &mut programs.ebpf,
         &hostname,
         (cgfs.clone(), root.clone()),
         &shared,
+        (dns_path.link.clone(), dns_path.take_records()),
     )
     .await?;
     // Cgroup watch first, then the scan, so no cgroup falls between them.
     let (cgroup_changes, _cgroup_watch) = watch_cgroups(&root)?;
+    let cgfs_for_dns = cgfs.clone();
     let mut control = Control::new(
         cgfs,
         root,
@@ -83,6 +87,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let pods = watch_pods(&args, &hostname, &shared.metrics).await?;
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
+    let _dns_tasks = dns::start(
+        &mut dns_path,
+        shared.state.clone(),
+        cgfs_for_dns,
+        shared.metrics.clone(),
+    );
 
     control_loop::run(
         &mut control,

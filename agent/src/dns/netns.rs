@@ -85,7 +85,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn set_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads one c_int we own.
     cvt(unsafe {
         libc::setsockopt(
@@ -118,7 +123,13 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
 
 fn inet_socket(ty: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket() returns a new descriptor we then own.
-    let fd = cvt(unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })?;
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_INET,
+            ty | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
     // SAFETY: fd is a fresh descriptor no one else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

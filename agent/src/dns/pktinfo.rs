@@ -50,7 +50,9 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                let info = libc::CMSG_DATA(c).cast::<libc::in_pktinfo>().read_unaligned();
+                let info = libc::CMSG_DATA(c)
+                    .cast::<libc::in_pktinfo>()
+                    .read_unaligned();
                 local = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
             }
             c = libc::CMSG_NXTHDR(&msg, c);
@@ -68,7 +70,12 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
 }
 
 /// Sends `data` to `to` with `local` as its source address.
-pub fn send(fd: BorrowedFd<'_>, data: &[u8], to: SocketAddrV4, local: Ipv4Addr) -> io::Result<usize> {
+pub fn send(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: SocketAddrV4,
+    local: Ipv4Addr,
+) -> io::Result<usize> {
     let dst = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: to.port().to_be(),
@@ -104,7 +111,9 @@ pub fn send(fd: BorrowedFd<'_>, data: &[u8], to: SocketAddrV4, local: Ipv4Addr) 
             },
             ipi_addr: libc::in_addr { s_addr: 0 },
         };
-        libc::CMSG_DATA(c).cast::<libc::in_pktinfo>().write_unaligned(info);
+        libc::CMSG_DATA(c)
+            .cast::<libc::in_pktinfo>()
+            .write_unaligned(info);
     }
     // SAFETY: msg points at buffers we own for the duration of the call.
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
@@ -155,10 +164,16 @@ mod tests {
         };
         assert_eq!(&buf[..got.len], b"query");
         assert_eq!(got.local, slot);
-        assert_eq!(got.from, client.local_addr().map(|a| match a {
-            std::net::SocketAddr::V4(v) => v,
-            _ => panic!("v4"),
-        }).expect("client addr"));
+        assert_eq!(
+            got.from,
+            client
+                .local_addr()
+                .map(|a| match a {
+                    std::net::SocketAddr::V4(v) => v,
+                    _ => panic!("v4"),
+                })
+                .expect("client addr")
+        );
         // The connected client accepts the answer only from the slot address.
         send(server.as_fd(), b"answer", got.from, got.local).expect("send");
         client

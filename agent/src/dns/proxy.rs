@@ -55,8 +55,9 @@ pub struct Engine {
     state: Arc<NodeState>,
     learner: Arc<Learner>,
     events: mpsc::Sender<DnsRecord>,
-    /// DNS records dropped because the writer's queue was full.
-    pub lost_records: AtomicU64,
+    /// DNS records dropped because the writer's queue was full (the writer
+    /// reports them as a loss record).
+    pub lost_records: Arc<AtomicU64>,
     names: NamesCache,
 }
 
@@ -74,12 +75,16 @@ fn epoch_ms() -> u64 {
 }
 
 impl Engine {
-    pub fn new(state: Arc<NodeState>, learner: Arc<Learner>, events: mpsc::Sender<DnsRecord>) -> Self {
+    pub fn new(
+        state: Arc<NodeState>,
+        learner: Arc<Learner>,
+        events: mpsc::Sender<DnsRecord>,
+    ) -> Self {
         Self {
             state,
             learner,
             events,
-            lost_records: AtomicU64::new(0),
+            lost_records: Arc::default(),
             names: Mutex::new(None),
         }
     }
@@ -108,7 +113,13 @@ impl Engine {
     }
 
     /// Answers one query that arrived on `slot`.
-    pub async fn answer(&self, slot: u32, bytes: &[u8], transport: Transport, fwd: &mut impl Forward) -> Outcome {
+    pub async fn answer(
+        &self,
+        slot: u32,
+        bytes: &[u8],
+        transport: Transport,
+        fwd: &mut impl Forward,
+    ) -> Outcome {
         let mut rec = DnsRecord {
             time_ms: epoch_ms(),
             cgroup_id: 0,
@@ -158,7 +169,11 @@ impl Engine {
         let names = self.tier_names(&policy);
         let matched = names[tier_id].matching(&q.name);
         rec.matched = matched.iter().map(|r| r.pattern.to_string()).collect();
-        let rules: Vec<(usize, bool)> = matched.iter().enumerate().map(|(i, r)| (i, r.allow_private)).collect();
+        let rules: Vec<(usize, bool)> = matched
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.allow_private))
+            .collect();
         let ids: Vec<u64> = matched.iter().map(|r| r.id).collect();
         if matched.is_empty() {
             rec.reason = "name-not-allowed";
@@ -171,7 +186,11 @@ impl Engine {
             rec.reason = "name-allowed";
         }
 
-        let resolvers = policy.dns.as_ref().map(|d| d.resolvers.clone()).unwrap_or_default();
+        let resolvers = policy
+            .dns
+            .as_ref()
+            .map(|d| d.resolvers.clone())
+            .unwrap_or_default();
         let mut answer_bytes = None;
         for r in resolvers {
             match fwd.forward(r, bytes).await {
@@ -222,14 +241,19 @@ impl Engine {
         for o in answer::read(msg, &q.name, rules) {
             let rejected = match &o.outcome {
                 Err(why) => Some(why.as_str()),
-                Ok(idx) if rec.verdict == QueryVerdict::AuditDeny || idx.is_empty() => Some("not-allowed"),
+                Ok(idx) if rec.verdict == QueryVerdict::AuditDeny || idx.is_empty() => {
+                    Some("not-allowed")
+                }
                 Ok(idx) => {
                     let patterns: Vec<u64> = idx.iter().map(|&i| ids[i]).collect();
                     let lifetime = policy
                         .dns
                         .as_ref()
                         .map_or(Duration::from_secs(u64::from(o.ttl)), |d| d.lifetime(o.ttl));
-                    match self.learner.learn(cgroup, o.addr, lifetime, &patterns, &q.name) {
+                    match self
+                        .learner
+                        .learn(cgroup, o.addr, lifetime, &patterns, &q.name)
+                    {
                         Ok(()) => None,
                         Err(e) => {
                             tracing::warn!(addr = %o.addr, error = %e, "cannot commit a learned address");

@@ -68,7 +68,11 @@ struct UdpForward<'a>(&'a NsUpstreams);
 
 impl Forward for UdpForward<'_> {
     async fn forward(&mut self, resolver: IpAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-        self.0.udp(resolver).await?.exchange(query, UPSTREAM_TIMEOUT).await
+        self.0
+            .udp(resolver)
+            .await?
+            .exchange(query, UPSTREAM_TIMEOUT)
+            .await
     }
 }
 
@@ -129,7 +133,9 @@ async fn udp_server(socket: std::net::UdpSocket, shared: Arc<Shared>, ups: Arc<N
     };
     let mut buf = vec![0u8; MAX_UDP];
     loop {
-        let Ok(mut guard) = fd.readable().await else { return };
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
         loop {
             let r = match pktinfo::recv(fd.get_ref().as_fd(), &mut buf) {
                 Ok(r) => r,
@@ -142,11 +148,15 @@ async fn udp_server(socket: std::net::UdpSocket, shared: Arc<Shared>, ups: Arc<N
                     continue;
                 }
             };
-            let Some(slot) = slot_of(r.local) else { continue };
+            let Some(slot) = slot_of(r.local) else {
+                continue;
+            };
             let data = buf[..r.len].to_vec();
             let (fd, shared, ups) = (fd.clone(), shared.clone(), ups.clone());
             let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-                shared.overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .overloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(reply) = overload_reply(&data) {
                     let _ = pktinfo::send(fd.get_ref().as_fd(), &reply, r.from, r.local);
                 }
@@ -154,7 +164,10 @@ async fn udp_server(socket: std::net::UdpSocket, shared: Arc<Shared>, ups: Arc<N
             };
             tokio::spawn(async move {
                 let _permit = permit;
-                let out = shared.engine.answer(slot, &data, Transport::Udp, &mut UdpForward(&ups)).await;
+                let out = shared
+                    .engine
+                    .answer(slot, &data, Transport::Udp, &mut UdpForward(&ups))
+                    .await;
                 if let Some(reply) = out.reply {
                     send_udp(&fd, &reply, r.from, r.local).await;
                 }
@@ -173,7 +186,9 @@ async fn send_udp(
         match pktinfo::send(fd.get_ref().as_fd(), data, to, local) {
             Ok(_) => return,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let Ok(mut g) = fd.writable().await else { return };
+                let Ok(mut g) = fd.writable().await else {
+                    return;
+                };
                 g.clear_ready();
             }
             Err(e) => {
@@ -193,19 +208,38 @@ async fn tcp_server(listener: std::net::TcpListener, shared: Arc<Shared>, ns: Ne
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(std::net::SocketAddr::V4(local)) = stream.local_addr() else { continue };
-        let Some(slot) = slot_of(*local.ip()) else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(std::net::SocketAddr::V4(local)) = stream.local_addr() else {
+            continue;
+        };
+        let Some(slot) = slot_of(*local.ip()) else {
+            continue;
+        };
         let (shared, ns) = (shared.clone(), ns.clone());
         tokio::spawn(async move {
             let mut stream = stream;
-            let mut fwd = TcpForward { ns, conns: HashMap::new() };
+            let mut fwd = TcpForward {
+                ns,
+                conns: HashMap::new(),
+            };
             // Queries in order on one connection (RFC 7766 allows it).
-            while let Ok(Ok(q)) = tokio::time::timeout(TCP_IDLE, upstream::read_frame(&mut stream)).await {
+            while let Ok(Ok(q)) =
+                tokio::time::timeout(TCP_IDLE, upstream::read_frame(&mut stream)).await
+            {
                 let reply = match shared.in_flight.try_acquire() {
-                    Ok(_permit) => shared.engine.answer(slot, &q, Transport::Tcp, &mut fwd).await.reply,
+                    Ok(_permit) => {
+                        shared
+                            .engine
+                            .answer(slot, &q, Transport::Tcp, &mut fwd)
+                            .await
+                            .reply
+                    }
                     Err(_) => {
-                        shared.overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        shared
+                            .overloaded
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         overload_reply(&q)
                     }
                 };
@@ -243,7 +277,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(shared: Arc<Shared>, port: u16, map: BpfHashMap<MapData, u64, DnsNetns>) -> Arc<Self> {
+    pub fn new(
+        shared: Arc<Shared>,
+        port: u16,
+        map: BpfHashMap<MapData, u64, DnsNetns>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             shared,
             port,

@@ -105,7 +105,9 @@ impl UdpUpstream {
         let id = {
             let mut pending = self.pending.lock().expect("pending lock");
             if pending.len() >= usize::from(u16::MAX) / 2 {
-                return Err(io::Error::other("too many queries in flight to this resolver"));
+                return Err(io::Error::other(
+                    "too many queries in flight to this resolver",
+                ));
             }
             let id = loop {
                 let id = random_id();
@@ -130,7 +132,10 @@ impl UdpUpstream {
         };
         let r = match tokio::time::timeout(timeout, result).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the resolver did not answer")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the resolver did not answer",
+            )),
         };
         self.pending.lock().expect("pending lock").remove(&id);
         r
@@ -167,9 +172,10 @@ impl TcpUpstream {
     pub async fn connect(ns: &Netns, resolver: IpAddr, timeout: Duration) -> io::Result<Self> {
         let ns = ns.clone();
         let server = SocketAddr::new(resolver, DNS_PORT);
-        let std_stream = tokio::task::spawn_blocking(move || ns.run(move || netns::tcp_to(server, timeout)))
-            .await
-            .map_err(|_| io::Error::other("the connect task failed"))??;
+        let std_stream =
+            tokio::task::spawn_blocking(move || ns.run(move || netns::tcp_to(server, timeout)))
+                .await
+                .map_err(|_| io::Error::other("the connect task failed"))??;
         Ok(Self {
             stream: TcpStream::from_std(std_stream)?,
         })

@@ -2,5 +2,6 @@
 
 pub mod decode;
 pub mod ocsf;
+pub mod ocsf_dns;
 pub mod pipeline;
 pub mod sinks;

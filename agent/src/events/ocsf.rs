@@ -25,20 +25,20 @@ pub struct Envelope<'a> {
 }
 
 #[derive(Serialize)]
-struct Product<'a> {
+pub(super) struct Product<'a> {
     name: &'a str,
     vendor_name: &'a str,
     version: &'a str,
 }
 
 #[derive(Serialize)]
-struct Metadata<'a> {
+pub(super) struct Metadata<'a> {
     uid: &'a str,
     version: &'a str,
     product: Product<'a>,
 }
 
-fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
+pub(super) fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
     Metadata {
         uid,
         version: OCSF_VERSION,
@@ -51,9 +51,9 @@ fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
 }
 
 #[derive(Serialize)]
-struct Device<'a> {
-    hostname: &'a str,
-    type_id: u8,
+pub(super) struct Device<'a> {
+    pub(super) hostname: &'a str,
+    pub(super) type_id: u8,
 }
 
 #[derive(Serialize)]
@@ -83,9 +83,9 @@ struct ConnectionInfo<'a> {
 }
 
 #[derive(Serialize)]
-struct Endpoint {
-    ip: String,
-    port: u16,
+pub(super) struct Endpoint {
+    pub(super) ip: String,
+    pub(super) port: u16,
 }
 
 /// Identity of the workload that acted (pod fields only for pods).
@@ -105,9 +105,9 @@ pub struct Workload {
 }
 
 #[derive(Serialize)]
-struct PolicyRef<'a> {
-    name: Option<&'a str>,
-    version: Option<&'a str>,
+pub(super) struct PolicyRef<'a> {
+    pub(super) name: Option<&'a str>,
+    pub(super) version: Option<&'a str>,
 }
 
 /// The tiergate-specific part of a connection or socket record.
@@ -120,6 +120,8 @@ pub struct Verdict<'a> {
     pub metadata_service: bool,
     /// The tier came from an ancestor cgroup (user space had not seen it yet).
     pub inherited: bool,
+    /// The DNS name whose answer opened the destination (`fqdn` verdicts).
+    pub fqdn: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -132,6 +134,8 @@ struct TiergateConn<'a> {
     hook: &'a str,
     metadata_service: bool,
     tier_inherited: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fqdn: Option<&'a str>,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,21 +152,21 @@ pub struct SocketInfo {
 }
 
 #[derive(Serialize)]
-struct Unmapped<T> {
-    tiergate: T,
+pub(super) struct Unmapped<T> {
+    pub(super) tiergate: T,
 }
 
 /// The OCSF classification every record opens with: class, category,
 /// activity and type.
 #[derive(Serialize)]
-struct Class {
-    class_uid: u32,
-    class_name: &'static str,
-    category_uid: u32,
-    category_name: &'static str,
-    activity_id: u32,
-    activity_name: &'static str,
-    type_uid: u32,
+pub(super) struct Class {
+    pub(super) class_uid: u32,
+    pub(super) class_name: &'static str,
+    pub(super) category_uid: u32,
+    pub(super) category_name: &'static str,
+    pub(super) activity_id: u32,
+    pub(super) activity_name: &'static str,
+    pub(super) type_uid: u32,
 }
 
 /// A connection attempt or a refused socket.
@@ -286,6 +290,7 @@ pub fn network_activity(
                 hook: v.hook,
                 metadata_service: v.metadata_service,
                 tier_inherited: v.inherited,
+                fqdn: v.fqdn,
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,
@@ -370,6 +375,7 @@ mod tests {
             hook: "connect4",
             metadata_service: false,
             inherited: false,
+            fqdn: None,
         };
         let p = ProcessInfo {
             pid: 42,
@@ -453,6 +459,7 @@ mod tests {
             hook: "connect4",
             metadata_service: true,
             inherited: false,
+            fqdn: None,
         };
         let p = ProcessInfo {
             pid: 1,

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use agent_common::{
     CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_EGRESS_RULE, REASON_HOST, REASON_LOOPBACK,
-    REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
-    VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
+    HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
+    REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE,
+    REASON_SOCKET_TYPE, SocketEvent, VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -31,6 +31,8 @@ use crate::identity::cgroupfs;
 use crate::identity::pods::PodFields;
 use crate::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::state::{NodeState, PodState, tier_name};
+
+mod dns_records;
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -149,6 +151,8 @@ pub struct WriterConfig {
 
 /// The writer: enrichment, sequence numbers, rendering, loss records.
 pub struct Writer {
+    /// The DNS proxy, when the agent runs one.
+    dns: Option<DnsLink>,
     cfg: WriterConfig,
     state: Arc<NodeState>,
     metrics: Arc<Metrics>,
@@ -161,7 +165,20 @@ pub struct Writer {
 }
 
 /// Writer inputs.
+/// What the writer shares with the DNS proxy: the names that opened
+/// addresses (for connection events), and where to ask for a namespace to
+/// be served (a query refused because none was).
+#[derive(Clone)]
+pub struct DnsLink {
+    pub learner: Arc<crate::dns::learn::Learner>,
+    pub serve: mpsc::UnboundedSender<u32>,
+    /// Records the proxy could not queue.
+    pub lost: Arc<AtomicU64>,
+}
+
 pub struct WriterInputs {
+    /// Records of the DNS proxy (one per query).
+    pub dns: mpsc::Receiver<crate::dns::record::DnsRecord>,
     pub priority: mpsc::Receiver<KernelEvent>,
     pub normal: mpsc::Receiver<KernelEvent>,
     pub agent: mpsc::UnboundedReceiver<AgentRecord>,
@@ -179,6 +196,7 @@ impl Writer {
         losses: Arc<QueueLosses>,
     ) -> Self {
         Self {
+            dns: None,
             seq: cfg.start_seq,
             cfg,
             state,
@@ -189,6 +207,12 @@ impl Writer {
             boot_to_epoch_ns: boot_to_epoch_offset_ns(),
             buf: Vec::with_capacity(1024),
         }
+    }
+
+    /// Links the writer to the DNS proxy.
+    pub fn with_dns(mut self, link: DnsLink) -> Self {
+        self.dns = Some(link);
+        self
     }
 
     /// Runs until every input is closed.
@@ -203,6 +227,7 @@ impl Writer {
                 biased;
                 Some(ev) = inputs.priority.recv() => self.kernel_event(ev),
                 Some(rec) = inputs.agent.recv() => self.agent_record(rec),
+                Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
                 _ = tick.tick() => {
                     self.report_losses();
@@ -227,7 +252,7 @@ impl Writer {
         self.flush();
     }
 
-    fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
@@ -243,7 +268,7 @@ impl Writer {
         }
     }
 
-    fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
+    pub(super) fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
         if let Some(w) = self.state.workload(cgroup_id) {
             return Workload {
                 cgroup_id,
@@ -286,7 +311,22 @@ impl Writer {
             flags: c.flags,
             protocol: c.protocol,
         };
-        self.network_record(&judged, Some((decode::destination(c.addr), c.port)), None);
+        let dst = decode::destination(c.addr);
+        let mut fqdn = None;
+        if let Some(link) = &self.dns {
+            match c.reason {
+                // A query from a namespace the proxy does not serve yet:
+                // serve it now (the query itself failed closed).
+                REASON_DNS_UNSERVED => {
+                    let _ = link.serve.send((c.header.pid_tgid >> 32) as u32);
+                }
+                REASON_FQDN => {
+                    fqdn = link.learner.origin(c.header.cgroup_id, dst).map(|o| o.name);
+                }
+                _ => {}
+            }
+        }
+        self.network_record(&judged, Some((dst, c.port)), None, fqdn.as_deref());
     }
 
     fn socket(&mut self, s: &SocketEvent) {
@@ -308,7 +348,7 @@ impl Writer {
             sock_type: s.sock_type,
             protocol: s.protocol,
         };
-        self.network_record(&judged, None, Some(info));
+        self.network_record(&judged, None, Some(info), None);
     }
 
     /// Enriches, counts and writes one judged connection or socket.
@@ -317,6 +357,7 @@ impl Writer {
         j: &Judged<'_>,
         dst: Option<(std::net::IpAddr, u16)>,
         socket: Option<SocketInfo>,
+        fqdn: Option<&str>,
     ) {
         let h = j.header;
         let policy = self.state.policy(j.generation);
@@ -330,6 +371,7 @@ impl Writer {
             hook: j.hook,
             metadata_service: j.flags & CONNECT_F_METADATA != 0,
             inherited: j.flags & CONNECT_F_INHERITED != 0,
+            fqdn,
         };
         self.metrics
             .events
@@ -413,7 +455,7 @@ impl Writer {
 
     /// Hands one rendered record to every sink; a sink that cannot take it
     /// counts the loss itself and reports it through `Sink::take_losses`.
-    fn emit(sinks: &mut [Box<dyn Sink>], meta: &RecordMeta<'_>, line: &[u8]) {
+    pub(super) fn emit(sinks: &mut [Box<dyn Sink>], meta: &RecordMeta<'_>, line: &[u8]) {
         for sink in sinks {
             sink.write(meta, line);
         }
@@ -478,10 +520,20 @@ impl Writer {
                 "the agent's priority queue was full",
             ),
             (&losses.normal, "agent-queue", "the agent's queue was full"),
-        ] {
-            let n = counter.swap(0, Ordering::Relaxed);
-            if n > 0 {
-                self.loss_record(stage, n, what, None);
+        ]
+        .into_iter()
+        .chain(self.dns.as_ref().map(|d| {
+            (
+                &*d.lost,
+                "dns-queue",
+                "the DNS proxy's record queue was full",
+            )
+        }))
+        .map(|(c, s, w)| (c.swap(0, Ordering::Relaxed), s, w))
+        .collect::<Vec<_>>()
+        {
+            if counter > 0 {
+                self.loss_record(stage, counter, what, None);
             }
         }
     }
@@ -548,6 +600,9 @@ pub fn reason_str(r: u8) -> &'static str {
         REASON_METADATA_SERVICE => "metadata-service",
         REASON_HOST => "host",
         REASON_SOCKET_TYPE => "socket-type",
+        REASON_FQDN => "fqdn",
+        REASON_DNS_UNSERVED => "dns-unserved",
+        REASON_DNS_PROXY_PORT => "dns-proxy-port",
         _ => "unknown",
     }
 }

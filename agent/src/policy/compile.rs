@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use agent_common::{
-    MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP, PortRange, PortSet, TIER_F_AUDIT, TIER_F_DNS, TIER_F_METADATA_ALLOW,
-    TIER_F_VALID,
+    MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP, PortRange, PortSet, TIER_F_AUDIT, TIER_F_DNS,
+    TIER_F_METADATA_ALLOW, TIER_F_VALID,
 };
 use ipnet::{IpNet, Ipv4Net};
 use thiserror::Error;

@@ -196,13 +196,20 @@ spec:
             .iter()
             .map(|r| (r.lo, r.hi, r.protocols))
             .collect();
-        assert_eq!(ranges, [(22, 22, PROTO_TCP | PROTO_UDP), (443, 443, PROTO_TCP)]);
+        assert_eq!(
+            ranges,
+            [(22, 22, PROTO_TCP | PROTO_UDP), (443, 443, PROTO_TCP)]
+        );
         let s3 = get("*.s3.amazonaws.com", false);
         assert_eq!(s3.ports.len, 1);
         let vault = get("vault.svc.test", true);
         assert_eq!(vault.ports.any_port, PROTO_TCP | PROTO_UDP);
         assert_eq!(c.names.len(), 3);
-        assert!(c.names.windows(2).all(|w| (w[0].tier, w[0].pattern) < (w[1].tier, w[1].pattern)));
+        assert!(
+            c.names
+                .windows(2)
+                .all(|w| (w[0].tier, w[0].pattern) < (w[1].tier, w[1].pattern))
+        );
     }
 
     #[test]

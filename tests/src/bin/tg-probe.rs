@@ -6,6 +6,16 @@
 //!   tg-probe [--cgroup DIR] [--netns NAME] socket raw|packet|ping|sctp
 //!   tg-probe [--cgroup DIR] [--netns NAME] serve ADDR:PORT...
 //!   tg-probe [--cgroup DIR] hold
+//!   tg-probe [--netns NAME] dns-serve ADDR:PORT ZONEFILE LOGFILE
+//!   tg-probe [--cgroup DIR] [--netns NAME] [--resolv FILE] resolve NAME...
+//!   tg-probe [--cgroup DIR] [--netns NAME] [--resolv FILE] resolve-connect NAME PORT...
+//!
+//! `--resolv FILE` gives the probe FILE as its /etc/resolv.conf (a private
+//! mount namespace, as `ip netns exec` does with /etc/netns/NAME/), so the
+//! C library's resolver talks only to the test's DNS servers.
+//! `resolve` prints the addresses getaddrinfo returns (or `error: ...`);
+//! `resolve-connect` resolves and connects (TCP) to the first address:
+//! `ok ADDR`, `ERRNO ADDR` or `resolve-error ...`.
 //!
 //! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
 
@@ -190,19 +200,74 @@ fn serve(targets: &[String]) -> ! {
     }
 }
 
+/// Makes `file` this process's /etc/resolv.conf, in a mount namespace of its own.
+fn use_resolv_conf(file: &str) {
+    // SAFETY: plain syscalls; the process is single-threaded here.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNS),
+            0,
+            "unshare: {}",
+            std::io::Error::last_os_error()
+        );
+        let root = c"/";
+        let none = c"none";
+        assert_eq!(
+            libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "make / private: {}",
+            std::io::Error::last_os_error()
+        );
+        let src = std::ffi::CString::new(file).expect("path");
+        let dst = c"/etc/resolv.conf";
+        assert_eq!(
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null()
+            ),
+            0,
+            "bind {file} on /etc/resolv.conf: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// getaddrinfo, as applications resolve.
+fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    (name, port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .map_err(|e| e.to_string())
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut cgroup = None;
     let mut netns = None;
+    let mut resolv = None;
     while args.len() >= 2 && args[0].starts_with("--") {
         match args[0].as_str() {
             "--cgroup" => cgroup = Some(args[1].clone()),
             "--netns" => netns = Some(args[1].clone()),
+            "--resolv" => resolv = Some(args[1].clone()),
             _ => break,
         }
         args.drain(..2);
     }
     enter(cgroup.as_deref(), netns.as_deref());
+    if let Some(f) = &resolv {
+        use_resolv_conf(f);
+    }
     match args.first().map(String::as_str) {
         Some("connect") => {
             let mut mode = "tcp";
@@ -222,6 +287,47 @@ fn main() {
             }
         }
         Some("serve") => serve(&args[1..]),
+        Some("dns-serve") => {
+            let addr: SocketAddr = args[1].parse().expect("dns-serve ADDR:PORT");
+            let zone = std::fs::read_to_string(&args[2]).expect("zone file");
+            tiergate_tests::dnsserver::serve(
+                addr,
+                tiergate_tests::dnsserver::parse_zone(&zone),
+                &args[3],
+            );
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        Some("resolve") => {
+            for name in &args[1..] {
+                match resolve(name, 0) {
+                    Ok(a) => println!(
+                        "{}",
+                        a.iter()
+                            .map(|a| a.ip().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    Err(e) => println!("error: {e}"),
+                }
+            }
+        }
+        Some("resolve-connect") => {
+            for pair in args[1..].chunks(2) {
+                let port: u16 = pair[1].parse().expect("PORT");
+                match resolve(&pair[0], port) {
+                    Ok(a) if !a.is_empty() => {
+                        let target = a[0];
+                        println!("{} {}", connect("tcp", &target.to_string()), target.ip());
+                    }
+                    Ok(_) => println!("resolve-error no address"),
+                    Err(e) => println!("resolve-error {e}"),
+                }
+            }
+        }
         Some("hold") => {
             println!("ready");
             let _ = std::io::stdout().flush();

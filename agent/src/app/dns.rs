@@ -1,0 +1,158 @@
+//! The DNS proxy's start: its maps, the engine, the namespace registry, and
+//! the two ways a namespace comes to be served: at once when the hook
+//! refused a query from an unserved one (the writer passes the pid on), and
+//! by a sweep over the processes of tiers with name rules (which also lets
+//! go of namespaces no such process is in any more).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_common::map_names;
+use anyhow::Context as _;
+use aya::maps::HashMap as BpfHashMap;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cli::AgentArgs;
+use crate::dns::learn::Learner;
+use crate::dns::proxy::Engine;
+use crate::dns::record::DnsRecord;
+use crate::dns::serve::{Registry, Shared};
+use crate::events::pipeline::DnsLink;
+use crate::identity::cgroupfs::CgroupFs;
+use crate::metrics::Metrics;
+use crate::state::NodeState;
+
+/// Records the proxy may queue for the writer before it counts losses.
+const RECORD_QUEUE: usize = 65_536;
+/// How often the processes of name tiers are swept for their namespaces.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The running proxy.
+pub(super) struct DnsPath {
+    /// For the writer: the learner and the serve requests.
+    pub link: DnsLink,
+    /// The proxy's records, for the writer.
+    records: Option<mpsc::Receiver<DnsRecord>>,
+    pub registry: Arc<Registry>,
+    pub shared: Arc<Shared>,
+    serve_rx: Option<mpsc::UnboundedReceiver<u32>>,
+}
+
+/// Takes the proxy's maps and builds it (nothing is served yet).
+pub(super) fn setup(
+    args: &AgentArgs,
+    ebpf: &mut aya::Ebpf,
+    state: Arc<NodeState>,
+) -> anyhow::Result<DnsPath> {
+    let mut take = |name: &'static str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))
+    };
+    let learned = BpfHashMap::try_from(take(map_names::LEARNED)?)?;
+    let mut netns: BpfHashMap<_, u64, agent_common::DnsNetns> =
+        BpfHashMap::try_from(take(map_names::DNS_NETNS)?)?;
+    // An earlier agent's namespaces: their sockets died with it. Until this
+    // agent serves them again their queries fail at once (EPERM), rather
+    // than going to a port nobody holds.
+    let stale: Vec<u64> = netns.keys().flatten().collect();
+    for k in stale {
+        let _ = netns.remove(&k);
+    }
+    let learner = Arc::new(Learner::new(learned));
+    let (tx, records) = mpsc::channel(RECORD_QUEUE);
+    let engine = Arc::new(Engine::new(state, learner.clone(), tx));
+    let lost = engine.lost_records.clone();
+    let shared = Shared::new(engine);
+    let registry = Registry::new(shared.clone(), args.dns_proxy_port, netns);
+    let (serve, serve_rx) = mpsc::unbounded_channel();
+    Ok(DnsPath {
+        link: DnsLink {
+            learner,
+            serve,
+            lost,
+        },
+        records: Some(records),
+        registry,
+        shared,
+        serve_rx: Some(serve_rx),
+    })
+}
+
+impl DnsPath {
+    /// The proxy's records, handed to the writer once.
+    pub fn take_records(&mut self) -> mpsc::Receiver<DnsRecord> {
+        self.records.take().expect("taken once")
+    }
+}
+
+/// Starts serving: requests from the writer, and the periodic sweep.
+pub(super) fn start(
+    path: &mut DnsPath,
+    state: Arc<NodeState>,
+    cgfs: CgroupFs,
+    metrics: Arc<Metrics>,
+) -> Vec<JoinHandle<()>> {
+    let mut serve_rx = path.serve_rx.take().expect("started once");
+    let registry = path.registry.clone();
+    let on_request = tokio::spawn(async move {
+        while let Some(pid) = serve_rx.recv().await {
+            if let Err(e) = registry.serve_pid(pid).await {
+                tracing::debug!(pid, error = %e, "cannot serve the namespace of a refused query");
+            }
+        }
+    });
+    let registry = path.registry.clone();
+    let shared = path.shared.clone();
+    let sweep = tokio::spawn(async move {
+        let mut sweeps = 0u64;
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let state = state.clone();
+            let cgfs = cgfs.clone();
+            let pids = tokio::task::spawn_blocking(move || name_tier_pids(&state, &cgfs))
+                .await
+                .unwrap_or_default();
+            registry.sweep(pids).await;
+            metrics.dns_namespaces.set(registry.count().await as i64);
+            metrics
+                .dns_overloaded
+                .set(shared.overloaded.load(std::sync::atomic::Ordering::Relaxed));
+            // A walk of the map (a syscall per entry): every 10 s is enough.
+            if sweeps % 10 == 0 {
+                let learner = shared.engine.learner().clone();
+                let learned = tokio::task::spawn_blocking(move || learner.kernel_entries())
+                    .await
+                    .unwrap_or(0);
+                metrics.dns_learned.set(learned as i64);
+            }
+            sweeps += 1;
+        }
+    });
+    vec![on_request, sweep]
+}
+
+/// The processes of every cgroup whose tier has name rules.
+fn name_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
+    let Some(policy) = state.active_policy() else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for (_, w) in state.workloads() {
+        let names = policy
+            .tier_index(&w.tier)
+            .is_some_and(|i| policy.tiers[i].has_fqdns());
+        if !names {
+            continue;
+        }
+        let Some(dir) = cgfs.dir_of(&w.path) else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+    }
+    pids
+}

