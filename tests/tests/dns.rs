@@ -163,32 +163,40 @@ impl World {
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
-    /// Waits until the proxy serves the namespace: the first query of a
-    /// namespace it does not serve yet fails at once (EPERM, never a
-    /// bypass) and makes the agent serve it.
-    fn warm_up(&self, rel: &str) {
+    /// A namespace the proxy does not serve yet: lookups fail at once
+    /// (EPERM on the query: never a bypass, never a 5 s client timeout).
+    /// Then a long-lived process of the tier in it (as a pod's sandbox is)
+    /// makes the agent serve it, and lookups work.
+    fn warm_up(&mut self, rel: &str) {
+        let started = Instant::now();
+        let r = self.resolve_connect(rel, "api.example.test", 443);
+        assert!(
+            r.starts_with("resolve-error"),
+            "before the namespace is served: {r}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "an unserved lookup must fail fast, took {:?}",
+            started.elapsed()
+        );
+        let dir = self.f.cgroup("t0/sandbox");
+        self.children.push(spawn_ready(&[
+            "--cgroup",
+            dir.to_str().expect("utf-8"),
+            "--netns",
+            &self.f.netns,
+            "hold",
+        ]));
+        let agent = self.f.agent.as_ref().expect("agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let started = Instant::now();
-            let r = self.resolve_connect(rel, "api.example.test", 443);
-            if r == "ok 198.18.0.10" {
-                return;
-            }
-            assert!(
-                r.starts_with("resolve-error"),
-                "before the namespace is served: {r}"
-            );
-            assert!(
-                started.elapsed() < Duration::from_millis(1500),
-                "an unserved lookup must fail fast, took {:?}",
-                started.elapsed()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the namespace was never served: {r}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        while agent.metric("tiergate_dns_namespaces").unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline, "the namespace was never served");
+            std::thread::sleep(Duration::from_millis(50));
         }
+        assert_eq!(
+            self.resolve_connect(rel, "api.example.test", 443),
+            "ok 198.18.0.10"
+        );
     }
 }
 
