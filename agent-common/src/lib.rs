@@ -270,6 +270,9 @@ pub const REASON_FQDN: u8 = 7;
 pub const REASON_DNS_UNSERVED: u8 = 8;
 /// A direct send to the DNS proxy's port (only the hook may send there).
 pub const REASON_DNS_PROXY_PORT: u8 = 9;
+/// A DNS query of a tier with name rules, sent to the proxy. The hook makes
+/// no record of it (the proxy reports the query); `policy explain` uses it.
+pub const REASON_DNS_PROXY: u8 = 10;
 
 /// `ConnectEvent::flags`: the destination is a cloud metadata endpoint.
 pub const CONNECT_F_METADATA: u32 = 1;

@@ -155,9 +155,10 @@ pub struct ExplainArgs {
     /// A running process whose cgroup is used.
     #[arg(long)]
     pub pid: Option<u32>,
-    /// Destination IP:PORT ([v6]:port for IPv6).
-    #[arg(long, value_name = "IP:PORT")]
-    pub to: SocketAddr,
+    /// Destination IP:PORT ([v6]:port for IPv6), or NAME:PORT for a DNS
+    /// name judged by the tier's `fqdns` rules.
+    #[arg(long, value_name = "IP:PORT|NAME:PORT", value_parser = parse_destination)]
+    pub to: Destination,
     /// Judge a UDP datagram instead of a TCP connect.
     #[arg(long)]
     pub udp: bool,
@@ -168,6 +169,36 @@ pub struct ExplainArgs {
     /// cgroup (without it, or if it does not answer, only the cgroup path is used).
     #[arg(long, value_name = "ADDR")]
     pub agent: Option<SocketAddr>,
+}
+
+/// Where `policy explain --to` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Addr(SocketAddr),
+    Name(String, u16),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Addr(a) => write!(f, "{a}"),
+            Destination::Name(n, p) => write!(f, "{n}:{p}"),
+        }
+    }
+}
+
+fn parse_destination(s: &str) -> Result<Destination, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Destination::Addr(a));
+    }
+    let bad = || format!("{s:?}: expected IP:PORT, [IPv6]:PORT or NAME:PORT");
+    let (name, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if name.is_empty() || name.contains(':') || name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(bad());
+    }
+    crate::policy::fqdn::normalize(name).map_err(|e| format!("{name:?}: {e}"))?;
+    Ok(Destination::Name(name.to_owned(), port))
 }
 
 #[derive(Debug, Args)]

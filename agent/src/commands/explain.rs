@@ -1,7 +1,7 @@
 //! `tiergate policy explain`: the user-space replica of the kernel's verdict.
 
 use super::agent_client;
-use crate::cli::ExplainArgs;
+use crate::cli::{Destination, ExplainArgs};
 use crate::identity::cgroupfs;
 use crate::inventory::Document;
 use crate::policy::{self, Proto, TierRef, Workload};
@@ -51,7 +51,25 @@ pub fn run(args: &ExplainArgs) -> i32 {
         .as_ref()
         .map(|i| p.spiffe_id(&i.namespace, &i.service_account));
     let proto = if args.udp { Proto::Udp } else { Proto::Tcp };
-    let d = p.evaluate(assignment.tier, args.to.ip(), args.to.port(), proto);
+    let (verdict, reason, rule, metadata_service, allow_private) = match &args.to {
+        Destination::Addr(a) => {
+            let d = p.evaluate(assignment.tier, a.ip(), a.port(), proto);
+            (
+                d.verdict,
+                d.reason.as_str(),
+                d.rule,
+                d.metadata_service,
+                false,
+            )
+        }
+        Destination::Name(n, port) => match p.evaluate_name(assignment.tier, n, *port, proto) {
+            Ok(d) => (d.verdict, d.reason, d.rule, false, d.allow_private),
+            Err(e) => {
+                eprintln!("--to {n}: {e}");
+                return 1;
+            }
+        },
+    };
     let tier = match assignment.tier {
         TierRef::Host => "host".to_string(),
         TierRef::Tier(i) => p.tiers[i].name.clone(),
@@ -61,7 +79,7 @@ pub fn run(args: &ExplainArgs) -> i32 {
         None if matches!(assignment.tier, TierRef::Host) => "none (host: not enforced)".to_string(),
         None => "none (defaultTier)".to_string(),
     };
-    let rule = d.rule.map(|(t, r)| format!("spec.tiers[{t}].egress[{r}]"));
+    let rule = rule.map(|(t, r)| format!("spec.tiers[{t}].egress[{r}]"));
     if args.json {
         let j = serde_json::json!({
             "policy": {"name": p.name, "version": p.version},
@@ -76,10 +94,10 @@ pub fn run(args: &ExplainArgs) -> i32 {
             "tier": tier,
             "destination": args.to.to_string(),
             "protocol": if args.udp { "udp" } else { "tcp" },
-            "verdict": d.verdict.as_str(),
-            "reason": d.reason.as_str(),
+            "verdict": verdict.as_str(),
+            "reason": reason,
             "rule": rule,
-            "metadata_service": d.metadata_service,
+            "metadata_service": metadata_service,
         });
         println!("{j}");
     } else {
@@ -104,12 +122,22 @@ pub fn run(args: &ExplainArgs) -> i32 {
             args.to,
             if args.udp { "udp" } else { "tcp" }
         );
-        println!("verdict:     {}", d.verdict.as_str());
-        println!("reason:      {}", d.reason.as_str());
+        println!("verdict:     {}", verdict.as_str());
+        println!("reason:      {reason}");
         if let Some(r) = rule {
             println!("rule:        {r}");
         }
-        if d.metadata_service {
+        if let Destination::Name(..) = &args.to {
+            println!(
+                "note:        for the addresses the name's answers teach this workload; {}",
+                if allow_private {
+                    "private ones included (allowPrivate), never loopback, link-local or metadata"
+                } else {
+                    "public ones only (no allowPrivate)"
+                }
+            );
+        }
+        if metadata_service {
             println!("note:        the destination is a cloud metadata endpoint");
         }
     }

@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 
 use agent_common::{
-    METADATA_V4, METADATA_V6, REASON_EGRESS_RULE, REASON_HOST, REASON_LOOPBACK,
-    REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, VERDICT_ALLOW, VERDICT_AUDIT_DENY,
-    VERDICT_DENY,
+    DNS_PORT, METADATA_V4, METADATA_V6, REASON_DNS_PROXY, REASON_EGRESS_RULE, REASON_FQDN,
+    REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, VERDICT_ALLOW,
+    VERDICT_AUDIT_DENY, VERDICT_DENY,
 };
 
 use super::assign::TierRef;
@@ -89,6 +89,11 @@ pub enum Reason {
     MetadataService,
     /// The workload is host (not enforced).
     Host,
+    /// An address a DNS answer taught this workload, under a name rule.
+    Fqdn,
+    /// A DNS query of a tier with name rules: it goes to the DNS proxy,
+    /// which answers allowed names and NXDOMAIN for the rest.
+    DnsProxy,
 }
 
 impl Reason {
@@ -100,6 +105,8 @@ impl Reason {
             Reason::NoMatchingRule => "no-matching-rule",
             Reason::MetadataService => "metadata-service",
             Reason::Host => "host",
+            Reason::Fqdn => "fqdn",
+            Reason::DnsProxy => "dns-proxy",
         }
     }
 
@@ -111,6 +118,8 @@ impl Reason {
             Reason::NoMatchingRule => REASON_NO_MATCHING_RULE,
             Reason::MetadataService => REASON_METADATA_SERVICE,
             Reason::Host => REASON_HOST,
+            Reason::Fqdn => REASON_FQDN,
+            Reason::DnsProxy => REASON_DNS_PROXY,
         }
     }
 
@@ -122,6 +131,8 @@ impl Reason {
             Reason::NoMatchingRule,
             Reason::MetadataService,
             Reason::Host,
+            Reason::Fqdn,
+            Reason::DnsProxy,
         ]
         .into_iter()
         .find(|x| x.kernel() == v)
@@ -191,6 +202,11 @@ impl Policy {
             TierRef::Host => return decision(Verdict::Allow, Reason::Host, None),
             TierRef::Tier(i) => i,
         };
+        // The kernel's order: a tier with name rules sends all its DNS to
+        // the proxy, whatever the address (127.0.0.53 included).
+        if port == DNS_PORT && self.tiers.get(index).is_some_and(|t| t.has_fqdns()) {
+            return decision(Verdict::Allow, Reason::DnsProxy, None);
+        }
         if is_loopback(dst) {
             return decision(Verdict::Allow, Reason::Loopback, None);
         }
@@ -344,6 +360,8 @@ spec:
             Reason::NoMatchingRule,
             Reason::MetadataService,
             Reason::Host,
+            Reason::Fqdn,
+            Reason::DnsProxy,
         ] {
             assert_eq!(Reason::from_kernel(r.kernel()), Some(r));
         }

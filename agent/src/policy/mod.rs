@@ -9,6 +9,7 @@
 pub mod assign;
 pub mod compile;
 pub mod explain;
+pub mod explain_names;
 pub mod fqdn;
 pub mod glob;
 pub mod model;
