@@ -395,3 +395,121 @@ fn names_open_their_answers_for_the_asking_workload_only() {
         tg(e)["reason"] == "dns-proxy-port" && tg(e)["verdict"] == "deny"
     });
 }
+
+/// Polls `f` every 50 ms until it returns true, for at most 5 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "not within 5 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reloads_close_dropped_names_and_audit_reports_refusals() {
+    let mut w = World::new("dnsreload");
+    let root = w.f.cg_path.clone();
+    w.f.start_agent(&dns_policy(&root, "enforce", NAMES));
+    w.warm_up("t0/a");
+    assert_eq!(
+        w.resolve_connect("t0/a", "www.example.test", 443),
+        "ok 198.18.0.12"
+    );
+
+    // The name is dropped: its learned address closes with the flip, the
+    // names that stay keep theirs (no new lookup needed).
+    w.f.write_policy(&dns_policy(&root, "enforce", r#""api.example.test""#));
+    eventually("the dropped name's address closes", || {
+        w.f.tcp("t0/a", "198.18.0.12:443") == "EPERM"
+    });
+    assert_eq!(w.f.tcp("t0/a", "198.18.0.10:443"), "ok");
+    let r = w.resolve_connect("t0/a", "www.example.test", 443);
+    assert!(r.starts_with("resolve-error"), "{r}");
+
+    // Audit: a name no rule allows is forwarded, and reported as a
+    // would-be refusal; the connection to its address as a would-be deny.
+    w.f.write_policy(&dns_policy(&root, "audit", r#""api.example.test""#));
+    eventually("audit mode forwards refused names", || {
+        w.resolve_connect("t0/a", "other.example.test", 443) == "ok 198.18.0.11"
+    });
+    assert!(w.queried(&w.log).contains("other.example.test"));
+    let q = w.f.wait_event("audit-deny query", |e| {
+        is_dns(e, "other.example.test") && tg(e)["verdict"] == "audit-deny"
+    });
+    assert_eq!(q["disposition"], "Allowed");
+    assert_eq!(tg(&q)["reason"], "name-not-allowed");
+    assert_eq!(tg(&q)["addresses"][0]["learned"], false);
+    w.f.wait_event("audit-deny connection", |e| {
+        is_conn(e, "198.18.0.11", 443, "audit-deny")
+    });
+}
+
+#[test]
+fn learned_addresses_live_for_the_ttl_within_min_ttl() {
+    let mut w = World::new("dnsttl");
+    let root = w.f.cg_path.clone();
+    // short.example.test answers with TTL 1 s; the floor keeps it 3 s.
+    let p = dns_policy(&root, "enforce", NAMES).replace(
+        &format!("resolvers: [\"{RESOLVER}\"]"),
+        &format!("resolvers: [\"{RESOLVER}\"]\n    minTTL: 3s"),
+    );
+    w.f.start_agent(&p);
+    w.warm_up("t0/a");
+    let learned = Instant::now();
+    assert_eq!(
+        w.resolve_connect("t0/a", "short.example.test", 443),
+        "ok 198.18.0.13"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(learned.elapsed() < Duration::from_millis(2800));
+    assert_eq!(
+        w.f.tcp("t0/a", "198.18.0.13:443"),
+        "ok",
+        "the floor (minTTL) must hold it open"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        w.f.tcp("t0/a", "198.18.0.13:443"),
+        "EPERM",
+        "expired entries must close"
+    );
+    // A fresh answer opens it again.
+    assert_eq!(
+        w.resolve_connect("t0/a", "short.example.test", 443),
+        "ok 198.18.0.13"
+    );
+}
+
+#[test]
+fn a_dead_agent_keeps_learned_addresses_and_fails_new_lookups_fast() {
+    let mut w = World::new("dnskill");
+    let root = w.f.cg_path.clone();
+    let p = dns_policy(&root, "enforce", NAMES);
+    w.f.start_agent(&p);
+    w.warm_up("t0/a");
+    w.f.agent.as_mut().expect("agent").kill9();
+
+    // Learned addresses stay open (pinned map, checked by the kernel alone).
+    assert_eq!(w.f.tcp("t0/a", "198.18.0.10:443"), "ok");
+    // New lookups fail, and fast: the proxy's port is closed, the C library
+    // does not wait out its timeout. Nothing unlearned opens.
+    let started = Instant::now();
+    let r = w.resolve_connect("t0/a", "www.example.test", 443);
+    assert!(r.starts_with("resolve-error"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.f.tcp("t0/a", "198.18.0.12:443"), "EPERM");
+    assert!(
+        !w.queried(&w.log).contains("www.example.test"),
+        "a query went around the proxy"
+    );
+
+    // A new agent serves the namespace again (its sandbox is still there).
+    w.f.start_agent(&p);
+    eventually("a restarted agent serves the namespace", || {
+        w.resolve_connect("t0/a", "www.example.test", 443) == "ok 198.18.0.12"
+    });
+}
