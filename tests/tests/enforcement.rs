@@ -614,3 +614,26 @@ fn losses_are_counted_and_reported_exactly() {
         "loss metric disagrees with loss records"
     );
 }
+
+#[test]
+fn sigterm_writes_what_is_queued_and_exits_promptly() {
+    let mut f = Fixture::new("sigterm");
+    f.start_agent(&policy(&f.cg_path.clone(), T0_WEB));
+    assert_eq!(f.tcp("t0/a", "10.30.0.1:80"), "EPERM");
+    let agent = f.agent.as_mut().expect("agent");
+    let started = std::time::Instant::now();
+    agent.kill();
+    // The writer stops when told, after writing what is queued (it used to
+    // wait out a 2 s timeout, its loop never seeing its inputs close).
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        f.events()
+            .iter()
+            .any(|e| is_conn(e, "10.30.0.1", 80, "deny")),
+        "the deny made before SIGTERM is not in the events file"
+    );
+}

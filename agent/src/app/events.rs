@@ -16,7 +16,7 @@ use crate::cli::AgentArgs;
 use crate::dns::record::DnsRecord;
 use crate::events::pipeline::{
     self, AgentRecord, DnsLink, KernelCounters, QueueLosses, Queues, Writer, WriterConfig,
-    WriterInputs,
+    WriterInputs, WriterIo,
 };
 use crate::events::sinks::{LineSink, Sink};
 use crate::identity::cgroupfs::CgroupFs;
@@ -24,7 +24,11 @@ use crate::identity::cgroupfs::CgroupFs;
 /// The running event path.
 pub(super) struct EventPath {
     pub reader: JoinHandle<()>,
+    /// Tells the reader to take what the ring holds and finish.
+    pub stop_reader: tokio::sync::oneshot::Sender<()>,
     pub writer: JoinHandle<()>,
+    /// Tells the writer to finish.
+    pub stop_writer: tokio::sync::oneshot::Sender<()>,
     /// The agent's own records (policy applied or rejected) into the writer.
     pub records: mpsc::UnboundedSender<AgentRecord>,
 }
@@ -69,36 +73,43 @@ pub(super) async fn start(
             start_seq,
             cgroups,
         },
-        shared.state.clone(),
-        shared.metrics.clone(),
-        sinks,
-        counters,
-        losses.clone(),
+        WriterIo {
+            state: shared.state.clone(),
+            metrics: shared.metrics.clone(),
+            sinks,
+            kernel: counters,
+            losses: losses.clone(),
+        },
     )
     .with_dns(dns.0);
     for rec in startup_records {
         let _ = atx.send(rec);
     }
+    let (stop_writer, stop) = tokio::sync::oneshot::channel();
     let writer = tokio::spawn(writer.run(WriterInputs {
+        stop,
         priority: prx,
         normal: nrx,
         agent: arx,
         dns: dns.1,
     }));
     let reader_metrics = shared.metrics.clone();
+    let (stop_reader, stop) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
         let q = Queues {
             priority: ptx,
             normal: ntx,
             losses,
         };
-        if let Err(e) = pipeline::run_reader(ring, q, reader_metrics).await {
+        if let Err(e) = pipeline::run_reader(ring, q, reader_metrics, stop).await {
             tracing::error!(error = %e, "ring-buffer reader stopped");
         }
     });
     Ok(EventPath {
         reader,
+        stop_reader,
         writer,
+        stop_writer,
         records: atx,
     })
 }

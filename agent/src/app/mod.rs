@@ -281,8 +281,12 @@ fn enforce(
 /// Stops the event path; the programs and maps stay pinned.
 async fn shutdown(event_path: events::EventPath, control: Control) {
     tracing::info!("stopping; enforcement stays in force (pinned) until `tiergate uninstall`");
-    event_path.reader.abort();
+    // Reader first (it takes what the ring holds), then the writer (it
+    // writes what is queued); each has a bound, enforcement is unaffected.
+    let _ = event_path.stop_reader.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(1), event_path.reader).await;
     drop(control);
+    let _ = event_path.stop_writer.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), event_path.writer).await;
 }
 

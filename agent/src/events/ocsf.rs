@@ -169,6 +169,33 @@ pub(super) struct Class {
     pub(super) type_uid: u32,
 }
 
+/// What became of an attempt (a connection, a DNS query), from the verdict.
+#[derive(Serialize)]
+pub(super) struct Outcome {
+    severity_id: u8,
+    action_id: u8,
+    action: &'static str,
+    disposition_id: u8,
+    disposition: &'static str,
+    status_id: u8,
+}
+
+impl Outcome {
+    /// Only `deny` is blocked; `audit-deny` was let through (Medium
+    /// severity, like a deny), `allow` is informational.
+    pub(super) fn of(verdict: &str) -> Outcome {
+        let blocked = verdict == "deny";
+        Outcome {
+            severity_id: if verdict == "allow" { 1 } else { 3 },
+            action_id: if blocked { 2 } else { 1 },
+            action: if blocked { "Denied" } else { "Allowed" },
+            disposition_id: if blocked { 2 } else { 1 },
+            disposition: if blocked { "Blocked" } else { "Allowed" },
+            status_id: if blocked { 2 } else { 1 },
+        }
+    }
+}
+
 /// A connection attempt or a refused socket.
 const NETWORK_OPEN: Class = Class {
     class_uid: 4001,
@@ -196,13 +223,9 @@ struct NetworkActivity<'a> {
     #[serde(flatten)]
     class: Class,
     type_name: &'a str,
-    severity_id: u8,
     time: u64,
-    action_id: u8,
-    action: &'a str,
-    disposition_id: u8,
-    disposition: &'a str,
-    status_id: u8,
+    #[serde(flatten)]
+    outcome: Outcome,
     connection_info: ConnectionInfo<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_endpoint: Option<Endpoint>,
@@ -234,7 +257,6 @@ pub fn network_activity(
     workload: &Workload,
     out: &mut Vec<u8>,
 ) {
-    let blocked = v.verdict == "deny";
     let protocol_name = match protocol_num {
         6 => "tcp",
         17 => "udp",
@@ -243,14 +265,8 @@ pub fn network_activity(
     let rec = NetworkActivity {
         class: NETWORK_OPEN,
         type_name: "Network Activity: Open",
-        // Informational for allowed, Medium for blocked or audit-denied.
-        severity_id: if v.verdict == "allow" { 1 } else { 3 },
         time: env.time,
-        action_id: if blocked { 2 } else { 1 },
-        action: if blocked { "Denied" } else { "Allowed" },
-        disposition_id: if blocked { 2 } else { 1 },
-        disposition: if blocked { "Blocked" } else { "Allowed" },
-        status_id: if blocked { 2 } else { 1 },
+        outcome: Outcome::of(v.verdict),
         connection_info: ConnectionInfo {
             protocol_name,
             protocol_num,

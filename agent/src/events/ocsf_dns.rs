@@ -5,7 +5,9 @@
 
 use serde::Serialize;
 
-use super::ocsf::{Class, Device, Endpoint, Envelope, PolicyRef, Unmapped, Workload, metadata};
+use super::ocsf::{
+    Class, Device, Endpoint, Envelope, Outcome, PolicyRef, Unmapped, Workload, metadata,
+};
 use crate::dns::record::DnsRecord;
 
 const DNS_RESPONSE: Class = Class {
@@ -71,13 +73,9 @@ struct DnsActivity<'a> {
     #[serde(flatten)]
     class: Class,
     type_name: &'static str,
-    severity_id: u8,
     time: u64,
-    action_id: u8,
-    action: &'static str,
-    disposition_id: u8,
-    disposition: &'static str,
-    status_id: u8,
+    #[serde(flatten)]
+    outcome: Outcome,
     rcode_id: u16,
     rcode: &'a str,
     query: Query<'a>,
@@ -92,17 +90,11 @@ struct DnsActivity<'a> {
 
 /// Renders one proxy record as one JSON line (no trailing newline).
 pub fn dns_activity(env: &Envelope<'_>, r: &DnsRecord, workload: &Workload, out: &mut Vec<u8>) {
-    let blocked = r.verdict.as_str() == "deny";
     let rec = DnsActivity {
         class: DNS_RESPONSE,
         type_name: "DNS Activity: Response",
-        severity_id: if r.verdict.as_str() == "allow" { 1 } else { 3 },
         time: env.time,
-        action_id: if blocked { 2 } else { 1 },
-        action: if blocked { "Denied" } else { "Allowed" },
-        disposition_id: if blocked { 2 } else { 1 },
-        disposition: if blocked { "Blocked" } else { "Allowed" },
-        status_id: if blocked { 2 } else { 1 },
+        outcome: Outcome::of(r.verdict.as_str()),
         rcode_id: r.rcode_id,
         rcode: r.rcode,
         query: Query {

@@ -60,11 +60,13 @@ pub struct Queues {
     pub losses: Arc<QueueLosses>,
 }
 
-/// Reads the ring buffer until the task is dropped.
+/// Reads the ring buffer until `stop` fires, then takes what the ring holds
+/// and returns.
 pub async fn run_reader(
     ring: RingBuf<MapData>,
     queues: Queues,
     metrics: Arc<Metrics>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
     // as long as it lives, which is as long as the AsyncFd that owns it.
@@ -75,14 +77,21 @@ pub async fn run_reader(
     loop {
         // The kernel wakes us only when the ring passes 1/16 full (see
         // `wakeup_flags` in agent-ebpf); below that the tick drains it.
-        tokio::select! {
-            guard = fd.readable_mut() => guard?.clear_ready(),
-            _ = tick.tick() => {}
-        }
+        let stopping = tokio::select! {
+            guard = fd.readable_mut() => {
+                guard?.clear_ready();
+                false
+            }
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
         // In batches: a ring refilled as fast as it drains must not keep
         // this worker from the other tasks (writer, admin endpoint).
         while drain(fd.get_mut(), &queues, &metrics, DRAIN_BATCH) == DRAIN_BATCH {
             tokio::task::yield_now().await;
+        }
+        if stopping {
+            return Ok(());
         }
     }
 }
@@ -136,6 +145,18 @@ impl KernelCounters {
     }
 }
 
+/// What the writer reads from and writes to.
+pub struct WriterIo {
+    /// Identities and the policy of each generation, for enrichment.
+    pub state: Arc<NodeState>,
+    pub metrics: Arc<Metrics>,
+    pub sinks: Vec<Box<dyn Sink>>,
+    /// Verdict and loss counters of the kernel.
+    pub kernel: KernelCounters,
+    /// Losses between the ring reader and the writer.
+    pub losses: Arc<QueueLosses>,
+}
+
 /// The writer's fixed context.
 pub struct WriterConfig {
     pub hostname: String,
@@ -154,11 +175,7 @@ pub struct Writer {
     /// The DNS proxy, when the agent runs one.
     dns: Option<DnsLink>,
     cfg: WriterConfig,
-    state: Arc<NodeState>,
-    metrics: Arc<Metrics>,
-    sinks: Vec<Box<dyn Sink>>,
-    kernel: KernelCounters,
-    losses: Arc<QueueLosses>,
+    io: WriterIo,
     seq: u64,
     boot_to_epoch_ns: i128,
     buf: Vec<u8>,
@@ -177,6 +194,8 @@ pub struct DnsLink {
 }
 
 pub struct WriterInputs {
+    /// Fired at shutdown: the writer writes what is queued and returns.
+    pub stop: tokio::sync::oneshot::Receiver<()>,
     /// Records of the DNS proxy (one per query).
     pub dns: mpsc::Receiver<crate::dns::record::DnsRecord>,
     pub priority: mpsc::Receiver<KernelEvent>,
@@ -187,23 +206,12 @@ pub struct WriterInputs {
 const BATCH: usize = 4096;
 
 impl Writer {
-    pub fn new(
-        cfg: WriterConfig,
-        state: Arc<NodeState>,
-        metrics: Arc<Metrics>,
-        sinks: Vec<Box<dyn Sink>>,
-        kernel: KernelCounters,
-        losses: Arc<QueueLosses>,
-    ) -> Self {
+    pub fn new(cfg: WriterConfig, io: WriterIo) -> Self {
         Self {
             dns: None,
             seq: cfg.start_seq,
             cfg,
-            state,
-            metrics,
-            sinks,
-            kernel,
-            losses,
+            io,
             boot_to_epoch_ns: boot_to_epoch_offset_ns(),
             buf: Vec::with_capacity(1024),
         }
@@ -229,27 +237,39 @@ impl Writer {
                 Some(rec) = inputs.agent.recv() => self.agent_record(rec),
                 Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
+                _ = &mut inputs.stop => break,
                 _ = tick.tick() => {
                     self.report_losses();
                     self.flush();
                     continue;
                 }
-                else => break,
             }
-            // Drain what is already queued before flushing, priority first.
-            for _ in 0..BATCH {
-                if let Ok(ev) = inputs.priority.try_recv() {
-                    self.kernel_event(ev);
-                } else if let Ok(ev) = inputs.normal.try_recv() {
-                    self.kernel_event(ev);
-                } else {
-                    break;
-                }
-            }
+            self.drain(&mut inputs, BATCH);
             self.flush();
         }
+        // Stopping: what is queued is written, losses reported, sinks flushed.
+        while self.drain(&mut inputs, BATCH) == BATCH {}
         self.report_losses();
         self.flush();
+    }
+
+    /// Writes up to `max` records already queued, priority first; returns
+    /// how many.
+    fn drain(&mut self, inputs: &mut WriterInputs, max: usize) -> usize {
+        for n in 0..max {
+            if let Ok(ev) = inputs.priority.try_recv() {
+                self.kernel_event(ev);
+            } else if let Ok(rec) = inputs.agent.try_recv() {
+                self.agent_record(rec);
+            } else if let Ok(rec) = inputs.dns.try_recv() {
+                self.dns_record(&rec);
+            } else if let Ok(ev) = inputs.normal.try_recv() {
+                self.kernel_event(ev);
+            } else {
+                return n;
+            }
+        }
+        max
     }
 
     pub(super) fn next_seq(&mut self) -> u64 {
@@ -269,7 +289,7 @@ impl Writer {
     }
 
     pub(super) fn workload(&self, cgroup_id: u64, pid: u32) -> Workload {
-        if let Some(w) = self.state.workload(cgroup_id) {
+        if let Some(w) = self.io.state.workload(cgroup_id) {
             return Workload {
                 cgroup_id,
                 cgroup_path: Some(w.path.to_string()),
@@ -360,7 +380,7 @@ impl Writer {
         fqdn: Option<&str>,
     ) {
         let h = j.header;
-        let policy = self.state.policy(j.generation);
+        let policy = self.io.state.policy(j.generation);
         let tier = tier_name(policy.as_deref(), j.tier);
         let process = process_info(h);
         let workload = self.workload(h.cgroup_id, process.pid);
@@ -373,7 +393,8 @@ impl Writer {
             inherited: j.flags & CONNECT_F_INHERITED != 0,
             fqdn,
         };
-        self.metrics
+        self.io
+            .metrics
             .events
             .get_or_create(&EventLabels {
                 kind: if socket.is_some() {
@@ -419,14 +440,14 @@ impl Writer {
             priority: j.verdict != VERDICT_ALLOW || verdict.metadata_service || socket.is_some(),
             time_ms: env.time,
         };
-        Self::emit(&mut self.sinks, &meta, &self.buf);
+        Self::emit(&mut self.io.sinks, &meta, &self.buf);
     }
 
     /// Writes an agent-level record (policy loaded or rejected, loss).
     pub fn agent_record(&mut self, rec: AgentRecord) {
         let seq = self.next_seq();
         let uid = format!("{}-{seq}", self.cfg.instance);
-        let policy = self.state.active_policy();
+        let policy = self.io.state.active_policy();
         let env = Envelope {
             time: now_epoch_ms(),
             seq,
@@ -450,7 +471,7 @@ impl Writer {
             priority: true,
             time_ms: env.time,
         };
-        Self::emit(&mut self.sinks, &meta, &self.buf);
+        Self::emit(&mut self.io.sinks, &meta, &self.buf);
     }
 
     /// Hands one rendered record to every sink; a sink that cannot take it
@@ -462,7 +483,7 @@ impl Writer {
     }
 
     fn flush(&mut self) {
-        for sink in &mut self.sinks {
+        for sink in &mut self.io.sinks {
             sink.flush();
         }
     }
@@ -476,12 +497,13 @@ impl Writer {
             (counter::SOCKET_DENY, "socket-deny"),
             (counter::INHERITED, "inherited"),
         ] {
-            self.metrics
+            self.io
+                .metrics
                 .kernel_verdicts
                 .get_or_create(&VerdictLabels {
                     verdict: label.into(),
                 })
-                .set(self.kernel.total(slot));
+                .set(self.io.kernel.total(slot));
         }
         for (slot, stage, what) in [
             (
@@ -495,24 +517,24 @@ impl Writer {
                 "allowed-connection events were shed by the kernel to keep room for denies",
             ),
         ] {
-            let total = self.kernel.total(slot);
-            let reported = self.kernel.reported.get(&slot, 0).unwrap_or(0);
+            let total = self.io.kernel.total(slot);
+            let reported = self.io.kernel.reported.get(&slot, 0).unwrap_or(0);
             if total > reported {
                 let n = total - reported;
                 self.loss_record(stage, n, what, None);
-                if let Err(e) = self.kernel.reported.set(slot, total, 0) {
+                if let Err(e) = self.io.kernel.reported.set(slot, total, 0) {
                     tracing::error!(error = %e, "cannot record reported loss count");
                 }
             }
         }
         let mut sink_losses = Vec::new();
-        for sink in &mut self.sinks {
+        for sink in &mut self.io.sinks {
             sink_losses.extend(sink.take_losses());
         }
         for loss in sink_losses {
             self.loss_record(&loss.stage, loss.count, &loss.what, Some(&loss.seq_ranges));
         }
-        let losses = self.losses.clone();
+        let losses = self.io.losses.clone();
         for (counter, stage, what) in [
             (
                 &losses.priority,
@@ -543,7 +565,7 @@ impl Writer {
     /// kernel or the queues) never had one, and fell between the previous
     /// record and this loss record.
     fn loss_record(&mut self, stage: &str, count: u64, what: &str, seqs: Option<&[(u64, u64)]>) {
-        self.metrics.lost(stage, count);
+        self.io.metrics.lost(stage, count);
         let after = self.seq;
         tracing::warn!(stage, count, "events lost");
         let seq_range = match seqs {

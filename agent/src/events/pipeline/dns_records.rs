@@ -16,7 +16,8 @@ impl Writer {
         } else {
             self.workload(r.cgroup_id, 0)
         };
-        self.metrics
+        self.io
+            .metrics
             .events
             .get_or_create(&EventLabels {
                 kind: "dns".into(),
@@ -46,6 +47,6 @@ impl Writer {
             priority: r.verdict.as_str() != "allow",
             time_ms: env.time,
         };
-        Self::emit(&mut self.sinks, &meta, &self.buf);
+        Self::emit(&mut self.io.sinks, &meta, &self.buf);
     }
 }
