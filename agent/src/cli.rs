@@ -99,6 +99,13 @@ pub struct AgentArgs {
     /// workload binds.
     #[arg(long, value_name = "PORT", default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_proxy_port: u16,
+    /// Learned addresses one workload may hold open; beyond it its oldest
+    /// close (re-resolving opens them again).
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub dns_max_per_workload: u64,
+    /// Learned addresses one name may hold open for one workload.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub dns_max_per_name: u64,
     /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
     /// --tls-* files and --spool).
     #[arg(long, value_name = "URL", requires_all = ["tls_ca", "tls_cert", "tls_key"])]

@@ -30,6 +30,12 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Labels naming a DNS cap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabels {
+    pub cap: String,
+}
+
 /// Labels of policy reloads.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -69,6 +75,7 @@ pub struct Metrics {
     pub dns_namespaces: Gauge,
     pub dns_overloaded: Gauge<u64, AtomicU64>,
     pub dns_learned: Gauge,
+    pub dns_evicted: Family<CapLabels, Gauge<u64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -196,8 +203,15 @@ impl Metrics {
             "Addresses learned from DNS answers, in the kernel map",
             dns_learned.clone(),
         );
+        let dns_evicted = Family::<CapLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "dns_evicted",
+            "Learned addresses closed to keep a workload (or one of its names) within its cap",
+            dns_evicted.clone(),
+        );
         Self {
             registry,
+            dns_evicted,
             dns_namespaces,
             dns_overloaded,
             dns_learned,

@@ -23,6 +23,9 @@ meta.example.test 30 A 169.254.169.254
 priv.example.test 30 A 10.20.0.1
 vault.example.test 30 A 10.20.0.1
 short.example.test 1 A 198.18.0.13
+multi.example.test 30 A 198.18.0.21
+multi.example.test 30 A 198.18.0.22
+multi.example.test 30 A 198.18.0.23
 ";
 
 const ROGUE_ZONE: &str = "
@@ -434,7 +437,9 @@ fn reloads_close_dropped_names_and_audit_reports_refusals() {
     });
     assert!(w.queried(&w.log).contains("other.example.test"));
     let q = w.f.wait_event("audit-deny query", |e| {
-        is_dns(e, "other.example.test") && tg(e)["verdict"] == "audit-deny"
+        is_dns(e, "other.example.test")
+            && tg(e)["verdict"] == "audit-deny"
+            && e["query"]["type"] == "A"
     });
     assert_eq!(q["disposition"], "Allowed");
     assert_eq!(tg(&q)["reason"], "name-not-allowed");
@@ -511,5 +516,38 @@ fn a_dead_agent_keeps_learned_addresses_and_fails_new_lookups_fast() {
     w.f.start_agent(&p);
     eventually("a restarted agent serves the namespace", || {
         w.resolve_connect("t0/a", "www.example.test", 443) == "ok 198.18.0.12"
+    });
+}
+
+#[test]
+fn caps_close_the_oldest_addresses_and_say_so() {
+    let mut w = World::new("dnscap");
+    let root = w.f.cg_path.clone();
+    let names = format!("{NAMES}, \"multi.example.test\"");
+    w.f.start_agent_with(
+        &dns_policy(&root, "enforce", &names),
+        &["--dns-max-per-name", "2"],
+    );
+    w.warm_up("t0/a");
+    // Three addresses in one answer, two may stay open for this name.
+    let got = w.probe("t0/a", "resolv.conf", &["resolve", "multi.example.test"]);
+    assert_eq!(got[0].split(' ').count(), 3, "{got:?}");
+    let open: Vec<String> = ["198.18.0.21", "198.18.0.22", "198.18.0.23"]
+        .iter()
+        .map(|a| w.f.tcp("t0/a", &format!("{a}:443")))
+        .collect();
+    assert_eq!(open.iter().filter(|r| *r == "ok").count(), 2, "{open:?}");
+    assert_eq!(open.iter().filter(|r| *r == "EPERM").count(), 1, "{open:?}");
+    let e = w.f.wait_event("a DNS record naming the cap", |e| {
+        is_dns(e, "multi.example.test") && tg(e)["cap_hit"] == "name"
+    });
+    assert_eq!(tg(&e)["evicted"], 1);
+    // The other names of the workload are not touched by this name's cap.
+    assert_eq!(w.f.tcp("t0/a", "198.18.0.10:443"), "ok");
+    let agent = w.f.agent.as_ref().expect("agent");
+    eventually("the eviction metric", || {
+        agent
+            .metric("tiergate_dns_evicted{cap=\"name\"}")
+            .is_some_and(|v| v >= 1.0)
     });
 }

@@ -14,13 +14,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cli::AgentArgs;
-use crate::dns::learn::Learner;
+use crate::dns::learn::{Learner, Limits};
 use crate::dns::proxy::Engine;
 use crate::dns::record::DnsRecord;
 use crate::dns::serve::{Registry, Shared};
 use crate::events::pipeline::DnsLink;
 use crate::identity::cgroupfs::CgroupFs;
-use crate::metrics::Metrics;
+use crate::metrics::{CapLabels, Metrics};
 use crate::state::NodeState;
 
 /// Records the proxy may queue for the writer before it counts losses.
@@ -59,7 +59,11 @@ pub(super) fn setup(
     for k in stale {
         let _ = netns.remove(&k);
     }
-    let learner = Arc::new(Learner::new(learned));
+    let limits = Limits {
+        per_workload: args.dns_max_per_workload as usize,
+        per_name: args.dns_max_per_name as usize,
+    };
+    let learner = Arc::new(Learner::new(learned, limits));
     let (tx, records) = mpsc::channel(RECORD_QUEUE);
     let engine = Arc::new(Engine::new(state, learner.clone(), tx));
     let lost = engine.lost_records.clone();
@@ -110,9 +114,8 @@ pub(super) fn start(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let state = state.clone();
-            let cgfs = cgfs.clone();
-            let pids = tokio::task::spawn_blocking(move || name_tier_pids(&state, &cgfs))
+            let (st, cgfs) = (state.clone(), cgfs.clone());
+            let pids = tokio::task::spawn_blocking(move || name_tier_pids(&st, &cgfs))
                 .await
                 .unwrap_or_default();
             registry.sweep(pids).await;
@@ -120,6 +123,27 @@ pub(super) fn start(
             metrics
                 .dns_overloaded
                 .set(shared.overloaded.load(std::sync::atomic::Ordering::Relaxed));
+            let learner = shared.engine.learner().clone();
+            metrics
+                .dns_evicted
+                .get_or_create(&CapLabels {
+                    cap: "workload".into(),
+                })
+                .set(
+                    learner
+                        .evicted_workload
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
+            metrics
+                .dns_evicted
+                .get_or_create(&CapLabels { cap: "name".into() })
+                .set(
+                    learner
+                        .evicted_name
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
+            let live = state.clone();
+            learner.retain_cgroups(move |c| live.workload(c).is_some());
             // A walk of the map (a syscall per entry): every 10 s is enough.
             if sweeps % 10 == 0 {
                 let learner = shared.engine.learner().clone();

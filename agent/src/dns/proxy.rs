@@ -21,6 +21,9 @@ use crate::state::NodeState;
 /// How long one resolver has to answer before the next is asked.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// How long a query from a cgroup the agent has not seen yet waits for it.
+pub const NEW_CGROUP_WAIT: Duration = Duration::from_millis(500);
+
 /// How a query reached the proxy (and how it is forwarded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -112,6 +115,22 @@ impl Engine {
         }
     }
 
+    /// The workload of `slot`. A cgroup created a moment ago may ask before
+    /// the cgroup watch has reported it (the kernel already judges it by its
+    /// parent's tier): it is given [`NEW_CGROUP_WAIT`] to appear.
+    async fn workload(&self, slot: u32) -> Option<(u64, Arc<crate::state::WorkloadInfo>)> {
+        let deadline = Instant::now() + NEW_CGROUP_WAIT;
+        loop {
+            if let Some(w) = self.state.workload_by_slot(slot) {
+                return Some(w);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Answers one query that arrived on `slot`.
     pub async fn answer(
         &self,
@@ -136,6 +155,8 @@ impl Engine {
             resolver: None,
             answers: Vec::new(),
             commit_us: None,
+            cap: None,
+            evicted: 0,
         };
         let q = match query::parse(bytes) {
             Ok(q) => q,
@@ -151,7 +172,7 @@ impl Engine {
         rec.qname = q.name.clone();
         rec.qtype = q.qtype.to_string();
 
-        let Some((cgroup, workload)) = self.state.workload_by_slot(slot) else {
+        let Some((cgroup, workload)) = self.workload(slot).await else {
             rec.reason = "unknown-workload";
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);
         };
@@ -254,7 +275,11 @@ impl Engine {
                         .learner
                         .learn(cgroup, o.addr, lifetime, &patterns, &q.name)
                     {
-                        Ok(()) => None,
+                        Ok(l) => {
+                            rec.evicted += l.evicted;
+                            rec.cap = rec.cap.or(l.cap.map(|c| c.as_str()));
+                            None
+                        }
                         Err(e) => {
                             tracing::warn!(addr = %o.addr, error = %e, "cannot commit a learned address");
                             Some("commit-failed")

@@ -68,4 +68,8 @@ pub struct DnsRecord {
     pub answers: Vec<AnswerAddr>,
     /// Microseconds to commit the learned addresses to the kernel.
     pub commit_us: Option<u64>,
+    /// A cap (`workload`, `name`) that closed older addresses of this
+    /// workload to make room for this answer's, and how many it closed.
+    pub cap: Option<&'static str>,
+    pub evicted: usize,
 }

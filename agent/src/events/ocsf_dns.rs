@@ -64,6 +64,10 @@ struct TiergateDns<'a> {
     addresses: Vec<Learned<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     commit_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cap_hit: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    evicted: usize,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
 }
@@ -86,6 +90,10 @@ struct DnsActivity<'a> {
     device: Device<'a>,
     metadata: super::ocsf::Metadata<'a>,
     unmapped: Unmapped<TiergateDns<'a>>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Renders one proxy record as one JSON line (no trailing newline).
@@ -145,6 +153,8 @@ pub fn dns_activity(env: &Envelope<'_>, r: &DnsRecord, workload: &Workload, out:
                     })
                     .collect(),
                 commit_us: r.commit_us,
+                cap_hit: r.cap,
+                evicted: r.evicted,
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,
