@@ -263,6 +263,59 @@ fn names_open_their_answers_for_the_asking_workload_only() {
         ["EPERM"]
     );
 
+    // explain: statically by name, and with the agent, which answer opened
+    // an address for this workload.
+    let policy =
+        w.f.dir
+            .join("policy.yaml")
+            .to_str()
+            .expect("utf-8")
+            .to_string();
+    let cg_b = w.f.cg("t0/b");
+    let (code, out, err) = w.f.tiergate(&[
+        "policy",
+        "explain",
+        "--policy",
+        &policy,
+        "--cgroup",
+        &cg_b,
+        "--to",
+        "api.example.test:443",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reason:      fqdn"), "{out}");
+    let agent = format!("127.0.0.1:{}", w.f.agent.as_ref().expect("agent").port);
+    let (code, out, err) = w.f.tiergate(&[
+        "policy",
+        "explain",
+        "--policy",
+        &policy,
+        "--cgroup",
+        &cg_b,
+        "--to",
+        "198.18.0.10:443",
+        "--agent",
+        &agent,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("opened by:   the DNS answer for api.example.test"),
+        "{out}"
+    );
+    let (_, out, _) = w.f.tiergate(&[
+        "policy",
+        "explain",
+        "--policy",
+        &policy,
+        "--cgroup",
+        &w.f.cg("t0/c"),
+        "--to",
+        "198.18.0.10:443",
+        "--agent",
+        &agent,
+    ]);
+    assert!(out.contains("opened by:   no DNS answer"), "{out}");
+
     // A name no rule allows: NXDOMAIN from the proxy, never asked upstream.
     let r = w.resolve_connect("t0/a", "other.example.test", 443);
     assert!(r.starts_with("resolve-error"), "{r}");

@@ -1,6 +1,8 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/inventory`, `/dns/learned`.
 
 pub mod inventory;
+pub mod learned;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +34,9 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     inventory: Arc<inventory::Inventory>,
+    learner: learned::LearnerSlot,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let state = inventory.state.clone();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route(
@@ -56,6 +60,13 @@ pub async fn serve(
             get(move |q: axum::extract::Query<inventory::Filter>| {
                 let inv = inventory.clone();
                 async move { ([("content-type", "application/json")], inv.render(&q)) }
+            }),
+        )
+        .route(
+            "/dns/learned",
+            get(move |q: axum::extract::Query<learned::Query>| {
+                let (state, learner) = (state.clone(), learner.clone());
+                async move { learned::lookup(&state, &learner, &q) }
             }),
         )
         .route(

@@ -63,6 +63,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut programs, sync) = load_programs(&args, &root, &shared.metrics)?;
     let mut dns_path = dns::setup(&args, &mut programs.ebpf, shared.state.clone())?;
+    let _ = shared.learner.set(dns_path.link.learner.clone());
     let event_path = events::start(
         &args,
         &mut programs.ebpf,
@@ -122,6 +123,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     state: Arc<NodeState>,
+    /// The DNS proxy's learner, for `/dns/learned` (set once it exists).
+    learner: admin::learned::LearnerSlot,
 }
 
 /// Privileges, cgroup v2 and BTF: what the agent needs of the host.
@@ -178,6 +181,7 @@ async fn serve_admin(
         shared.metrics.clone(),
         shared.ready.clone(),
         inventory,
+        shared.learner.clone(),
     )
     .await
     .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))

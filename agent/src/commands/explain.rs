@@ -2,6 +2,7 @@
 
 use super::agent_client;
 use crate::cli::{Destination, ExplainArgs};
+use crate::dns::learn::Opened;
 use crate::identity::cgroupfs;
 use crate::inventory::Document;
 use crate::policy::{self, Proto, TierRef, Workload};
@@ -136,6 +137,22 @@ pub fn run(args: &ExplainArgs) -> i32 {
                     "public ones only (no allowPrivate)"
                 }
             );
+        }
+        if let (Some(addr), Destination::Addr(a)) = (args.agent, &args.to) {
+            let q = format!(
+                "/dns/learned?cgroup={}&ip={}",
+                agent_client::encode(&path),
+                a.ip()
+            );
+            match agent_client::get(addr, &q).map(|b| serde_json::from_str::<Opened>(&b)) {
+                Ok(Ok(o)) => println!(
+                    "opened by:   the DNS answer for {} (learned at {} ms, open until {} ms, epoch)",
+                    o.name, o.learned_at, o.expires
+                ),
+                Ok(Err(_)) | Err(_) => {
+                    println!("opened by:   no DNS answer (the agent knows none for this address)")
+                }
+            }
         }
         if metadata_service {
             println!("note:        the destination is a cloud metadata endpoint");

@@ -52,6 +52,15 @@ impl Cap {
     }
 }
 
+/// What opened an address, as `/dns/learned` serves it to `explain --agent`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Opened {
+    pub name: String,
+    /// Epoch milliseconds.
+    pub learned_at: u64,
+    pub expires: u64,
+}
+
 /// What taught an address, for events and `explain --agent`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
