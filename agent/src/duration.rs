@@ -62,7 +62,7 @@ impl fmt::Display for Span {
         let (unit, per) = UNITS
             .iter()
             .rev()
-            .find(|(_, per)| ms % per == 0 && (ms > 0 || *per == 1_000))
+            .find(|(_, per)| ms.is_multiple_of(*per) && (ms > 0 || *per == 1_000))
             .copied()
             .unwrap_or(("ms", 1));
         write!(f, "{}{unit}", ms / per)

@@ -145,7 +145,7 @@ pub(super) fn start(
             let live = state.clone();
             learner.retain_cgroups(move |c| live.workload(c).is_some());
             // A walk of the map (a syscall per entry): every 10 s is enough.
-            if sweeps % 10 == 0 {
+            if sweeps.is_multiple_of(10) {
                 let learner = shared.engine.learner().clone();
                 let learned = tokio::task::spawn_blocking(move || learner.kernel_entries())
                     .await

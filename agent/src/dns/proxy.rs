@@ -166,7 +166,7 @@ impl Engine {
                     _ => ResponseCode::FormErr,
                 };
                 rec.reason = "malformed";
-                return self.refuse(rec, msg.as_ref(), code);
+                return self.refuse(rec, msg.as_deref(), code);
             }
         };
         rec.qname = q.name.clone();

@@ -48,19 +48,19 @@ impl Malformed {
 
 /// Parses a workload's query. On `Err`, the message (when it has an id) is
 /// answered with [`error_reply`] of the returned code.
-pub fn parse(bytes: &[u8]) -> Result<Question, (Malformed, Option<Message>)> {
+pub fn parse(bytes: &[u8]) -> Result<Question, (Malformed, Option<Box<Message>>)> {
     let message = Message::from_vec(bytes).map_err(|_| (Malformed::Unreadable, None))?;
     if message.metadata.message_type != MessageType::Query {
-        return Err((Malformed::FormErr, Some(message)));
+        return Err((Malformed::FormErr, Some(Box::new(message))));
     }
     if message.metadata.op_code != OpCode::Query {
-        return Err((Malformed::NotImp, Some(message)));
+        return Err((Malformed::NotImp, Some(Box::new(message))));
     }
     let [q] = message.queries.as_slice() else {
-        return Err((Malformed::FormErr, Some(message)));
+        return Err((Malformed::FormErr, Some(Box::new(message))));
     };
     if q.query_class != DNSClass::IN {
-        return Err((Malformed::FormErr, Some(message)));
+        return Err((Malformed::FormErr, Some(Box::new(message))));
     }
     Ok(Question {
         id: message.metadata.id,
