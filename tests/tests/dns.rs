@@ -265,55 +265,32 @@ fn names_open_their_answers_for_the_asking_workload_only() {
 
     // explain: statically by name, and with the agent, which answer opened
     // an address for this workload.
-    let policy =
-        w.f.dir
-            .join("policy.yaml")
-            .to_str()
-            .expect("utf-8")
-            .to_string();
-    let cg_b = w.f.cg("t0/b");
-    let (code, out, err) = w.f.tiergate(&[
-        "policy",
-        "explain",
-        "--policy",
-        &policy,
-        "--cgroup",
-        &cg_b,
-        "--to",
-        "api.example.test:443",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let explain = |rel: &str, to: &str, agent: bool| {
+        let policy = w.f.dir.join("policy.yaml");
+        let addr = format!("127.0.0.1:{}", w.f.agent.as_ref().expect("agent").port);
+        let cg = w.f.cg(rel);
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--policy",
+            policy.to_str().expect("utf-8"),
+        ];
+        args.extend(["--cgroup", &cg, "--to", to]);
+        if agent {
+            args.extend(["--agent", addr.as_str()]);
+        }
+        let (code, out, err) = w.f.tiergate(&args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = explain("t0/b", "api.example.test:443", false);
     assert!(out.contains("reason:      fqdn"), "{out}");
-    let agent = format!("127.0.0.1:{}", w.f.agent.as_ref().expect("agent").port);
-    let (code, out, err) = w.f.tiergate(&[
-        "policy",
-        "explain",
-        "--policy",
-        &policy,
-        "--cgroup",
-        &cg_b,
-        "--to",
-        "198.18.0.10:443",
-        "--agent",
-        &agent,
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let out = explain("t0/b", "198.18.0.10:443", true);
     assert!(
         out.contains("opened by:   the DNS answer for api.example.test"),
         "{out}"
     );
-    let (_, out, _) = w.f.tiergate(&[
-        "policy",
-        "explain",
-        "--policy",
-        &policy,
-        "--cgroup",
-        &w.f.cg("t0/c"),
-        "--to",
-        "198.18.0.10:443",
-        "--agent",
-        &agent,
-    ]);
+    let out = explain("t0/c", "198.18.0.10:443", true);
     assert!(out.contains("opened by:   no DNS answer"), "{out}");
 
     // A name no rule allows: NXDOMAIN from the proxy, never asked upstream.

@@ -215,13 +215,7 @@ pub struct Learner {
 
 /// `CLOCK_BOOTTIME` in nanoseconds: the clock of `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::events::pipeline::clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
 /// The kernel's form of an address (IPv4 as `::ffff:a.b.c.d`).

@@ -639,7 +639,8 @@ fn hook_str(h: u8) -> &'static str {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+/// A clock's reading in nanoseconds.
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     // SAFETY: clock_gettime fills the timespec we own.
     unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();

@@ -94,12 +94,9 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_str;
+    use crate::policy::testing::with_spec;
 
-    const POLICY: &str = r#"apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
-spec:
+    const SPEC: &str = r#"spec:
   dns: {resolvers: [10.0.0.53]}
   defaultTier: names
   tiers:
@@ -122,7 +119,7 @@ spec:
 
     #[test]
     fn names_are_judged_like_the_proxy_and_the_hook_would() {
-        let p = parse_str(POLICY, "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let p = with_spec(SPEC);
         let t = |i| TierRef::Tier(i);
         let e = |tier, name: &str, port, proto| {
             let d = p.evaluate_name(tier, name, port, proto).expect("name");
@@ -170,7 +167,7 @@ spec:
     #[test]
     fn dns_queries_of_name_tiers_go_to_the_proxy() {
         use super::super::explain::Reason;
-        let p = parse_str(POLICY, "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let p = with_spec(SPEC);
         let any = "127.0.0.53".parse().expect("addr");
         let d = p.evaluate(TierRef::Tier(0), any, 53, Proto::Udp);
         assert_eq!((d.verdict, d.reason), (Verdict::Allow, Reason::DnsProxy));

@@ -138,12 +138,9 @@ mod tests {
     use agent_common::{PROTO_TCP, PROTO_UDP, TIER_F_DNS};
 
     use super::*;
-    use crate::policy::parse_str;
+    use crate::policy::testing::with_spec;
 
-    const POLICY: &str = r#"apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata: {name: p}
-spec:
+    const SPEC: &str = r#"spec:
   dns: {resolvers: [10.0.0.53]}
   defaultTier: names
   tiers:
@@ -163,7 +160,7 @@ spec:
 "#;
 
     fn policy() -> Policy {
-        parse_str(POLICY, "p.yaml").unwrap_or_else(|e| panic!("{e}"))
+        with_spec(SPEC)
     }
 
     fn pat(s: &str) -> NamePattern {
