@@ -581,3 +581,56 @@ fn caps_close_the_oldest_addresses_and_say_so() {
             .is_some_and(|v| v >= 1.0)
     });
 }
+
+#[test]
+fn every_fresh_answer_is_in_force_before_the_application_sees_it() {
+    // 10,000 names, each answering an address of its own: every lookup
+    // teaches a new address and the connect follows at once, so a single
+    // answer released before its allow is committed would show as EPERM.
+    const N: u32 = 10_000;
+    let mut w = World::new("dnsrace");
+    let mut zone = String::from(ZONE);
+    for i in 0..N {
+        zone.push_str(&format!(
+            "n{i}.race.test 30 A 198.18.{}.{}\n",
+            4 + i / 250,
+            1 + i % 250
+        ));
+    }
+    std::fs::write(w.f.dir.join("race.zone"), zone).expect("zone");
+    let ns = w.f.netns.clone();
+    ip(&["-n", &ns, "addr", "add", "10.53.0.54/32", "dev", "lo"]);
+    let (zone_path, log) = (w.f.dir.join("race.zone"), w.f.dir.join("race.log"));
+    w.children.push(spawn_ready(&[
+        "--netns",
+        &ns,
+        "dns-serve",
+        "10.53.0.54:53",
+        zone_path.to_str().expect("utf-8"),
+        log.to_str().expect("utf-8"),
+    ]));
+    std::fs::write(
+        w.f.dir.join("resolv-race.conf"),
+        "nameserver 10.53.0.54\noptions timeout:2 attempts:2\n",
+    )
+    .expect("resolv");
+    let root = w.f.cg_path.clone();
+    let p = dns_policy(&root, "enforce", &format!("{NAMES}, \"**.race.test\"")).replace(
+        &format!("resolvers: [\"{RESOLVER}\"]"),
+        "resolvers: [\"10.53.0.54\", \"10.53.0.53\"]",
+    );
+    w.f.start_agent(&p);
+    w.warm_up("t0/a");
+    let out = w.probe(
+        "t0/race",
+        "resolv-race.conf",
+        &[
+            "resolve-connect-seq",
+            "0",
+            &N.to_string(),
+            ".race.test",
+            "443",
+        ],
+    );
+    assert_eq!(out, [format!("ok {N} eperm 0 other 0")]);
+}

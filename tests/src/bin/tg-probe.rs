@@ -13,9 +13,13 @@
 //! `--resolv FILE` gives the probe FILE as its /etc/resolv.conf (a private
 //! mount namespace, as `ip netns exec` does with /etc/netns/NAME/), so the
 //! C library's resolver talks only to the test's DNS servers.
+//!   tg-probe [--cgroup DIR] [--netns NAME] [--resolv FILE] resolve-connect-seq FIRST COUNT SUFFIX PORT
+//!
 //! `resolve` prints the addresses getaddrinfo returns (or `error: ...`);
 //! `resolve-connect` resolves and connects (TCP) to the first address:
-//! `ok ADDR`, `ERRNO ADDR` or `resolve-error ...`.
+//! `ok ADDR`, `ERRNO ADDR` or `resolve-error ...`. `resolve-connect-seq`
+//! does that for the names `n<i><SUFFIX>`, i from FIRST, COUNT times, each
+//! connect right after its lookup, and prints `ok N eperm N other N`.
 //!
 //! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
 
@@ -314,6 +318,31 @@ fn main() {
                     Err(e) => println!("error: {e}"),
                 }
             }
+        }
+        Some("resolve-connect-seq") => {
+            let first: u32 = args[1].parse().expect("FIRST");
+            let count: u32 = args[2].parse().expect("COUNT");
+            let port: u16 = args[4].parse().expect("PORT");
+            let (mut ok, mut eperm, mut other) = (0, 0, 0);
+            for i in first..first + count {
+                let name = format!("n{i}{}", args[3]);
+                let r = match resolve(&name, port) {
+                    Ok(a) if !a.is_empty() => connect("tcp", &a[0].to_string()),
+                    Ok(_) => "no-address".into(),
+                    Err(e) => e,
+                };
+                match r.as_str() {
+                    "ok" => ok += 1,
+                    "EPERM" => eperm += 1,
+                    _ => {
+                        if other == 0 {
+                            eprintln!("{name}: {r}");
+                        }
+                        other += 1
+                    }
+                }
+            }
+            println!("ok {ok} eperm {eperm} other {other}");
         }
         Some("resolve-connect") => {
             for pair in args[1..].chunks(2) {
