@@ -128,7 +128,7 @@ pub fn run(args: &ExplainArgs) -> i32 {
         if let Some(r) = rule {
             println!("rule:        {r}");
         }
-        if let Destination::Name(..) = &args.to {
+        if reason == "fqdn" {
             println!(
                 "note:        for the addresses the name's answers teach this workload; {}",
                 if allow_private {

@@ -46,6 +46,17 @@ pub fn run(file: &Path) -> i32 {
     }
     println!("bindings: {}", p.bindings.len());
     println!("kernel prefix entries: {}", compiled.rules.len());
+    if let Some(dns) = &p.dns {
+        let resolvers: Vec<String> = dns.resolvers.iter().map(|r| r.to_string()).collect();
+        println!(
+            "dns: resolvers {} minTTL {}{}; name patterns in the kernel: {}",
+            resolvers.join(", "),
+            dns.min_ttl,
+            dns.max_ttl
+                .map_or(String::new(), |m| format!(" maxTTL {m}")),
+            compiled.names.len()
+        );
+    }
     0
 }
 
