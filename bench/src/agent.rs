@@ -53,7 +53,9 @@ impl World {
         extra: &[String],
     ) -> Result<f64> {
         let bpffs = PathBuf::from("/sys/fs/bpf").join(format!("{}-{tag}", self.name));
-        self.bpffs.push(bpffs.clone());
+        if !self.bpffs.contains(&bpffs) {
+            self.bpffs.push(bpffs.clone());
+        }
         let port = free_port();
         let log = std::fs::File::create(self.dir.join(format!("agent-{tag}.log")))?;
         let t0 = Instant::now();
@@ -91,6 +93,15 @@ impl World {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// SIGKILL, as a crash: the pins stay (programs keep enforcing, and an
+    /// agent started with the same tag re-adopts them). Returns its bpffs.
+    pub(crate) fn kill_agent(&mut self) -> Option<PathBuf> {
+        let mut a = self.agent.take()?;
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+        Some(a.bpffs)
     }
 
     pub(crate) fn stop_agent(&mut self) {

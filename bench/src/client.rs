@@ -4,7 +4,7 @@
 //!
 //!   tiergate-bench client --cgroup DIR --netns NS --mode tcp|udp --to IP:PORT --secs S
 //!   tiergate-bench flip   --cgroup DIR --netns NS --to IP:PORT --want ok|denied
-//!   tiergate-bench server --netns NS IP:PORT...
+//!   tiergate-bench server [--cgroup DIR] --netns NS IP:PORT...
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener};
@@ -22,7 +22,7 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: a.port().to_be(),
@@ -34,7 +34,7 @@ fn sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// 0 = connected/sent, otherwise the errno.
-fn attempt(tcp: bool, sa: &libc::sockaddr_in) -> i32 {
+pub(crate) fn attempt(tcp: bool, sa: &libc::sockaddr_in) -> i32 {
     // SAFETY: plain syscalls on an fd this function owns.
     unsafe {
         let ty = if tcp {
@@ -88,7 +88,7 @@ fn attempt(tcp: bool, sa: &libc::sockaddr_in) -> i32 {
     }
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
@@ -172,12 +172,16 @@ pub fn flip(args: &[String]) {
 /// The flip observer's polling interval (the resolution of reload times).
 pub const POLL: Duration = Duration::from_micros(100);
 
-/// TCP listeners that accept and close; prints "ready".
+/// TCP listeners that accept and close; prints "ready". With `--cgroup` and
+/// no address it is a namespace's sandbox: a process of a tier living there.
 pub fn server(args: &[String]) {
-    enter(None, arg(args, "--netns").as_deref());
+    enter(
+        arg(args, "--cgroup").as_deref(),
+        arg(args, "--netns").as_deref(),
+    );
     for t in args
         .iter()
-        .filter(|a| a.contains(':') && !a.starts_with('-'))
+        .filter(|a| a.contains(':') && !a.starts_with('-') && !a.contains('/'))
     {
         let a: SocketAddrV4 = t.parse().expect("IP:PORT");
         let sa = sockaddr(&a);

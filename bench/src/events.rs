@@ -170,10 +170,8 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
         // The agent is killed (its pins stay and the programs go on
         // producing): a ring buffer has one consumer, and a second reader
         // would move the consumer position under the agent's feet.
-        let mut dead = w.agent.take().expect("agent");
-        let _ = dead.child.kill();
-        let _ = dead.child.wait();
-        let pin = dead.bpffs.join("tiergate/v1/maps/TG_EVENTS");
+        let bpffs = w.kill_agent().expect("agent");
+        let pin = bpffs.join("tiergate/v1/maps/TG_EVENTS");
         let res = (|| -> Result<f64> {
             let md = aya::maps::MapData::from_pin(&pin)?;
             let mut rb = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(md))?;

@@ -9,9 +9,14 @@
 mod agent;
 mod client;
 mod connect;
+mod dns;
+mod dnsclient;
+mod dnsreport;
+mod dnsstress;
 mod events;
 mod hooks;
 mod load;
+mod merge;
 mod nft;
 mod policy;
 mod reload;
@@ -26,6 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::connect::connect_path;
+use crate::dns::dns_path;
 use crate::events::event_path;
 use crate::report::Report;
 use crate::world::World;
@@ -40,6 +46,9 @@ fn main() {
         Some("client") => return client::client(&args[1..]),
         Some("flip") => return client::flip(&args[1..]),
         Some("server") => return client::server(&args[1..]),
+        Some("gai") => return dnsclient::gai(&args[1..]),
+        Some("query") => return dnsclient::query(&args[1..]),
+        Some("dns-serve") => return dnsclient::dns_serve(&args[1..]),
         _ => {}
     }
     if let Err(e) = run(&args) {
@@ -89,7 +98,8 @@ fn run(args: &[String]) -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(0.5);
-    // For working on one part: connect, reload, events (writes a partial report).
+    // For working on one part: connect, reload, events, dns (the document's
+    // other sections keep what the last run of theirs wrote).
     let only: Option<Vec<String>> =
         arg(args, "--only").map(|s| s.split(',').map(str::to_string).collect());
     let command = format!("tiergate-bench {}", args.join(" "));
@@ -113,9 +123,25 @@ fn run(args: &[String]) -> Result<()> {
     if rep.wants("events") {
         event_path(&mut w, &mut rep)?;
     }
+    if rep.wants("dns") {
+        dns_path(&mut w, &mut rep, &command)?;
+    }
     drop(w);
     rep.total_s = started.elapsed().as_secs_f64();
-    let md = rep.render(&command);
+    let previous = std::fs::read_to_string(&out).ok();
+    if let (Some(only), Some(_)) = (&rep.only, &previous) {
+        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+        rep.notes.push(format!(
+            "{}: `{command}` on {} measured {}; the other sections are from earlier runs (the header describes the last full run).",
+            merge::PARTIAL,
+            date.trim(),
+            only.join(", ")
+        ));
+    }
+    let mut md = rep.render(&command);
+    if let (Some(only), Some(old)) = (&rep.only, &previous) {
+        md = merge::merge(old, &md, only);
+    }
     if let Some(p) = out.parent() {
         std::fs::create_dir_all(p)?;
     }

@@ -29,6 +29,8 @@ pub(crate) struct Report {
     pub(crate) mixed: Option<(u64, u64, u64)>,
     pub(crate) events: BTreeMap<String, Vec<f64>>,
     pub(crate) accounting: Vec<String>,
+    /// Section 5 (when it ran).
+    pub(crate) dns: Option<crate::dns::DnsFigures>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -61,6 +63,7 @@ impl Report {
         self.write_events(&mut s);
         self.write_reload(&mut s);
         self.write_footprint(&mut s);
+        self.write_dns(&mut s);
         self.write_targets(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n## Notes from the run\n");
@@ -374,6 +377,7 @@ impl Report {
             st.v.last().copied().unwrap_or(f64::NAN),
             yes(st.v.last().copied().unwrap_or(f64::INFINITY) <= 1000.0)
         );
+        self.write_dns_targets(s);
         if m10 < 1.0 || best < 1.0 {
             self.explain_allowed_gap(s);
         }

@@ -1,4 +1,4 @@
-//! Median and min–max of a set of samples, as the report prints them.
+//! Median, percentiles and min–max of a set of samples, as the report prints them.
 
 pub(crate) struct Stats {
     pub(crate) v: Vec<f64>,
@@ -20,6 +20,14 @@ impl Stats {
         } else {
             (self.v[n / 2 - 1] + self.v[n / 2]) / 2.0
         }
+    }
+    /// The `p`-th percentile (nearest rank; `p` in 0..=100).
+    pub(crate) fn pct(&self, p: f64) -> f64 {
+        if self.v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (p / 100.0 * self.v.len() as f64).ceil() as usize;
+        self.v[rank.clamp(1, self.v.len()) - 1]
     }
     pub(crate) fn fmt(&self, scale: f64, prec: usize) -> String {
         if self.v.is_empty() {

@@ -67,15 +67,24 @@ impl World {
     }
 
     pub(crate) fn start_server(&mut self) -> Result<()> {
+        let ns = self.netns.clone();
+        self.spawn_ready(&["server", "--netns", &ns, ALLOW, DENY])
+    }
+
+    /// Runs this binary with `args` until the end of the run (its stdin
+    /// closing stops it), once it has said "ready".
+    pub(crate) fn spawn_ready(&mut self, args: &[&str]) -> Result<()> {
         let mut c = Command::new(&self.me)
-            .args(["server", "--netns", &self.netns, ALLOW, DENY])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
         let mut line = String::new();
         BufReader::new(c.stdout.as_mut().expect("stdout")).read_line(&mut line)?;
         if line.trim() != "ready" {
-            bail!("server did not start");
+            let _ = c.kill();
+            let _ = c.wait();
+            bail!("{} did not start", args[0]);
         }
         self.children.push(c);
         Ok(())

@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use tiergate_tests::enter;
+use tiergate_tests::{enter, use_resolv_conf};
 
 fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -201,47 +201,6 @@ fn serve(targets: &[String]) -> ! {
     let _ = std::io::stdout().flush();
     loop {
         std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
-/// Makes `file` this process's /etc/resolv.conf, in a mount namespace of its own.
-fn use_resolv_conf(file: &str) {
-    // SAFETY: plain syscalls; the process is single-threaded here.
-    unsafe {
-        assert_eq!(
-            libc::unshare(libc::CLONE_NEWNS),
-            0,
-            "unshare: {}",
-            std::io::Error::last_os_error()
-        );
-        let root = c"/";
-        let none = c"none";
-        assert_eq!(
-            libc::mount(
-                none.as_ptr(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null()
-            ),
-            0,
-            "make / private: {}",
-            std::io::Error::last_os_error()
-        );
-        let src = std::ffi::CString::new(file).expect("path");
-        let dst = c"/etc/resolv.conf";
-        assert_eq!(
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null()
-            ),
-            0,
-            "bind {file} on /etc/resolv.conf: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 
