@@ -37,9 +37,10 @@ pub mod map_names {
     pub const DNS_ORIG: &str = "TG_DNS_ORIG";
     pub const LEARNED: &str = "TG_LEARNED";
     pub const FQDN_PORTS: &str = "TG_FQDN_PORTS";
-    pub const ALL: [&str; 11] = [
+    pub const GUARD: &str = "TG_GUARD";
+    pub const ALL: [&str; 12] = [
         CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED, DNS_NETNS, DNS_ORIG, LEARNED,
-        FQDN_PORTS,
+        FQDN_PORTS, GUARD,
     ];
 }
 
@@ -54,6 +55,8 @@ pub mod prog_names {
     pub const RECVMSG6: &str = "tg_recvmsg6";
     pub const GETPEERNAME4: &str = "tg_getpeername4";
     pub const GETPEERNAME6: &str = "tg_getpeername6";
+    pub const BIND4: &str = "tg_bind4";
+    pub const BIND6: &str = "tg_bind6";
     pub const LSM_SOCKET_CREATE: &str = "tg_socket_create";
 }
 
@@ -106,6 +109,10 @@ pub const TIER_F_METADATA_ALLOW: u32 = 1 << 2;
 /// goes to the agent's DNS proxy, and addresses its answers taught open.
 pub const TIER_F_DNS: u32 = 1 << 3;
 
+/// `metadata: filter`: the tier's HTTP connections to the instance metadata
+/// service go to the agent's metadata proxy, which decides each request.
+pub const TIER_F_METADATA_FILTER: u32 = 1 << 4;
+
 /// Index of a tier slot in `TG_TIERS`.
 pub const fn tier_slot(generation: u32, tier: u32) -> u32 {
     generation * MAX_TIERS + tier
@@ -156,27 +163,46 @@ pub struct PortSet {
 /// The DNS port every query of a DNS tier is taken from.
 pub const DNS_PORT: u16 = 53;
 
-/// `TG_DNS_NETNS[netns cookie]`: the DNS proxy serves this network
-/// namespace (it holds sockets there) on `port` of the whole of 127.0.0.0/8.
+/// `TG_DNS_NETNS[netns cookie]`: the agent's proxies serve this network
+/// namespace (they hold sockets there) on these ports of the whole of
+/// 127.0.0.0/8. A port of 0 is not served: the hook refuses what would go
+/// there. (The map keeps its first name: pins are ABI.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DnsNetns {
-    /// Proxy port, host order.
-    pub port: u16,
-    pub _pad: [u8; 6],
+pub struct ProxyNetns {
+    /// DNS proxy port, host order.
+    pub dns_port: u16,
+    /// Metadata proxy port, host order (0: none in this namespace).
+    pub metadata_port: u16,
+    pub _pad: [u8; 4],
 }
 
-/// `TG_DNS_ORIG[socket cookie]`: where a redirected socket meant to send its
-/// query, so `recvmsg`/`getpeername` show the application that peer again.
+/// `TG_DNS_ORIG[socket cookie]`: where a socket the hook redirected to a
+/// proxy (DNS or metadata) meant to go, so `recvmsg`/`getpeername` show the
+/// application that peer again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DnsOrig {
+pub struct OrigDst {
     /// Original destination, IPv6 form (IPv4 as `::ffff:a.b.c.d`).
     pub addr: [u8; 16],
-    /// Original port, host order (53).
+    /// Original port, host order.
     pub port: u16,
     /// The proxy port the socket was sent to, host order.
     pub proxy_port: u16,
+    pub _pad: u32,
+}
+
+/// `TG_GUARD[0]`: who may bind the proxies' ports. While the agent is
+/// dead its listeners are gone; without this another process could take a
+/// port and answer the redirected queries and requests as if it were the
+/// agent. Written by the agent before it binds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyGuard {
+    /// The agent's cgroup: the only one that may bind the ports (0: no guard).
+    pub agent_cgroup: u64,
+    /// The DNS and metadata proxy ports, host order (0 = unused).
+    pub ports: [u16; 2],
     pub _pad: u32,
 }
 
@@ -273,6 +299,12 @@ pub const REASON_DNS_PROXY_PORT: u8 = 9;
 /// A DNS query of a tier with name rules, sent to the proxy. The hook makes
 /// no record of it (the proxy reports the query); `policy explain` uses it.
 pub const REASON_DNS_PROXY: u8 = 10;
+/// A metadata connection of a `filter` tier, sent to the metadata proxy
+/// (which reports each request).
+pub const REASON_METADATA_PROXY: u8 = 11;
+/// A metadata connection of a `filter` tier from a network namespace the
+/// metadata proxy does not serve (yet), or to an endpoint it cannot filter.
+pub const REASON_METADATA_UNFILTERED: u8 = 12;
 
 /// `ConnectEvent::flags`: the destination is a cloud metadata endpoint.
 pub const CONNECT_F_METADATA: u32 = 1;
@@ -340,20 +372,127 @@ pub mod counter {
     pub const COUNT: u32 = 7;
 }
 
-/// The built-in cloud metadata endpoints (CONTRACT 2.1), IPv4 in network order.
-pub const METADATA_V4: [[u8; 4]; 4] = [
+/// The built-in cloud metadata endpoints (CONTRACT 2.1, sources in the
+/// README), IPv4 in network order: every port of these addresses.
+pub const METADATA_V4: [[u8; 4]; 7] = [
+    // AWS, GCP, Azure, OpenStack, DigitalOcean... instance metadata (HTTP).
     [169, 254, 169, 254],
+    // AWS ECS task credentials.
     [169, 254, 170, 2],
+    // AWS EKS Pod Identity.
     [169, 254, 170, 23],
+    // Alibaba Cloud.
     [100, 100, 100, 200],
+    // Oracle Cloud (OCI).
+    [192, 0, 0, 192],
+    // GKE metadata server (Workload Identity, port 988).
+    [169, 254, 169, 252],
+    // Azure WireServer: only on its metadata ports, see METADATA_PORTS_V4.
+    [168, 63, 129, 16],
 ];
-/// IPv6 metadata endpoints: fd00:ec2::254 and fd00:ec2::23.
-pub const METADATA_V6: [[u8; 16]; 2] = [
+/// The one entry of [`METADATA_V4`] that is metadata only on some ports:
+/// Azure's WireServer also answers the VM's DNS on 53.
+pub const WIRESERVER_V4: [u8; 4] = [168, 63, 129, 16];
+pub const WIRESERVER_PORTS: [u16; 2] = [80, 32526];
+/// IPv6 metadata endpoints.
+pub const METADATA_V6: [[u8; 16]; 5] = [
+    // AWS IMDS (Nitro).
     [
         0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
     ],
+    // AWS EKS Pod Identity.
     [0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x23],
+    // Oracle Cloud (OCI): fd00:c1::a9fe:a9fe.
+    [
+        0xfd, 0, 0, 0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0xa9, 0xfe,
+    ],
+    // OpenStack: fe80::a9fe:a9fe.
+    [
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0xa9, 0xfe,
+    ],
+    // GCP (IPv6 instances): fd20:ce::254.
+    [
+        0xfd, 0x20, 0, 0xce, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+    ],
 ];
+/// The port of the HTTP instance metadata services a `filter` tier's
+/// connections are sent to the proxy on.
+pub const METADATA_HTTP_PORT: u16 = 80;
+/// Endpoints whose HTTP instance metadata service the proxy can filter
+/// (indices into [`METADATA_V4`] / [`METADATA_V6`]). The others either
+/// identify callers by source address (GKE's metadata server), are not
+/// HTTP metadata (WireServer) or serve credentials only (ECS, EKS Pod
+/// Identity): a `filter` tier is denied them.
+pub const FILTERABLE_V4: [usize; 3] = [0, 3, 4];
+pub const FILTERABLE_V6: [usize; 3] = [0, 2, 4];
+
+/// Whether `index` is in `list` (bounded loop: also runs in the kernel).
+#[inline(always)]
+const fn listed(list: &[usize], index: usize) -> bool {
+    let mut i = 0;
+    while i < list.len() {
+        if list[i] == index {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The [`METADATA_V4`] entry `(a, port)` reaches, if it is a metadata endpoint.
+#[inline(always)]
+pub const fn metadata_v4(a: [u8; 4], port: u16) -> Option<usize> {
+    let mut i = 0;
+    while i < METADATA_V4.len() {
+        let m = METADATA_V4[i];
+        if m[0] == a[0] && m[1] == a[1] && m[2] == a[2] && m[3] == a[3] {
+            let wire = a[0] == WIRESERVER_V4[0]
+                && a[1] == WIRESERVER_V4[1]
+                && a[2] == WIRESERVER_V4[2]
+                && a[3] == WIRESERVER_V4[3];
+            if wire && port != WIRESERVER_PORTS[0] && port != WIRESERVER_PORTS[1] {
+                return None;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The [`METADATA_V6`] entry `a` is, if it is a metadata endpoint.
+#[inline(always)]
+pub const fn metadata_v6(a: &[u8; 16]) -> Option<usize> {
+    let mut i = 0;
+    while i < METADATA_V6.len() {
+        let m = &METADATA_V6[i];
+        let mut j = 0;
+        let mut same = true;
+        while j < 16 {
+            if m[j] != a[j] {
+                same = false;
+            }
+            j += 1;
+        }
+        if same {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether a connection to metadata entry `index` (of the v4 or v6 list) on
+/// `port` over TCP is one the metadata proxy can filter.
+#[inline(always)]
+pub const fn metadata_filterable(v4: bool, index: usize, port: u16) -> bool {
+    port == METADATA_HTTP_PORT
+        && if v4 {
+            listed(&FILTERABLE_V4, index)
+        } else {
+            listed(&FILTERABLE_V6, index)
+        }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -369,8 +508,9 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for SocketEvent {}
-    unsafe impl aya::Pod for DnsNetns {}
-    unsafe impl aya::Pod for DnsOrig {}
+    unsafe impl aya::Pod for ProxyNetns {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for ProxyGuard {}
     unsafe impl aya::Pod for LearnedKey {}
     unsafe impl aya::Pod for Learned {}
     unsafe impl aya::Pod for FqdnKey {}
@@ -397,8 +537,9 @@ mod tests {
             56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4
         );
         assert_eq!(size_of::<SocketEvent>(), 56 + 12 + 4 + 8);
-        assert_eq!(size_of::<DnsNetns>(), 8);
-        assert_eq!(size_of::<DnsOrig>(), 24);
+        assert_eq!(size_of::<ProxyNetns>(), 8);
+        assert_eq!(size_of::<OrigDst>(), 24);
+        assert_eq!(size_of::<ProxyGuard>(), 16);
         assert_eq!(size_of::<LearnedKey>(), 24);
         assert_eq!(size_of::<Learned>(), 8 + 8 * MAX_LEARNED_PATTERNS);
         assert_eq!(size_of::<FqdnKey>(), 16);
@@ -410,6 +551,24 @@ mod tests {
         assert_eq!(dns_slot(0xff_fffd), 0xff_fffe);
         assert_eq!(dns_slot(0xff_fffe), 1);
         assert_eq!(dns_slot(u64::MAX) & !0xff_ffff, 0);
+    }
+
+    #[test]
+    fn metadata_endpoints_by_address_and_port() {
+        assert_eq!(metadata_v4([169, 254, 169, 254], 80), Some(0));
+        assert_eq!(metadata_v4([169, 254, 169, 254], 53), Some(0));
+        assert_eq!(metadata_v4([168, 63, 129, 16], 80), Some(6));
+        assert_eq!(metadata_v4([168, 63, 129, 16], 32526), Some(6));
+        assert_eq!(metadata_v4([168, 63, 129, 16], 53), None);
+        assert_eq!(metadata_v4([10, 0, 0, 1], 80), None);
+        assert!(metadata_filterable(true, 0, 80));
+        assert!(!metadata_filterable(true, 0, 443));
+        assert!(!metadata_filterable(true, 1, 80), "ECS credentials");
+        assert!(!metadata_filterable(true, 5, 80), "GKE metadata server");
+        let oci6 = METADATA_V6[2];
+        assert_eq!(metadata_v6(&oci6), Some(2));
+        assert!(metadata_filterable(false, 2, 80));
+        assert_eq!(metadata_v6(&[0; 16]), None);
     }
 
     #[test]

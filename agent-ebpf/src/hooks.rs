@@ -5,14 +5,16 @@
 
 use agent_common::{
     CONFIG_F_POLICY_LOADED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED,
-    CgroupTier, Config, ConnectEvent, DNS_PORT, DnsNetns, DnsOrig, EVENT_CONNECT, EVENT_SOCKET,
-    EventHeader, FqdnKey, GENERATIONS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    Learned, LearnedKey, MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS,
-    METADATA_V4, METADATA_V6, PROTO_TCP, PROTO_UDP, PortSet, REASON_DNS_PROXY_PORT,
-    REASON_DNS_UNSERVED, REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK,
-    REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS,
-    RuleKey, SocketEvent, TIER_F_AUDIT, TIER_F_DNS, TIER_F_METADATA_ALLOW, TIER_F_VALID, TIER_HOST,
-    TierConfig, VERDICT_ALLOW, VERDICT_AUDIT_DENY, VERDICT_DENY, counter, dns_slot,
+    CgroupTier, Config, ConnectEvent, DNS_PORT, EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey,
+    GENERATIONS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned, LearnedKey,
+    MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS, OrigDst, PROTO_TCP,
+    PROTO_UDP, PortSet, ProxyGuard, ProxyNetns, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED,
+    REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY,
+    REASON_METADATA_SERVICE, REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE,
+    REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent, TIER_F_AUDIT, TIER_F_DNS,
+    TIER_F_METADATA_ALLOW, TIER_F_METADATA_FILTER, TIER_F_VALID, TIER_HOST, TierConfig,
+    VERDICT_ALLOW, VERDICT_AUDIT_DENY, VERDICT_DENY, counter, dns_slot, metadata_filterable,
+    metadata_v4, metadata_v6,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
@@ -68,15 +70,19 @@ static TG_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 #[map(name = "TG_REPORTED")]
 static TG_REPORTED: Array<u64> = Array::pinned(counter::COUNT, 0);
 
-/// Network namespaces the DNS proxy serves (user space writes; see
+/// Network namespaces the agent's proxies serve (user space writes; see
 /// `agent/src/dns/netns.rs`).
 #[map(name = "TG_DNS_NETNS")]
-static TG_DNS_NETNS: HashMap<u64, DnsNetns> = HashMap::pinned(4096, 0);
+static TG_DNS_NETNS: HashMap<u64, ProxyNetns> = HashMap::pinned(4096, 0);
 
-/// Where redirected sockets meant to send (written here, read by the
+/// Where redirected sockets meant to go (written here, read by the
 /// recvmsg/getpeername hooks). LRU: entries of closed sockets age out.
 #[map(name = "TG_DNS_ORIG")]
-static TG_DNS_ORIG: LruHashMap<u64, DnsOrig> = LruHashMap::pinned(16384, 0);
+static TG_DNS_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::pinned(16384, 0);
+
+/// Who may bind the proxies' ports (user space writes before it binds).
+#[map(name = "TG_GUARD")]
+static TG_GUARD: Array<ProxyGuard> = Array::pinned(1, 0);
 
 /// Addresses DNS answers taught each cgroup (the proxy writes before it
 /// releases the answer). LRU: the global bound; per-cgroup caps are the
@@ -221,26 +227,14 @@ fn ring_has_room_for_allowed(fill: RingFill) -> bool {
     fill.used < fill.size - fill.size / 4
 }
 
-fn is_metadata(addr: &[u8; 16], v4: bool) -> bool {
+/// The metadata endpoint `addr:port` is, if any: (whether it is in the
+/// IPv4 list, its index there).
+#[inline(always)]
+fn metadata_endpoint(addr: &[u8; 16], v4: bool, port: u16) -> Option<(bool, usize)> {
     if v4 {
-        let a = [addr[12], addr[13], addr[14], addr[15]];
-        let mut i = 0;
-        while i < METADATA_V4.len() {
-            if METADATA_V4[i] == a {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        metadata_v4([addr[12], addr[13], addr[14], addr[15]], port).map(|i| (true, i))
     } else {
-        let mut i = 0;
-        while i < METADATA_V6.len() {
-            if METADATA_V6[i] == *addr {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        metadata_v6(addr).map(|i| (false, i))
     }
 }
 
@@ -279,20 +273,20 @@ fn ports_admit(set: &PortSet, port: u16, proto_bit: u32) -> bool {
     false
 }
 
-/// The proxy of the calling socket's network namespace, if it serves it.
+/// The proxies of the calling socket's network namespace, if they serve it.
 #[inline(always)]
-fn served_netns(ctx: &SockAddrContext) -> Option<DnsNetns> {
+fn served_netns(ctx: &SockAddrContext) -> Option<ProxyNetns> {
     // SAFETY: plain helper call on the program's own context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     // SAFETY: read only; user space writes whole entries.
     unsafe { TG_DNS_NETNS.get(&netns) }.copied()
 }
 
-/// Sends a DNS query to the proxy: 127.0.0.0/8 with the cgroup's slot (the
-/// proxy learns the asking cgroup from it), on the proxy port. The original
-/// destination is kept for recvmsg/getpeername.
+/// Sends a DNS query or a metadata connection to a proxy: 127.0.0.0/8 with
+/// the cgroup's slot (the proxy learns the calling cgroup from it), on the
+/// proxy's port. The original destination is kept for recvmsg/getpeername.
 #[inline(always)]
-fn redirect_dns(
+fn redirect(
     ctx: &SockAddrContext,
     r: &Resolved,
     is6: bool,
@@ -302,7 +296,7 @@ fn redirect_dns(
 ) {
     // SAFETY: plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = DnsOrig {
+    let orig = OrigDst {
         addr: *addr,
         port,
         proxy_port,
@@ -321,6 +315,15 @@ fn redirect_dns(
             (*sa).user_ip4 = ip4.to_be();
         }
         (*sa).user_port = u32::from(proxy_port.to_be());
+    }
+}
+
+/// Whether `port` is one of the proxies' ports (bound by the agent only).
+#[inline(always)]
+fn is_proxy_port(port: u16) -> bool {
+    match TG_GUARD.get(0) {
+        Some(g) => port != 0 && (port == g.ports[0] || port == g.ports[1]),
+        None => false,
     }
 }
 
@@ -362,8 +365,8 @@ fn learned_admits(r: &Resolved, addr: &[u8; 16], port: u16, proto_bit: u32) -> b
     false
 }
 
-/// Shows a redirected socket its original DNS server as the peer (recvmsg's
-/// source address, getpeername) when the peer is the proxy.
+/// Shows a redirected socket its original peer (recvmsg's source address,
+/// getpeername) when the peer is the proxy.
 #[inline(always)]
 fn restore_peer(ctx: &SockAddrContext, is6: bool) {
     // SAFETY: plain helper call on the program's own context.
@@ -450,7 +453,8 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     let port = u16::from_be(port_be as u16);
     let udp = protocol == IPPROTO_UDP || (protocol != IPPROTO_TCP && sock_type == SOCK_DGRAM);
     let proto_bit = if udp { PROTO_UDP } else { PROTO_TCP };
-    let metadata = is_metadata(&addr, v4);
+    let endpoint = metadata_endpoint(&addr, v4, port);
+    let metadata = endpoint.is_some();
     if metadata {
         flags |= CONNECT_F_METADATA;
     }
@@ -466,10 +470,9 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     } else {
         let tflags = tier_flags(&r);
         let dns = tflags & TIER_F_DNS != 0;
-        let proxy = if dns { served_netns(ctx) } else { None };
         if dns && port == DNS_PORT {
-            if let Some(p) = proxy {
-                redirect_dns(ctx, &r, is6, &addr, port, p.port);
+            if let Some(p) = served_netns(ctx).filter(|p| p.dns_port != 0) {
+                redirect(ctx, &r, is6, &addr, port, p.dns_port);
                 return ALLOW;
             }
         }
@@ -477,15 +480,33 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
             // No proxy in this namespace yet: the query must not slip past
             // the name filter (audit tiers let it go, reported).
             (false, REASON_DNS_UNSERVED)
-        } else if dns && is_loopback(&addr, v4) && proxy.is_some_and(|p| p.port == port) {
-            // Only the hook may choose a proxy slot: a direct send could
-            // pose as another cgroup.
+        } else if is_loopback(&addr, v4) && is_proxy_port(port) {
+            // Only the hook may choose a proxy slot: a direct connection
+            // could pose as another cgroup.
             (false, REASON_DNS_PROXY_PORT)
         } else if is_loopback(&addr, v4) {
             (true, REASON_LOOPBACK)
-        } else if metadata {
+        } else if let Some((in_v4, index)) = endpoint {
             // metadata: deny wins over any egress rule.
-            (tflags & TIER_F_METADATA_ALLOW != 0, REASON_METADATA_SERVICE)
+            if tflags & TIER_F_METADATA_FILTER == 0 {
+                (tflags & TIER_F_METADATA_ALLOW != 0, REASON_METADATA_SERVICE)
+            } else {
+                let to = if !udp && metadata_filterable(in_v4, index, port) {
+                    served_netns(ctx).map_or(0, |p| p.metadata_port)
+                } else {
+                    0
+                };
+                if to != 0 {
+                    // Reported with the original destination below; the
+                    // proxy reports each request on it.
+                    redirect(ctx, &r, is6, &addr, port, to);
+                    (true, REASON_METADATA_PROXY)
+                } else {
+                    // Not HTTP to a service the proxy filters, or no proxy
+                    // here (agent away): never straight through.
+                    (false, REASON_METADATA_UNFILTERED)
+                }
+            }
         } else {
             let key = Key::new(
                 RULE_KEY_FIXED_BITS + 128,
@@ -578,6 +599,36 @@ pub fn tg_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn tg_sendmsg6(ctx: SockAddrContext) -> i32 {
     judge(&ctx, HOOK_SENDMSG6)
+}
+
+/// Refuses a bind to a proxy port by anyone but the agent, so that while
+/// the agent is away no other process can take its place.
+#[inline(always)]
+fn guard_bind(ctx: &SockAddrContext) -> i32 {
+    let Some(g) = TG_GUARD.get(0) else {
+        return ALLOW;
+    };
+    // SAFETY: ctx field of a bind program.
+    let port = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
+    if g.agent_cgroup == 0 || port == 0 || (port != g.ports[0] && port != g.ports[1]) {
+        return ALLOW;
+    }
+    // SAFETY: plain helper call.
+    if unsafe { bpf_get_current_cgroup_id() } == g.agent_cgroup {
+        ALLOW
+    } else {
+        REJECT
+    }
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn tg_bind4(ctx: SockAddrContext) -> i32 {
+    guard_bind(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn tg_bind6(ctx: SockAddrContext) -> i32 {
+    guard_bind(&ctx)
 }
 
 /// recvmsg/getpeername programs must return 1.

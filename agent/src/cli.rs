@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node daemon: load the eBPF programs, enforce the policy, report events.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Validate and explain tier policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -106,6 +106,16 @@ pub struct AgentArgs {
     /// Learned addresses one name may hold open for one workload.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub dns_max_per_name: u64,
+    /// Port of the metadata proxy on 127.0.0.0/8 in each network namespace
+    /// it serves (`metadata: filter` tiers' metadata connections go there).
+    /// Only the agent may bind it. Pick one no workload binds.
+    #[arg(long, value_name = "PORT", default_value_t = 15054, value_parser = clap::value_parser!(u16).range(1..))]
+    pub metadata_proxy_port: u16,
+    /// Where the metadata proxy forwards the requests it allows: the
+    /// instance metadata service (one per node and cloud). Connected from
+    /// the agent's own network namespace.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "169.254.169.254:80")]
+    pub metadata_upstream: std::net::SocketAddr,
     /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
     /// --tls-* files and --spool).
     #[arg(long, value_name = "URL", requires_all = ["tls_ca", "tls_cert", "tls_key"])]

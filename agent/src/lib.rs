@@ -14,6 +14,7 @@ pub mod events;
 pub mod export;
 pub mod identity;
 pub mod inventory;
+pub mod metadata;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;

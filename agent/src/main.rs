@@ -30,7 +30,7 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(tiergate::app::run(args)) {
+            match rt.block_on(tiergate::app::run(*args)) {
                 Ok(()) => 0,
                 Err(e) => {
                     // One clear sentence (with its causes) on stderr.

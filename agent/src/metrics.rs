@@ -76,6 +76,10 @@ pub struct Metrics {
     pub dns_overloaded: Gauge<u64, AtomicU64>,
     pub dns_learned: Gauge,
     pub dns_evicted: Family<CapLabels, Gauge<u64, AtomicU64>>,
+    /// Metadata proxy: requests decided, by verdict; connections closed at
+    /// once for want of room.
+    pub metadata_requests: Family<VerdictLabels, Gauge<u64, AtomicU64>>,
+    pub metadata_overloaded: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -209,8 +213,22 @@ impl Metrics {
             "Learned addresses closed to keep a workload (or one of its names) within its cap",
             dns_evicted.clone(),
         );
+        let metadata_requests = Family::<VerdictLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "metadata_requests",
+            "Requests the metadata proxy decided, by verdict (since the agent started)",
+            metadata_requests.clone(),
+        );
+        let metadata_overloaded = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "metadata_overloaded",
+            "Connections to the metadata proxy closed at once because too many were open",
+            metadata_overloaded.clone(),
+        );
         Self {
             registry,
+            metadata_requests,
+            metadata_overloaded,
             dns_evicted,
             dns_namespaces,
             dns_overloaded,

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod dnsserver;
+pub mod httpprobe;
+pub mod imds;
 mod resolv;
 pub use resolv::use_resolv_conf;
 pub mod kubeapi;

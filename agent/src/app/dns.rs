@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_common::ProxyGuard;
 use agent_common::map_names;
 use anyhow::Context as _;
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{Array, HashMap as BpfHashMap};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -17,10 +18,13 @@ use crate::cli::AgentArgs;
 use crate::dns::learn::{Learner, Limits};
 use crate::dns::proxy::Engine;
 use crate::dns::record::DnsRecord;
-use crate::dns::serve::{Registry, Shared};
+use crate::dns::serve::{MetadataServing, Registry, Shared};
 use crate::events::pipeline::DnsLink;
-use crate::identity::cgroupfs::CgroupFs;
-use crate::metrics::{CapLabels, Metrics};
+use crate::identity::cgroupfs::{self, CgroupFs};
+use crate::metadata::proxy::Proxy;
+use crate::metadata::record::MetadataRecord;
+use crate::metadata::server::Server as MetadataServer;
+use crate::metrics::{CapLabels, Metrics, VerdictLabels};
 use crate::state::NodeState;
 
 /// Records the proxy may queue for the writer before it counts losses.
@@ -28,12 +32,13 @@ const RECORD_QUEUE: usize = 65_536;
 /// How often the processes of name tiers are swept for their namespaces.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The running proxy.
+/// The running proxies (DNS and metadata: they serve the same namespaces).
 pub(super) struct DnsPath {
     /// For the writer: the learner and the serve requests.
     pub link: DnsLink,
-    /// The proxy's records, for the writer.
-    records: Option<mpsc::Receiver<DnsRecord>>,
+    /// The proxies' records, for the writer.
+    records: Option<(mpsc::Receiver<DnsRecord>, mpsc::Receiver<MetadataRecord>)>,
+    pub metadata: Arc<MetadataServer>,
     pub registry: Arc<Registry>,
     pub shared: Arc<Shared>,
     serve_rx: Option<mpsc::UnboundedReceiver<u32>>,
@@ -50,8 +55,22 @@ pub(super) fn setup(
             .with_context(|| format!("map {name} missing from the eBPF object"))
     };
     let learned = BpfHashMap::try_from(take(map_names::LEARNED)?)?;
-    let mut netns: BpfHashMap<_, u64, agent_common::DnsNetns> =
+    let mut netns: BpfHashMap<_, u64, agent_common::ProxyNetns> =
         BpfHashMap::try_from(take(map_names::DNS_NETNS)?)?;
+    let mut guard: Array<_, ProxyGuard> = Array::try_from(take(map_names::GUARD)?)?;
+    // Before any listener exists: from now on only this agent's cgroup may
+    // bind the proxies' ports, also after it dies.
+    guard
+        .set(
+            0,
+            ProxyGuard {
+                agent_cgroup: own_cgroup()?,
+                ports: [args.dns_proxy_port, args.metadata_proxy_port],
+                _pad: 0,
+            },
+            0,
+        )
+        .context("cannot write TG_GUARD")?;
     // An earlier agent's namespaces: their sockets died with it. Until this
     // agent serves them again their queries fail at once (EPERM), rather
     // than going to a port nobody holds.
@@ -65,18 +84,32 @@ pub(super) fn setup(
     };
     let learner = Arc::new(Learner::new(learned, limits));
     let (tx, records) = mpsc::channel(RECORD_QUEUE);
-    let engine = Arc::new(Engine::new(state, learner.clone(), tx));
+    let engine = Arc::new(Engine::new(state.clone(), learner.clone(), tx));
     let lost = engine.lost_records.clone();
     let shared = Shared::new(engine);
-    let registry = Registry::new(shared.clone(), args.dns_proxy_port, netns);
+    let (mtx, mrecords) = mpsc::channel(RECORD_QUEUE);
+    let proxy = Arc::new(Proxy::new(state, args.metadata_upstream, mtx));
+    let metadata_lost = proxy.lost_records.clone();
+    let metadata = MetadataServer::new(proxy);
+    let registry = Registry::new(
+        shared.clone(),
+        args.dns_proxy_port,
+        MetadataServing {
+            port: args.metadata_proxy_port,
+            server: metadata.clone(),
+        },
+        netns,
+    );
     let (serve, serve_rx) = mpsc::unbounded_channel();
     Ok(DnsPath {
         link: DnsLink {
             learner,
             serve,
             lost,
+            metadata_lost,
         },
-        records: Some(records),
+        records: Some((records, mrecords)),
+        metadata,
         registry,
         shared,
         serve_rx: Some(serve_rx),
@@ -84,8 +117,8 @@ pub(super) fn setup(
 }
 
 impl DnsPath {
-    /// The proxy's records, handed to the writer once.
-    pub fn take_records(&mut self) -> mpsc::Receiver<DnsRecord> {
+    /// The proxies' records, handed to the writer once.
+    pub fn take_records(&mut self) -> (mpsc::Receiver<DnsRecord>, mpsc::Receiver<MetadataRecord>) {
         self.records.take().expect("taken once")
     }
 }
@@ -108,6 +141,7 @@ pub(super) fn start(
     });
     let registry = path.registry.clone();
     let shared = path.shared.clone();
+    let metadata = path.metadata.clone();
     let sweep = tokio::spawn(async move {
         let mut sweeps = 0u64;
         let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -115,7 +149,7 @@ pub(super) fn start(
         loop {
             tick.tick().await;
             let (st, cgfs) = (state.clone(), cgfs.clone());
-            let pids = tokio::task::spawn_blocking(move || name_tier_pids(&st, &cgfs))
+            let pids = tokio::task::spawn_blocking(move || proxied_tier_pids(&st, &cgfs))
                 .await
                 .unwrap_or_default();
             registry.sweep(pids).await;
@@ -144,6 +178,24 @@ pub(super) fn start(
                 );
             let live = state.clone();
             learner.retain_cgroups(move |c| live.workload(c).is_some());
+            let live = state.clone();
+            metadata
+                .proxy
+                .tokens
+                .retain_cgroups(move |c| live.workload(c).is_some());
+            metrics.metadata_overloaded.set(
+                metadata
+                    .overloaded
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            for (i, verdict) in ["allow", "deny", "audit-deny"].into_iter().enumerate() {
+                metrics
+                    .metadata_requests
+                    .get_or_create(&VerdictLabels {
+                        verdict: verdict.into(),
+                    })
+                    .set(metadata.proxy.requests[i].load(std::sync::atomic::Ordering::Relaxed));
+            }
             // A walk of the map (a syscall per entry): every 10 s is enough.
             if sweeps.is_multiple_of(10) {
                 let learner = shared.engine.learner().clone();
@@ -158,8 +210,9 @@ pub(super) fn start(
     vec![on_request, sweep]
 }
 
-/// The processes of every cgroup whose tier has name rules.
-fn name_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
+/// The processes of every cgroup whose tier has name rules or filters its
+/// metadata requests: the namespaces the proxies must serve.
+fn proxied_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
     let Some(policy) = state.active_policy() else {
         return Vec::new();
     };
@@ -167,7 +220,7 @@ fn name_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
     for (_, w) in state.workloads() {
         let names = policy
             .tier_index(&w.tier)
-            .is_some_and(|i| policy.tiers[i].has_fqdns());
+            .is_some_and(|i| policy.tiers[i].has_fqdns() || policy.tiers[i].filters_metadata());
         if !names {
             continue;
         }
@@ -179,4 +232,16 @@ fn name_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// The cgroup id of the agent itself (the one allowed to bind the proxies'
+/// ports).
+fn own_cgroup() -> anyhow::Result<u64> {
+    let path =
+        cgroupfs::path_of_pid(std::process::id()).context("cannot read the agent's own cgroup")?;
+    let cgfs = CgroupFs::discover().context("cannot find cgroup v2")?;
+    let dir = cgfs
+        .dir_of(&path)
+        .with_context(|| format!("the agent's cgroup {path} is not under the cgroup v2 mount"))?;
+    cgroupfs::cgroup_id(&dir).context("cannot read the agent's cgroup id")
 }

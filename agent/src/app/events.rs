@@ -20,6 +20,7 @@ use crate::events::pipeline::{
 };
 use crate::events::sinks::{LineSink, Sink};
 use crate::identity::cgroupfs::CgroupFs;
+use crate::metadata::record::MetadataRecord;
 
 /// The running event path.
 pub(super) struct EventPath {
@@ -41,7 +42,11 @@ pub(super) async fn start(
     hostname: &str,
     cgroups: (CgroupFs, std::path::PathBuf),
     shared: &Shared,
-    dns: (DnsLink, mpsc::Receiver<DnsRecord>),
+    dns: (
+        DnsLink,
+        mpsc::Receiver<DnsRecord>,
+        mpsc::Receiver<MetadataRecord>,
+    ),
 ) -> anyhow::Result<EventPath> {
     let (ring, counters) = kernel_maps(ebpf)?;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -92,6 +97,7 @@ pub(super) async fn start(
         normal: nrx,
         agent: arx,
         dns: dns.1,
+        metadata: dns.2,
     }));
     let reader_metrics = shared.metrics.clone();
     let (stop_reader, stop) = tokio::sync::oneshot::channel();

@@ -70,7 +70,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &hostname,
         (cgfs.clone(), root.clone()),
         &shared,
-        (dns_path.link.clone(), dns_path.take_records()),
+        {
+            let (dns, metadata) = dns_path.take_records();
+            (dns_path.link.clone(), dns, metadata)
+        },
     )
     .await?;
     // Cgroup watch first, then the scan, so no cgroup falls between them.

@@ -160,17 +160,24 @@ pub fn open_listeners(port: u16) -> io::Result<Listeners> {
     set_int(udp.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     set_int(udp.as_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     bind_any(udp.as_fd(), port)?;
+    let tcp = tcp_listener(port)?;
+    let cookie = netns_cookie(udp.as_fd())?;
+    Ok(Listeners {
+        udp: UdpSocket::from(udp),
+        tcp,
+        cookie,
+    })
+}
+
+/// A TCP listener on `port` of every address in the calling thread's
+/// namespace (non-blocking; the server checks the slot of each connection).
+pub fn tcp_listener(port: u16) -> io::Result<TcpListener> {
     let tcp = inet_socket(libc::SOCK_STREAM)?;
     set_int(tcp.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     bind_any(tcp.as_fd(), port)?;
     // SAFETY: listen on a bound socket we own.
     cvt(unsafe { libc::listen(tcp.as_raw_fd(), 1024) })?;
-    let cookie = netns_cookie(udp.as_fd())?;
-    Ok(Listeners {
-        udp: UdpSocket::from(udp),
-        tcp: TcpListener::from(tcp),
-        cookie,
-    })
+    Ok(TcpListener::from(tcp))
 }
 
 /// A UDP socket connected to `server`, made in the calling thread's

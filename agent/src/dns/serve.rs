@@ -1,6 +1,7 @@
 //! The proxy's servers in each namespace it serves, and the registry of
-//! those namespaces (`TG_DNS_NETNS`, which tells the hook where a proxy
-//! listens; a namespace not in it gets EPERM for its DNS, never a bypass).
+//! those namespaces (`TG_DNS_NETNS`, which tells the hook where the DNS and
+//! metadata proxies listen; a namespace not in it gets EPERM for its DNS
+//! and its filtered metadata connections, never a bypass).
 
 use std::collections::HashMap;
 use std::io;
@@ -9,7 +10,7 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::DnsNetns;
+use agent_common::ProxyNetns;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::unix::AsyncFd;
@@ -268,11 +269,18 @@ impl Drop for Served {
     }
 }
 
-/// The namespaces the proxy serves, and `TG_DNS_NETNS`.
+/// The metadata proxy, served beside the DNS proxy in each namespace.
+pub struct MetadataServing {
+    pub port: u16,
+    pub server: Arc<crate::metadata::server::Server>,
+}
+
+/// The namespaces the proxies serve, and `TG_DNS_NETNS`.
 pub struct Registry {
     shared: Arc<Shared>,
     port: u16,
-    map: Mutex<BpfHashMap<MapData, u64, DnsNetns>>,
+    metadata: MetadataServing,
+    map: Mutex<BpfHashMap<MapData, u64, ProxyNetns>>,
     served: tokio::sync::Mutex<HashMap<(u64, u64), Served>>,
 }
 
@@ -280,11 +288,13 @@ impl Registry {
     pub fn new(
         shared: Arc<Shared>,
         port: u16,
-        map: BpfHashMap<MapData, u64, DnsNetns>,
+        metadata: MetadataServing,
+        map: BpfHashMap<MapData, u64, ProxyNetns>,
     ) -> Arc<Self> {
         Arc::new(Self {
             shared,
             port,
+            metadata,
             map: Mutex::new(map),
             served: Default::default(),
         })
@@ -310,11 +320,18 @@ impl Registry {
             s.unused_sweeps = 0;
             return Ok(());
         }
-        let port = self.port;
+        let (port, metadata_port) = (self.port, self.metadata.port);
         let ns2 = ns.clone();
-        let l = tokio::task::spawn_blocking(move || ns2.run(move || netns::open_listeners(port)))
-            .await
-            .map_err(|_| io::Error::other("the namespace task failed"))??;
+        let (l, m) = tokio::task::spawn_blocking(move || {
+            ns2.run(move || {
+                Ok((
+                    netns::open_listeners(port)?,
+                    netns::tcp_listener(metadata_port)?,
+                ))
+            })
+        })
+        .await
+        .map_err(|_| io::Error::other("the namespace task failed"))??;
         let ups = Arc::new(NsUpstreams {
             ns: ns.clone(),
             udp: Default::default(),
@@ -322,15 +339,24 @@ impl Registry {
         let tasks = vec![
             tokio::spawn(udp_server(l.udp, self.shared.clone(), ups)),
             tokio::spawn(tcp_server(l.tcp, self.shared.clone(), ns.clone())),
+            tokio::spawn(self.metadata.server.clone().serve(m)),
         ];
         // Listening first, then published: the hook never sends a query to
         // a port nobody holds yet.
         self.map
             .lock()
             .expect("netns map lock")
-            .insert(l.cookie, DnsNetns { port, _pad: [0; 6] }, 0)
+            .insert(
+                l.cookie,
+                ProxyNetns {
+                    dns_port: port,
+                    metadata_port,
+                    _pad: [0; 4],
+                },
+                0,
+            )
             .map_err(|e| io::Error::other(format!("TG_DNS_NETNS: {e}")))?;
-        tracing::info!(netns = ?ns.id, cookie = l.cookie, port, "DNS proxy serves a network namespace");
+        tracing::info!(netns = ?ns.id, cookie = l.cookie, port, metadata_port, "proxies serve a network namespace");
         served.insert(
             ns.id,
             Served {
@@ -379,7 +405,7 @@ impl Registry {
         for id in gone {
             if let Some(s) = served.remove(&id) {
                 let _ = self.map.lock().expect("netns map lock").remove(&s.cookie);
-                tracing::info!(netns = ?id, "DNS proxy no longer serves a network namespace");
+                tracing::info!(netns = ?id, "proxies no longer serve a network namespace");
             }
         }
     }

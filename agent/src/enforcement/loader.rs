@@ -71,7 +71,7 @@ pub struct Loaded {
 /// rejects explicit flags on link_create, so the mode here is the default.
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
-const SOCK_ADDR_HOOKS: [&str; 8] = [
+const SOCK_ADDR_HOOKS: [&str; 10] = [
     prog_names::CONNECT4,
     prog_names::CONNECT6,
     prog_names::SENDMSG4,
@@ -80,6 +80,8 @@ const SOCK_ADDR_HOOKS: [&str; 8] = [
     prog_names::RECVMSG6,
     prog_names::GETPEERNAME4,
     prog_names::GETPEERNAME6,
+    prog_names::BIND4,
+    prog_names::BIND6,
 ];
 
 /// Loads, attaches (or re-adopts) and pins everything.

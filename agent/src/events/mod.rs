@@ -3,5 +3,6 @@
 pub mod decode;
 pub mod ocsf;
 pub mod ocsf_dns;
+pub mod ocsf_http;
 pub mod pipeline;
 pub mod sinks;

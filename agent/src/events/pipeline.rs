@@ -17,8 +17,9 @@ use std::time::Duration;
 use agent_common::{
     CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
     HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
-    REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE,
-    REASON_SOCKET_TYPE, SocketEvent, VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
+    REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE,
+    REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
+    VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -33,6 +34,7 @@ use crate::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::state::{NodeState, PodState, tier_name};
 
 mod dns_records;
+mod metadata_records;
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -191,6 +193,8 @@ pub struct DnsLink {
     pub serve: mpsc::UnboundedSender<u32>,
     /// Records the proxy could not queue.
     pub lost: Arc<AtomicU64>,
+    /// Records the metadata proxy could not queue.
+    pub metadata_lost: Arc<AtomicU64>,
 }
 
 pub struct WriterInputs {
@@ -198,6 +202,8 @@ pub struct WriterInputs {
     pub stop: tokio::sync::oneshot::Receiver<()>,
     /// Records of the DNS proxy (one per query).
     pub dns: mpsc::Receiver<crate::dns::record::DnsRecord>,
+    /// Records of the metadata proxy (one per request).
+    pub metadata: mpsc::Receiver<crate::metadata::record::MetadataRecord>,
     pub priority: mpsc::Receiver<KernelEvent>,
     pub normal: mpsc::Receiver<KernelEvent>,
     pub agent: mpsc::UnboundedReceiver<AgentRecord>,
@@ -236,6 +242,7 @@ impl Writer {
                 Some(ev) = inputs.priority.recv() => self.kernel_event(ev),
                 Some(rec) = inputs.agent.recv() => self.agent_record(rec),
                 Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
+                Some(rec) = inputs.metadata.recv() => self.metadata_record(&rec),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
                 _ = &mut inputs.stop => break,
                 _ = tick.tick() => {
@@ -263,6 +270,8 @@ impl Writer {
                 self.agent_record(rec);
             } else if let Ok(rec) = inputs.dns.try_recv() {
                 self.dns_record(&rec);
+            } else if let Ok(rec) = inputs.metadata.try_recv() {
+                self.metadata_record(&rec);
             } else if let Ok(ev) = inputs.normal.try_recv() {
                 self.kernel_event(ev);
             } else {
@@ -337,7 +346,10 @@ impl Writer {
             match c.reason {
                 // A query from a namespace the proxy does not serve yet:
                 // serve it now (the query itself failed closed).
-                REASON_DNS_UNSERVED => {
+                // A query or a filtered metadata connection from a namespace
+                // the proxies do not serve yet: serve it now (the attempt
+                // itself failed closed).
+                REASON_DNS_UNSERVED | REASON_METADATA_UNFILTERED => {
                     let _ = link.serve.send((c.header.pid_tgid >> 32) as u32);
                 }
                 REASON_FQDN => {
@@ -551,6 +563,13 @@ impl Writer {
                 "the DNS proxy's record queue was full",
             )
         }))
+        .chain(self.dns.as_ref().map(|d| {
+            (
+                &*d.metadata_lost,
+                "metadata-queue",
+                "the metadata proxy's record queue was full",
+            )
+        }))
         .map(|(c, s, w)| (c.swap(0, Ordering::Relaxed), s, w))
         .collect::<Vec<_>>()
         {
@@ -625,6 +644,8 @@ pub fn reason_str(r: u8) -> &'static str {
         REASON_FQDN => "fqdn",
         REASON_DNS_UNSERVED => "dns-unserved",
         REASON_DNS_PROXY_PORT => "dns-proxy-port",
+        REASON_METADATA_PROXY => "metadata-proxy",
+        REASON_METADATA_UNFILTERED => "metadata-unfiltered",
         _ => "unknown",
     }
 }

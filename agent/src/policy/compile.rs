@@ -23,7 +23,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use agent_common::{
     MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP, PortRange, PortSet, TIER_F_AUDIT, TIER_F_DNS,
-    TIER_F_METADATA_ALLOW, TIER_F_VALID,
+    TIER_F_METADATA_ALLOW, TIER_F_METADATA_FILTER, TIER_F_VALID,
 };
 use ipnet::{IpNet, Ipv4Net};
 use thiserror::Error;
@@ -292,8 +292,10 @@ impl Policy {
                 if t.effective_mode(self.mode) == Mode::Audit {
                     f |= TIER_F_AUDIT;
                 }
-                if t.metadata == MetadataAccess::Allow {
-                    f |= TIER_F_METADATA_ALLOW;
+                match t.metadata {
+                    MetadataAccess::Deny => {}
+                    MetadataAccess::Allow => f |= TIER_F_METADATA_ALLOW,
+                    MetadataAccess::Filter(_) => f |= TIER_F_METADATA_FILTER,
                 }
                 if t.has_fqdns() {
                     f |= TIER_F_DNS;

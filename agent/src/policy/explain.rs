@@ -12,8 +12,9 @@ use std::net::IpAddr;
 
 use agent_common::{
     DNS_PORT, METADATA_V4, METADATA_V6, REASON_DNS_PROXY, REASON_EGRESS_RULE, REASON_FQDN,
-    REASON_HOST, REASON_LOOPBACK, REASON_METADATA_SERVICE, REASON_NO_MATCHING_RULE, VERDICT_ALLOW,
-    VERDICT_AUDIT_DENY, VERDICT_DENY,
+    REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE,
+    REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE, VERDICT_ALLOW, VERDICT_AUDIT_DENY,
+    VERDICT_DENY, metadata_filterable, metadata_v4, metadata_v6,
 };
 
 use super::assign::TierRef;
@@ -94,6 +95,12 @@ pub enum Reason {
     /// A DNS query of a tier with name rules: it goes to the DNS proxy,
     /// which answers allowed names and NXDOMAIN for the rest.
     DnsProxy,
+    /// A metadata connection of a `filter` tier: it goes to the metadata
+    /// proxy, which decides each request.
+    MetadataProxy,
+    /// A metadata connection of a `filter` tier that the proxy cannot
+    /// filter (not HTTP to an instance metadata service, or no proxy).
+    MetadataUnfiltered,
 }
 
 impl Reason {
@@ -107,6 +114,8 @@ impl Reason {
             Reason::Host => "host",
             Reason::Fqdn => "fqdn",
             Reason::DnsProxy => "dns-proxy",
+            Reason::MetadataProxy => "metadata-proxy",
+            Reason::MetadataUnfiltered => "metadata-unfiltered",
         }
     }
 
@@ -120,6 +129,8 @@ impl Reason {
             Reason::Host => REASON_HOST,
             Reason::Fqdn => REASON_FQDN,
             Reason::DnsProxy => REASON_DNS_PROXY,
+            Reason::MetadataProxy => REASON_METADATA_PROXY,
+            Reason::MetadataUnfiltered => REASON_METADATA_UNFILTERED,
         }
     }
 
@@ -133,6 +144,8 @@ impl Reason {
             Reason::Host,
             Reason::Fqdn,
             Reason::DnsProxy,
+            Reason::MetadataProxy,
+            Reason::MetadataUnfiltered,
         ]
         .into_iter()
         .find(|x| x.kernel() == v)
@@ -158,6 +171,16 @@ pub fn is_metadata_endpoint(addr: IpAddr) -> bool {
     match normalize_addr(addr) {
         IpAddr::V4(a) => METADATA_V4.contains(&a.octets()),
         IpAddr::V6(a) => METADATA_V6.contains(&a.octets()),
+    }
+}
+
+/// The metadata endpoint `addr:port` reaches, as the kernel sees it:
+/// (in the IPv4 list, index). Some endpoints are metadata only on some
+/// ports (Azure's WireServer).
+fn metadata_endpoint_at(addr: IpAddr, port: u16) -> Option<(bool, usize)> {
+    match normalize_addr(addr) {
+        IpAddr::V4(a) => metadata_v4(a.octets(), port).map(|i| (true, i)),
+        IpAddr::V6(a) => metadata_v6(&a.octets()).map(|i| (false, i)),
     }
 }
 
@@ -191,7 +214,8 @@ impl Policy {
     /// [`Policy::assign`], which never produces one.
     pub fn evaluate(&self, tier: TierRef, dst: IpAddr, port: u16, proto: Proto) -> Decision {
         let dst = normalize_addr(dst);
-        let metadata_service = is_metadata_endpoint(dst);
+        let endpoint = metadata_endpoint_at(dst, port);
+        let metadata_service = endpoint.is_some();
         let decision = |verdict, reason, rule| Decision {
             verdict,
             reason,
@@ -220,13 +244,17 @@ impl Policy {
         let Some(t) = t else {
             return decision(deny, Reason::NoMatchingRule, None);
         };
-        if metadata_service {
-            let v = if t.metadata == MetadataAccess::Allow {
-                Verdict::Allow
-            } else {
-                deny
+        if let Some((v4, index)) = endpoint {
+            return match &t.metadata {
+                MetadataAccess::Allow => decision(Verdict::Allow, Reason::MetadataService, None),
+                MetadataAccess::Deny => decision(deny, Reason::MetadataService, None),
+                MetadataAccess::Filter(_)
+                    if proto == Proto::Tcp && metadata_filterable(v4, index, port) =>
+                {
+                    decision(Verdict::Allow, Reason::MetadataProxy, None)
+                }
+                MetadataAccess::Filter(_) => decision(deny, Reason::MetadataUnfiltered, None),
             };
-            return decision(v, Reason::MetadataService, None);
         }
         match t.egress.iter().position(|r| r.admits(dst, port, proto)) {
             Some(ri) => decision(Verdict::Allow, Reason::EgressRule, Some((index, ri))),
@@ -362,6 +390,8 @@ spec:
             Reason::Host,
             Reason::Fqdn,
             Reason::DnsProxy,
+            Reason::MetadataProxy,
+            Reason::MetadataUnfiltered,
         ] {
             assert_eq!(Reason::from_kernel(r.kernel()), Some(r));
         }

@@ -75,7 +75,9 @@ impl Mode {
 }
 
 /// Access of a tier to the cloud metadata endpoints (CONTRACT 2.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// `deny` and `allow` serialize as the plain words they always were, so
+/// policies written before `filter` keep their version ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MetadataAccess {
     /// Denied, whatever the egress rules say (the default).
@@ -83,6 +85,36 @@ pub enum MetadataAccess {
     Deny,
     /// Allowed.
     Allow,
+    /// Each HTTP request goes through the agent's metadata proxy, which
+    /// forwards or refuses it by these rules.
+    Filter(MetadataFilter),
+}
+
+impl MetadataAccess {
+    /// The word the policy uses for this access (`deny`, `allow`, `filter`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MetadataAccess::Deny => "deny",
+            MetadataAccess::Allow => "allow",
+            MetadataAccess::Filter(_) => "filter",
+        }
+    }
+}
+
+/// `metadata: {mode: filter, ...}`: the per-request rules. Patterns are
+/// stored in their canonical form (dated version prefixes as `latest`), the
+/// same form the proxy matches requests in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetadataFilter {
+    /// `require: imdsv2`: AWS requests without a session token are refused.
+    #[serde(rename = "requireIMDSv2")]
+    pub require_imdsv2: bool,
+    /// `allowPaths`: when not empty, only these paths are forwarded.
+    #[serde(rename = "allowPaths")]
+    pub allow_paths: Vec<String>,
+    /// `denyPaths`: never forwarded (wins over `allowPaths`).
+    #[serde(rename = "denyPaths")]
+    pub deny_paths: Vec<String>,
 }
 
 /// One tool tier.
@@ -215,6 +247,11 @@ impl Policy {
 }
 
 impl Tier {
+    /// Whether the tier's metadata requests go through the metadata proxy.
+    pub fn filters_metadata(&self) -> bool {
+        matches!(self.metadata, MetadataAccess::Filter(_))
+    }
+
     /// Whether the tier names destinations by DNS name (its DNS then goes
     /// through the proxy).
     pub fn has_fqdns(&self) -> bool {

@@ -7,6 +7,13 @@
 //!   tg-probe [--cgroup DIR] [--netns NAME] serve ADDR:PORT...
 //!   tg-probe [--cgroup DIR] hold
 //!   tg-probe [--netns NAME] dns-serve ADDR:PORT ZONEFILE LOGFILE
+//!   tg-probe [--netns NAME] imds-serve ADDR:PORT [--log FILE]
+//!   tg-probe [--cgroup DIR] [--netns NAME] exec CMD ARGS...
+//!   tg-probe [--cgroup DIR] [--netns NAME] bind ADDR:PORT...
+//!   tg-probe [--cgroup DIR] [--netns NAME] http-pair ADDR:PORT PATH1 PATH2 PAUSE_MS
+//!   tg-probe [--cgroup DIR] [--netns NAME] http-flood ADDR:PORT N PATH
+//!   tg-probe [--cgroup DIR] [--netns NAME] http-big-head ADDR:PORT BYTES
+//!   tg-probe [--cgroup DIR] [--netns NAME] http-slow-head ADDR:PORT
 //!   tg-probe [--cgroup DIR] [--netns NAME] [--resolv FILE] resolve NAME...
 //!   tg-probe [--cgroup DIR] [--netns NAME] [--resolv FILE] resolve-connect NAME PORT...
 //!
@@ -22,12 +29,19 @@
 //! connect right after its lookup, and prints `ok N eperm N other N`.
 //!
 //! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
+//!
+//! `imds-serve` runs the fake metadata service ([`tiergate_tests::imds`]) on
+//! ADDR:PORT (port 0 allowed), prints `ready ADDR:PORT` (the bound address)
+//! once listening and serves until killed, appending each request's JSON
+//! line to FILE.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
-use tiergate_tests::{enter, use_resolv_conf};
+use tiergate_tests::imds::FakeImds;
+use tiergate_tests::{enter, httpprobe, use_resolv_conf};
 
 fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -204,6 +218,25 @@ fn serve(targets: &[String]) -> ! {
     }
 }
 
+fn imds_serve(args: &[String]) -> ! {
+    const USAGE: &str = "imds-serve ADDR:PORT [--log FILE]";
+    let addr: SocketAddr = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("usage: {USAGE}"));
+    let server = match &args[1..] {
+        [] => FakeImds::start(addr),
+        [flag, file] if flag == "--log" => FakeImds::start_with_log(addr, Path::new(file)),
+        _ => panic!("usage: {USAGE}"),
+    }
+    .unwrap_or_else(|e| panic!("imds-serve {addr}: {e}"));
+    println!("ready {}", server.addr());
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// getaddrinfo, as applications resolve.
 fn resolve(name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     use std::net::ToSocketAddrs;
@@ -264,6 +297,39 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+        Some("imds-serve") => imds_serve(&args[1..]),
+        Some("exec") => {
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&args[1]).args(&args[2..]),
+            );
+            eprintln!("exec {}: {err}", args[1]);
+            std::process::exit(127);
+        }
+        Some("bind") => {
+            for t in &args[1..] {
+                let addr: SocketAddr = t.parse().expect("bind ADDR:PORT");
+                match TcpListener::bind(addr) {
+                    Ok(_) => println!("ok"),
+                    Err(e) => println!("{}", errno_name(&e)),
+                }
+            }
+        }
+        Some("http-pair") => {
+            let ms: u64 = args[4].parse().expect("MS");
+            println!(
+                "{}",
+                httpprobe::pair(&args[1], &args[2], &args[3], Duration::from_millis(ms))
+            );
+        }
+        Some("http-flood") => {
+            let n: usize = args[2].parse().expect("N");
+            println!("{}", httpprobe::flood(&args[1], n, &args[3]));
+        }
+        Some("http-big-head") => {
+            let n: usize = args[2].parse().expect("BYTES");
+            println!("{}", httpprobe::big_head(&args[1], n));
+        }
+        Some("http-slow-head") => println!("{}", httpprobe::slow_head(&args[1])),
         Some("resolve") => {
             for name in &args[1..] {
                 match resolve(name, 0) {
@@ -323,7 +389,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: tg-probe [--cgroup DIR] [--netns NAME] connect|socket|serve|hold ..."
+                "usage: tg-probe [--cgroup DIR] [--netns NAME] connect|socket|serve|imds-serve|hold ..."
             );
             std::process::exit(64);
         }

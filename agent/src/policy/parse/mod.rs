@@ -9,7 +9,8 @@
 //! The walk follows the document, one file per part: `document` (apiVersion,
 //! kind, metadata) hands `spec` to `spec`, which reads its own keys and hands
 //! its lists to `tiers` (each tier's `egress` list to `egress`) and
-//! `bindings`, and `spec.dns` to `dns`. `fields` holds the typed readers every part uses, `walker` the
+//! `bindings`, and `spec.dns` to `dns`; a tier's `metadata` goes to
+//! `metadata`. `fields` holds the typed readers every part uses, `walker` the
 //! error collection they all report to.
 
 use std::path::Path;
@@ -24,6 +25,7 @@ mod document;
 mod egress;
 mod errors;
 mod fields;
+mod metadata;
 mod spec;
 mod tiers;
 mod walker;

@@ -327,7 +327,7 @@ fn malformed_inputs_report_position_and_fix() {
             ),
             vec![
                 "policy.yaml:9:13: spec.tiers[0].mode: \"Audit\" is not a mode (expected enforce or audit)",
-                "policy.yaml:10:17: spec.tiers[0].metadata: \"open\" is not a metadata access (expected deny or allow)",
+                "policy.yaml:10:17: spec.tiers[0].metadata: \"open\" is not a metadata access (expected deny or allow or filter)",
             ],
         ),
         (

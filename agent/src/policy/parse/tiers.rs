@@ -115,20 +115,7 @@ impl Walker<'_> {
         };
         let metadata = match f.get("metadata") {
             None => Some(MetadataAccess::Deny),
-            Some(n) => self
-                .one_of(
-                    n,
-                    path.key("metadata"),
-                    "a metadata access",
-                    &["deny", "allow"],
-                )
-                .map(|i| {
-                    if i == 0 {
-                        MetadataAccess::Deny
-                    } else {
-                        MetadataAccess::Allow
-                    }
-                }),
+            Some(n) => self.tier_metadata(n, path.key("metadata")),
         };
         let egress = match f.get("egress") {
             None => Some(Vec::new()),

@@ -1,0 +1,50 @@
+//! What the metadata proxy reports per request (rendered as OCSF 4002 HTTP
+//! Activity by the event writer).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::dns::record::QueryVerdict;
+use crate::policy::Policy;
+
+/// One HTTP request the proxy decided.
+#[derive(Clone, Debug)]
+pub struct MetadataRecord {
+    /// Epoch milliseconds when the request head was read.
+    pub time_ms: u64,
+    /// 0 when the proxy address named no workload.
+    pub cgroup_id: u64,
+    /// Tier name, or `unknown`.
+    pub tier: String,
+    /// The policy in force when the request was judged.
+    pub policy: Option<Arc<Policy>>,
+    /// `GET`, `PUT`, ...
+    pub method: String,
+    /// The canonical path when there is one, else the target as sent
+    /// (cut to 512 bytes).
+    pub path: String,
+    /// The query string as sent.
+    pub query: Option<String>,
+    /// Whether the request could be canonicalized.
+    pub canonical: bool,
+    /// The `Host` header as sent.
+    pub host: Option<String>,
+    /// `aws`, `gcp`, `azure`, `oci`, `unknown`.
+    pub provider: &'static str,
+    /// `allow` (forwarded), `deny` (refused), `audit-deny` (forwarded by an
+    /// audit tier although the rules refuse it).
+    pub verdict: QueryVerdict,
+    /// Stable reason: `path-allowed`, `path-denied`, `imdsv2-required`, ...
+    pub reason: &'static str,
+    /// The rule that decided, as written in the policy (or the provider
+    /// rule), when one did.
+    pub rule: Option<String>,
+    /// An AWS session token was presented.
+    pub token_presented: bool,
+    /// The status the workload received.
+    pub status: u16,
+    /// Where the request was forwarded, when it was.
+    pub upstream: Option<SocketAddr>,
+    /// Microseconds from the request head to the response head.
+    pub latency_us: u64,
+}
