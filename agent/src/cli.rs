@@ -112,9 +112,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PORT", default_value_t = 15054, value_parser = clap::value_parser!(u16).range(1..))]
     pub metadata_proxy_port: u16,
     /// Where the metadata proxy forwards the requests it allows: the
-    /// instance metadata service (one per node and cloud). Connected from
-    /// the agent's own network namespace.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "169.254.169.254:80")]
+    /// instance metadata service (one per node and cloud), as
+    /// `http://IP[:PORT]` or `IP:PORT` (an address: the agent resolves no
+    /// name for it). Connected from the agent's own network namespace.
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254:80", value_parser = parse_upstream)]
     pub metadata_upstream: std::net::SocketAddr,
     /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
     /// --tls-* files and --spool).
@@ -223,4 +224,66 @@ pub struct UninstallArgs {
     /// The bpffs path the agent pinned to.
     #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
+}
+
+/// `--metadata-upstream`: `http://IP[:PORT][/]` or `IP:PORT`. The GKE
+/// metadata server is refused: it identifies callers by source address and
+/// would see the agent as every caller.
+pub fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, SocketAddr};
+    let addr = if let Some(rest) = s.strip_prefix("http://") {
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(format!("{s:?}: give the service's address, without a path"));
+        }
+        if let Ok(a) = rest.parse::<SocketAddr>() {
+            a
+        } else {
+            let ip = rest.trim_start_matches('[').trim_end_matches(']');
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                format!("{s:?}: the host must be an IP address (the agent resolves no name for its upstream)")
+            })?;
+            SocketAddr::new(ip, 80)
+        }
+    } else if s.contains("://") {
+        return Err(format!(
+            "{s:?}: only http:// (the instance metadata services speak plain HTTP)"
+        ));
+    } else {
+        s.parse::<SocketAddr>()
+            .map_err(|_| format!("{s:?} is not http://IP[:PORT] or IP:PORT"))?
+    };
+    if addr.ip() == IpAddr::from([169, 254, 169, 252]) {
+        return Err(format!(
+            "{s}: the GKE metadata server identifies callers by source address, so behind the \
+             proxy it would see the agent as every caller; on such nodes give tiers \
+             metadata: allow or deny instead of filter"
+        ));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::parse_upstream;
+
+    #[test]
+    fn upstream_forms() {
+        let ok = |s: &str| parse_upstream(s).expect(s).to_string();
+        assert_eq!(ok("http://169.254.169.254"), "169.254.169.254:80");
+        assert_eq!(ok("http://169.254.169.254:80/"), "169.254.169.254:80");
+        assert_eq!(ok("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(ok("http://[fd00:ec2::254]"), "[fd00:ec2::254]:80");
+        assert_eq!(ok("http://[fd00:ec2::254]:81"), "[fd00:ec2::254]:81");
+        for bad in [
+            "https://169.254.169.254",
+            "http://metadata.google.internal",
+            "http://169.254.169.254/latest",
+            "169.254.169.254",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+        let e = parse_upstream("http://169.254.169.252:988").unwrap_err();
+        assert!(e.contains("GKE metadata server"), "{e}");
+    }
 }

@@ -50,6 +50,12 @@ pub(super) fn setup(
     ebpf: &mut aya::Ebpf,
     state: Arc<NodeState>,
 ) -> anyhow::Result<DnsPath> {
+    if args.dns_proxy_port == args.metadata_proxy_port {
+        anyhow::bail!(
+            "--dns-proxy-port and --metadata-proxy-port are both {}: give each proxy its own port",
+            args.dns_proxy_port
+        );
+    }
     let mut take = |name: &'static str| {
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from the eBPF object"))

@@ -33,15 +33,36 @@ pub fn run(file: &Path) -> i32 {
     println!("tiers ({}):", p.tiers.len());
     for t in &p.tiers {
         println!(
-            "  {:<20} mode={:<7} metadata={:<5} egress rules={}",
+            "  {:<20} mode={:<7} metadata={:<6} egress rules={}",
             t.name,
             mode_str(t.effective_mode(p.mode)),
-            if matches!(t.metadata, policy::MetadataAccess::Allow) {
-                "allow"
-            } else {
-                "deny"
-            },
+            t.metadata.as_str(),
             t.egress.len()
+        );
+        if let policy::MetadataAccess::Filter(f) = &t.metadata {
+            println!(
+                "    metadata filter: require={} allowPaths={} denyPaths={}",
+                if f.require_imdsv2 { "imdsv2" } else { "none" },
+                if f.allow_paths.is_empty() {
+                    "(any path not denied)".to_owned()
+                } else {
+                    f.allow_paths.join(" ")
+                },
+                if f.deny_paths.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    f.deny_paths.join(" ")
+                },
+            );
+        }
+    }
+    if p.tiers.iter().any(|t| t.filters_metadata()) {
+        println!(
+            "note: metadata: filter sends requests from the agent's address; on nodes where the \
+             metadata service identifies callers by source address (the GKE metadata server of \
+             Workload Identity, kiam, aad-pod-identity NMI) it would see the agent as every \
+             caller: give tiers allow or deny there (the agent refuses to start with \
+             --metadata-upstream at the GKE metadata server)."
         );
     }
     println!("bindings: {}", p.bindings.len());
