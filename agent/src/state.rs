@@ -94,6 +94,26 @@ impl NodeState {
         found.next().is_none().then_some(one)
     }
 
+    /// [`Self::workload_by_slot`], giving a cgroup created a moment ago
+    /// (the kernel already judges it by its parent's tier; the cgroup watch
+    /// has not reported it yet) up to `wait` to appear.
+    pub async fn workload_by_slot_within(
+        &self,
+        slot: u32,
+        wait: std::time::Duration,
+    ) -> Option<(u64, Arc<WorkloadInfo>)> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(w) = self.workload_by_slot(slot) {
+                return Some(w);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn workload(&self, id: u64) -> Option<Arc<WorkloadInfo>> {
         self.workloads.read().expect("lock").get(&id).cloned()
     }

@@ -157,6 +157,15 @@ pub fn run(args: &ExplainArgs) -> i32 {
         if metadata_service {
             println!("note:        the destination is a cloud metadata endpoint");
         }
+        match reason {
+            "metadata-proxy" => println!(
+                "note:        the connection goes to the agent's metadata proxy, which decides each HTTP request by the tier's metadata rules"
+            ),
+            "metadata-unfiltered" => println!(
+                "note:        a metadata: filter tier reaches only TCP port 80 of the instance metadata services, through the proxy; give the tier allow for this endpoint"
+            ),
+            _ => {}
+        }
     }
     0
 }

@@ -115,22 +115,6 @@ impl Engine {
         }
     }
 
-    /// The workload of `slot`. A cgroup created a moment ago may ask before
-    /// the cgroup watch has reported it (the kernel already judges it by its
-    /// parent's tier): it is given [`NEW_CGROUP_WAIT`] to appear.
-    async fn workload(&self, slot: u32) -> Option<(u64, Arc<crate::state::WorkloadInfo>)> {
-        let deadline = Instant::now() + NEW_CGROUP_WAIT;
-        loop {
-            if let Some(w) = self.state.workload_by_slot(slot) {
-                return Some(w);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// Answers one query that arrived on `slot`.
     pub async fn answer(
         &self,
@@ -172,7 +156,11 @@ impl Engine {
         rec.qname = q.name.clone();
         rec.qtype = q.qtype.to_string();
 
-        let Some((cgroup, workload)) = self.workload(slot).await else {
+        let Some((cgroup, workload)) = self
+            .state
+            .workload_by_slot_within(slot, NEW_CGROUP_WAIT)
+            .await
+        else {
             rec.reason = "unknown-workload";
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);
         };

@@ -200,14 +200,24 @@ async fn send_udp(
     }
 }
 
-async fn tcp_server(listener: std::net::TcpListener, shared: Arc<Shared>, ns: Netns) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
+/// Polls a proxy's TCP listener (`None`, logged, if the runtime refuses it).
+pub fn poll_listener(
+    listener: std::net::TcpListener,
+    what: &str,
+) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => Some(l),
         Err(e) => {
-            tracing::error!(error = %e, "cannot poll the DNS proxy's TCP socket");
-            return;
+            tracing::error!(error = %e, "cannot poll the {what}'s TCP socket");
+            None
         }
-    };
+    }
+}
+
+/// The next connection accepted on a slot address, and its slot. Only the
+/// hook sends connections to a slot; anything else (the node's own address,
+/// from the network) is dropped unanswered.
+pub async fn accept_on_slot(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, u32) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -215,9 +225,18 @@ async fn tcp_server(listener: std::net::TcpListener, shared: Arc<Shared>, ns: Ne
         let Ok(std::net::SocketAddr::V4(local)) = stream.local_addr() else {
             continue;
         };
-        let Some(slot) = slot_of(*local.ip()) else {
-            continue;
-        };
+        if let Some(slot) = slot_of(*local.ip()) {
+            return (stream, slot);
+        }
+    }
+}
+
+async fn tcp_server(listener: std::net::TcpListener, shared: Arc<Shared>, ns: Netns) {
+    let Some(listener) = poll_listener(listener, "DNS proxy") else {
+        return;
+    };
+    loop {
+        let (stream, slot) = accept_on_slot(&listener).await;
         let (shared, ns) = (shared.clone(), ns.clone());
         tokio::spawn(async move {
             let mut stream = stream;

@@ -33,8 +33,7 @@ use crate::identity::pods::PodFields;
 use crate::metrics::{EventLabels, Metrics, VerdictLabels};
 use crate::state::{NodeState, PodState, tier_name};
 
-mod dns_records;
-mod metadata_records;
+mod proxy_records;
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;

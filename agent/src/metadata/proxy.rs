@@ -24,7 +24,7 @@ use super::rules::{self, Decision, PathRules};
 use super::tokens::{TokenBook, TokenCheck};
 use crate::dns::record::QueryVerdict;
 use crate::policy::{MetadataAccess, Mode, Policy};
-use crate::state::{NodeState, WorkloadInfo};
+use crate::state::NodeState;
 
 /// Request bodies (IMDS requests have none) and response bodies (user data
 /// is at most 16 KiB on AWS) beyond these are refused.
@@ -173,21 +173,6 @@ impl Proxy {
         compiled
     }
 
-    /// The workload of `slot` (a cgroup created a moment ago gets a short
-    /// while to be known).
-    async fn workload(&self, slot: u32) -> Option<(u64, Arc<WorkloadInfo>)> {
-        let deadline = Instant::now() + NEW_CGROUP_WAIT;
-        loop {
-            if let Some(w) = self.state.workload_by_slot(slot) {
-                return Some(w);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     fn report(&self, rec: MetadataRecord) {
         let i = match rec.verdict {
             QueryVerdict::Allow => 0,
@@ -272,7 +257,11 @@ impl Proxy {
         target: &Result<Target, canon::CanonError>,
         rec: &mut MetadataRecord,
     ) -> (Judged, Option<Forward>) {
-        let Some((cgroup, workload)) = self.workload(slot).await else {
+        let Some((cgroup, workload)) = self
+            .state
+            .workload_by_slot_within(slot, NEW_CGROUP_WAIT)
+            .await
+        else {
             return (Judged::refuse(403, "unknown-workload", None), None);
         };
         rec.cgroup_id = cgroup;

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
 use super::proxy::Proxy;
-use crate::dns::serve::slot_of;
+use crate::dns::serve::{accept_on_slot, poll_listener};
 
 /// Bytes of a request head (request line and headers) a connection may
 /// buffer; beyond it hyper answers 431 and closes.
@@ -46,25 +46,11 @@ impl Server {
 
     /// Serves one namespace's listener until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: std::net::TcpListener) {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot poll the metadata proxy's socket");
-                return;
-            }
+        let Some(listener) = poll_listener(listener, "metadata proxy") else {
+            return;
         };
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            // Only the hook sends connections to a slot address; anything
-            // else (the node's own address, from the network) is dropped.
-            let Ok(std::net::SocketAddr::V4(local)) = stream.local_addr() else {
-                continue;
-            };
-            let Some(slot) = slot_of(*local.ip()) else {
-                continue;
-            };
+            let (stream, slot) = accept_on_slot(&listener).await;
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.overloaded.fetch_add(1, Ordering::Relaxed);
                 continue;
