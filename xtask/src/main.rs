@@ -28,8 +28,11 @@ const APT_PACKAGES: &[&str] = &[
     // A real syslog-over-TLS receiver for the collector's syslog sink test.
     "rsyslog",
     "rsyslog-gnutls",
-    // nftables `socket cgroupv2` rules, the benchmark's comparison point.
+    // nftables `socket cgroupv2` rules, the benchmark's comparison point
+    // (and the metadata tests' safety net in the host namespace).
     "nftables",
+    // A real HTTP client for the metadata proxy's tests.
+    "curl",
 ];
 
 fn main() -> ExitCode {
