@@ -327,6 +327,16 @@ fn is_proxy_port(port: u16) -> bool {
     }
 }
 
+/// Whether `addr` is 127.<the calling cgroup's slot>.
+#[inline(always)]
+fn is_own_slot(r: &Resolved, addr: &[u8; 16], v4: bool) -> bool {
+    let slot = dns_slot(r.cgroup);
+    v4 && addr[12] == 127
+        && addr[13] == (slot >> 16) as u8
+        && addr[14] == (slot >> 8) as u8
+        && addr[15] == slot as u8
+}
+
 /// Whether an address a DNS answer taught this cgroup admits the port now:
 /// the entry is live and one of its patterns, in the active generation's
 /// policy of the cgroup's tier, admits it.
@@ -468,6 +478,13 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         }
         (VERDICT_ALLOW, REASON_HOST)
     } else {
+        if is_loopback(&addr, v4) && is_proxy_port(port) && is_own_slot(&r, &addr, v4) {
+            // The IPv4 half of a redirect: a datagram an IPv6 socket sent
+            // was rewritten to ::ffff:127.<slot>, and the kernel runs the
+            // IPv4 sendmsg hook on it again. Its own slot is what the
+            // redirect would choose, so this poses as nobody else.
+            return ALLOW;
+        }
         let tflags = tier_flags(&r);
         let dns = tflags & TIER_F_DNS != 0;
         if dns && port == DNS_PORT {

@@ -634,3 +634,53 @@ fn every_fresh_answer_is_in_force_before_the_application_sees_it() {
     );
     assert_eq!(out, [format!("ok {N} eperm 0 other 0")]);
 }
+
+/// Queries to an IPv6 resolver address, and to an IPv4-mapped one, are
+/// intercepted like IPv4 ones, over UDP and TCP: the hook sends them to the
+/// proxy (as `::ffff:127.<slot>`), and the C library accepts the answer
+/// because the recvmsg6/getpeername6 hooks show it the resolver it asked.
+/// No server listens on the IPv6 address: an answer can only come from the
+/// proxy.
+#[test]
+fn ipv6_and_mapped_resolver_addresses_are_intercepted_too() {
+    let mut w = World::new("dnsv6");
+    let root = w.f.cg_path.clone();
+    let policy = dns_policy(&root, "enforce", NAMES).replace(
+        &format!("resolvers: [\"{RESOLVER}\"]"),
+        &format!("resolvers: [\"{RESOLVER}\", \"fd00:53::53\"]"),
+    );
+    w.f.start_agent(&policy);
+    w.warm_up("t0/a");
+    let conf = |file: &str, text: &str| std::fs::write(w.f.dir.join(file), text).expect("write");
+    conf(
+        "resolv6.conf",
+        "nameserver fd00:53::53\noptions timeout:1 attempts:1\n",
+    );
+    conf(
+        "resolv6-tcp.conf",
+        "nameserver fd00:53::53\noptions use-vc timeout:1 attempts:1\n",
+    );
+    conf(
+        "resolv-mapped.conf",
+        &format!("nameserver ::ffff:{RESOLVER}\noptions timeout:1 attempts:1\n"),
+    );
+    for (i, file) in ["resolv6.conf", "resolv6-tcp.conf", "resolv-mapped.conf"]
+        .into_iter()
+        .enumerate()
+    {
+        let rel = format!("t0/v{i}");
+        let got = w.probe(&rel, file, &["resolve-connect", "api.example.test", "443"]);
+        assert_eq!(got, ["ok 198.18.0.10"], "{file}");
+        // A name no rule allows: NXDOMAIN from the proxy, never forwarded.
+        let got = w.probe(&rel, file, &["resolve", "other.example.test"]);
+        assert!(got[0].starts_with("error"), "{file}: {got:?}");
+    }
+    assert!(
+        !w.queried(&w.log).contains("other.example.test"),
+        "a refused name reached the resolver"
+    );
+    let e = w.f.wait_event("refused over IPv6", |e| {
+        is_dns(e, "other.example.test") && tg(e)["verdict"] == "deny"
+    });
+    assert_eq!(e["rcode"], "NXDomain");
+}
