@@ -38,7 +38,7 @@ fn join(args: &[String]) {
 }
 
 /// Set when stdin closes (the bench's way to stop an open-ended load).
-fn stdin_closed() -> Arc<AtomicBool> {
+pub(crate) fn stdin_closed() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     std::thread::spawn(move || {

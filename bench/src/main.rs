@@ -4,7 +4,8 @@
 //!
 //! Everything runs in a network namespace, a cgroup subtree and a bpffs
 //! directory this process creates and removes (also on error). Traffic only
-//! goes to addresses on that namespace's `lo`.
+//! goes to addresses on that namespace's `lo` (and, in the metadata section,
+//! from the agent's proxy to a fake metadata service on the host's 127.0.0.1).
 
 mod agent;
 mod client;
@@ -16,6 +17,9 @@ mod dnsstress;
 mod events;
 mod hooks;
 mod load;
+mod md;
+mod mdclient;
+mod mdreport;
 mod merge;
 mod nft;
 mod policy;
@@ -33,6 +37,7 @@ use anyhow::{Context, Result, bail};
 use crate::connect::connect_path;
 use crate::dns::dns_path;
 use crate::events::event_path;
+use crate::md::md_path;
 use crate::report::Report;
 use crate::world::World;
 
@@ -49,6 +54,8 @@ fn main() {
         Some("gai") => return dnsclient::gai(&args[1..]),
         Some("query") => return dnsclient::query(&args[1..]),
         Some("dns-serve") => return dnsclient::dns_serve(&args[1..]),
+        Some("http") => return mdclient::http(&args[1..]),
+        Some("imds-serve") => return mdclient::imds_serve(&args[1..]),
         _ => {}
     }
     if let Err(e) = run(&args) {
@@ -98,7 +105,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(0.5);
-    // For working on one part: connect, reload, events, dns (the document's
+    // For working on one part: connect, reload, events, dns, metadata (the document's
     // other sections keep what the last run of theirs wrote).
     let only: Option<Vec<String>> =
         arg(args, "--only").map(|s| s.split(',').map(str::to_string).collect());
@@ -125,6 +132,9 @@ fn run(args: &[String]) -> Result<()> {
     }
     if rep.wants("dns") {
         dns_path(&mut w, &mut rep, &command)?;
+    }
+    if rep.wants("metadata") {
+        md_path(&mut w, &mut rep, &command)?;
     }
     drop(w);
     rep.total_s = started.elapsed().as_secs_f64();

@@ -10,14 +10,18 @@ const BLOCKS: &[(&str, &str)] = &[
     // Start times and RSS come from the connect path's agent.
     ("## 4.", "connect"),
     ("## 5.", "dns"),
+    ("## 6.", "metadata"),
     ("## Targets", "targets"),
     ("## Where the remaining gap", "connect"),
     ("## Notes", "notes"),
 ];
 
-/// Rows and notes about DNS start with this; the rest belong to sections 1–4.
+/// Rows and notes about DNS (metadata) start with this; the rest belong to
+/// sections 1–4.
 const DNS_ROW: &str = "| DNS";
 const DNS_NOTE: &str = "- DNS";
+const MD_ROW: &str = "| Metadata";
+const MD_NOTE: &str = "- Metadata";
 /// The note a partial run leaves (replaced by the next partial run).
 pub(crate) const PARTIAL: &str = "Partial run";
 
@@ -71,16 +75,21 @@ pub(crate) fn merge(old: &str, new: &str, ran: &[String]) -> String {
                     }
                 }
                 let pick = |mine: bool| if mine { n } else { o };
-                let row = |l: &str| !l.starts_with("| target") && !l.starts_with(DNS_ROW);
+                let row = |l: &str| {
+                    !l.starts_with("| target") && !l.starts_with(DNS_ROW) && !l.starts_with(MD_ROW)
+                };
                 let rest = lines_where(pick(others_ran), "| ", row);
                 let dns = lines_where(pick(ran("dns")), DNS_ROW, |_| true);
-                format!("{head}{rest}{dns}\n")
+                let md = lines_where(pick(ran("metadata")), MD_ROW, |_| true);
+                format!("{head}{rest}{dns}{md}\n")
             }
             "notes" => {
                 let keep_old = |l: &str| {
                     !l.contains(PARTIAL)
                         && if l.starts_with(DNS_NOTE) {
                             !ran("dns")
+                        } else if l.starts_with(MD_NOTE) {
+                            !ran("metadata")
                         } else {
                             !others_ran
                         }
@@ -132,5 +141,23 @@ mod tests {
         assert!(m.contains("old one") && m.contains("new five") && m.contains("old four"));
         assert!(m.contains("| TCP | 1.0 | met |\n| DNS rate | 0.8"));
         assert!(!m.contains("Partial run") && m.contains("- DNS: a note\n- old connect note"));
+    }
+
+    const MD: &str = "# t\n\nmd header\n\n## 1. Connect\n\nn/a\n\n## 6. Metadata requests\n\nnew six\n\n## Targets\n\n| target | measured | |\n|---|---|---|\n| TCP | NaN | **missed** |\n| Metadata p99 | +300 µs | met |\n\n## Notes from the run\n\n- Partial run: metadata\n";
+
+    #[test]
+    fn a_metadata_run_keeps_the_dns_section_and_its_targets() {
+        let dns = merge(OLD, NEW, &["dns".into()]);
+        let m = merge(&dns, MD, &["metadata".into()]);
+        assert_eq!(
+            m,
+            "# t\n\nold header\n\n## 1. Connect\n\nold one\n\n## 4. Footprint\n\nold four\n\n## 5. DNS names\n\nnew five\n\n## 6. Metadata requests\n\nnew six\n\n## Targets\n\n| target | measured | |\n|---|---|---|\n| TCP | 1.0 | met |\n| DNS rate | 0.8 | **missed** |\n| Metadata p99 | +300 µs | met |\n\n## Notes from the run\n\n- old connect note\n- DNS: a note\n- Partial run: metadata\n"
+        );
+        assert_eq!(merge(&m, MD, &["metadata".into()]), m);
+        // A later DNS run keeps the metadata section and row.
+        let d = merge(&m, NEW, &["dns".into()]);
+        assert!(
+            d.contains("new six") && d.contains("| DNS rate | 0.8 | **missed** |\n| Metadata p99")
+        );
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Report {
     pub(crate) accounting: Vec<String>,
     /// Section 5 (when it ran).
     pub(crate) dns: Option<crate::dns::DnsFigures>,
+    /// Section 6 (when it ran).
+    pub(crate) md: Option<crate::md::MdFigures>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -64,6 +66,7 @@ impl Report {
         self.write_reload(&mut s);
         self.write_footprint(&mut s);
         self.write_dns(&mut s);
+        self.write_metadata(&mut s);
         self.write_targets(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n## Notes from the run\n");
@@ -378,6 +381,7 @@ impl Report {
             yes(st.v.last().copied().unwrap_or(f64::INFINITY) <= 1000.0)
         );
         self.write_dns_targets(s);
+        self.write_md_targets(s);
         if m10 < 1.0 || best < 1.0 {
             self.explain_allowed_gap(s);
         }

@@ -154,6 +154,12 @@ impl FakeImds {
         lock(&self.shared.log).entries.clone()
     }
 
+    /// The requests received so far, oldest first, forgotten at once (a
+    /// long-running server's log stays small; none is lost in between).
+    pub fn take_requests(&self) -> Vec<Value> {
+        std::mem::take(&mut lock(&self.shared.log).entries)
+    }
+
     /// Forgets the requests received so far (not those in the log file).
     pub fn clear(&self) {
         lock(&self.shared.log).entries.clear();
