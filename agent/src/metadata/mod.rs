@@ -4,8 +4,9 @@
 //! the kernel recorded, never by a source address), and each request is
 //! canonicalized (`canon`), judged by the tier's rules and the provider's
 //! (`rules`), checked for a session token of its own (`tokens`), then
-//! forwarded or refused (`proxy`) and reported (`record`). `server` holds
-//! the listeners and their bounds.
+//! forwarded (`upstream`: kept-alive connections to the service) or
+//! refused (`proxy`) and reported (`record`). `server` holds the listeners
+//! and their bounds.
 
 pub mod canon;
 pub mod proxy;
@@ -13,3 +14,4 @@ pub mod record;
 pub mod rules;
 pub mod server;
 pub mod tokens;
+pub mod upstream;

@@ -22,6 +22,7 @@ use super::canon::{self, Target};
 use super::record::MetadataRecord;
 use super::rules::{self, Decision, PathRules};
 use super::tokens::{TokenBook, TokenCheck};
+use super::upstream::Upstream;
 use crate::dns::record::QueryVerdict;
 use crate::policy::{MetadataAccess, Mode, Policy};
 use crate::state::NodeState;
@@ -58,7 +59,7 @@ type TierRules = Arc<Vec<Option<PathRules>>>;
 /// The proxy's shared state.
 pub struct Proxy {
     state: Arc<NodeState>,
-    upstream: SocketAddr,
+    upstream: Upstream,
     pub tokens: TokenBook,
     records: mpsc::Sender<MetadataRecord>,
     /// Records that did not fit the writer's queue (reported as a loss).
@@ -132,7 +133,7 @@ impl Proxy {
     ) -> Self {
         Self {
             state,
-            upstream,
+            upstream: Upstream::new(upstream, MAX_RESPONSE_BODY),
             tokens: TokenBook::default(),
             records,
             lost_records: Default::default(),
@@ -348,7 +349,7 @@ impl Proxy {
         body: Incoming,
         rec: &mut MetadataRecord,
     ) -> Response<Body> {
-        rec.upstream = Some(self.upstream);
+        rec.upstream = Some(self.upstream.addr);
         let uri = f.uri.unwrap_or_else(|| {
             parts
                 .uri
@@ -369,7 +370,7 @@ impl Proxy {
             .body(Full::new(body))
             .expect("a method and a path that parsed once build again");
         copy_end_to_end(&parts.headers, req.headers_mut());
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange(self.upstream, req)).await {
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, self.upstream.exchange(req)).await {
             Ok(Ok((head, bytes))) => {
                 rec.status = head.status.as_u16();
                 if f.issues_token && head.status == StatusCode::OK {
@@ -452,28 +453,4 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
         }
         to.append(name.clone(), value.clone());
     }
-}
-
-/// One request on a fresh connection to the upstream; its head and its
-/// (bounded) body.
-async fn exchange(
-    upstream: SocketAddr,
-    req: Request<Body>,
-) -> anyhow::Result<(http::response::Parts, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(upstream).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender.send_request(req).await?;
-    let (head, body) = resp.into_parts();
-    let bytes = Limited::new(body, MAX_RESPONSE_BODY)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("upstream body: {e}"))?
-        .to_bytes();
-    driver.abort();
-    Ok((head, bytes))
 }
