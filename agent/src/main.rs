@@ -25,6 +25,10 @@ fn main() {
     let code = match cli.command {
         Command::Agent(args) => {
             init_logs(args.log_format);
+            if let Err(e) = tiergate::app::prepare() {
+                eprintln!("tiergate: {e:#}");
+                std::process::exit(1);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -221,7 +221,8 @@ fn agent_refuses_to_start_with_one_clear_sentence() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("needs root or the capabilities CAP_BPF"),
+        err.contains("tiergate agent lacks CAP_SYS_ADMIN (")
+            && err.contains("and CAP_SYS_PTRACE ("),
         "{err}"
     );
     assert_eq!(

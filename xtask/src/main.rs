@@ -6,6 +6,7 @@
 //!   cargo xtask test    build + unit tests + privileged kernel tests (root)
 //!   cargo xtask lint    cargo fmt --check + clippy -D warnings
 //!   cargo xtask certs DIR   a demo CA and SPIFFE SVIDs for a collector and an agent
+//!   cargo xtask image   build + the container image (podman; deploy/image/Containerfile)
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod certs;
+mod image;
 
 const NIGHTLY: &str = "nightly";
 /// LLVM major of the nightly toolchain; bpf-linker must be built against it.
@@ -33,6 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     // A real HTTP client for the metadata proxy's tests.
     "curl",
+    // The container image (`cargo xtask image`) and its test; runc because
+    // crun refuses hybrid cgroup layouts.
+    "podman",
+    "runc",
 ];
 
 fn main() -> ExitCode {
@@ -44,9 +50,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
         Some("certs") => certs::run(&args[1..]),
+        Some("image") => setup().and_then(|_| image::run(&args[1..])),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|certs DIR");
+            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|image|certs DIR");
             return ExitCode::from(2);
         }
     };
@@ -196,7 +203,13 @@ fn cargo() -> Command {
 fn build_release() -> Result<PathBuf> {
     say("building the agent (release, eBPF object embedded)");
     status(cargo().args(["build", "--release", "--package", "tiergate"]))?;
-    Ok(root().join("target/release/tiergate"))
+    Ok(target_dir().join("release/tiergate"))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace)
+/// or `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
 }
 
 /// setup + release build, then the benchmark suite (writes docs/BENCHMARKS.md).

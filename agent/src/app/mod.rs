@@ -40,6 +40,8 @@ pub enum StartError {
     Preflight(#[from] preflight::PreflightError),
     #[error("no cgroup v2: {0}")]
     Cgroup(#[from] cgroupfs::CgroupError),
+    #[error("{0}")]
+    CgroupNamespace(cgroupfs::CgroupError),
     #[error("--cgroup-root {0} is not a cgroup v2 directory")]
     CgroupRoot(PathBuf),
     #[error("policy {path} is invalid:\n{errors}")]
@@ -51,7 +53,25 @@ pub enum StartError {
     Compile { path: PathBuf, error: String },
 }
 
-/// Runs the agent until SIGTERM/SIGINT. Enforcement stays pinned on exit.
+/// What must happen while the process has one thread, before the runtime
+/// starts: the privilege check (first, so a missing capability is the one
+/// sentence the agent prints) and entering the node's cgroup namespace
+/// (a namespace belongs to the thread that enters it).
+pub fn prepare() -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    if let Some(pid) =
+        cgroupfs::join_node_cgroup_namespace().map_err(StartError::CgroupNamespace)?
+    {
+        tracing::info!(
+            pid,
+            "entered the node's cgroup namespace (the agent's own put the cgroup v2 mount outside it)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM/SIGINT (after [`prepare`]). Enforcement
+/// stays pinned on exit.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cgfs = preflight()?;
     let start = load_policy(&args.policy)?;
@@ -130,9 +150,9 @@ struct Shared {
     learner: admin::learned::LearnerSlot,
 }
 
-/// Privileges, cgroup v2 and BTF: what the agent needs of the host.
+/// Cgroup v2 and BTF: what the agent needs of the host (privileges were
+/// checked by [`prepare`]).
 fn preflight() -> anyhow::Result<CgroupFs> {
-    preflight::check_privileges()?;
     let cgfs = CgroupFs::discover().map_err(StartError::Cgroup)?;
     preflight::check_btf()?;
     Ok(cgfs)

@@ -22,6 +22,14 @@ pub enum CgroupError {
     OutsideMount { path: PathBuf, mount: PathBuf },
     #[error("process {pid} has no cgroup v2 entry (\"0::\") in /proc/{pid}/cgroup")]
     NoV2Entry { pid: u32 },
+    #[error(
+        "the cgroup v2 mount {mount} has the root {root} from this process's own cgroup namespace, and no namespace where it reads / could be entered ({tried}): run the agent in the host's PID namespace with CAP_SYS_ADMIN and CAP_SYS_PTRACE"
+    )]
+    ForeignNamespace {
+        mount: PathBuf,
+        root: String,
+        tried: String,
+    },
 }
 
 /// The cgroup v2 mount this agent works on.
@@ -145,6 +153,65 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Makes the cgroup v2 mount read as the node's hierarchy when this process
+/// sits in a cgroup namespace of its own, and says whose namespace it
+/// entered. Container runtimes on cgroup v2 nodes (containerd, CRI-O) give
+/// every container such a namespace; there the node's mount (the
+/// DaemonSet's hostPath) has the root `/../..` in mountinfo and
+/// `/proc/<pid>/cgroup` reads relative to the container, not as the paths
+/// bindings, events and pod identity use. The fix is to enter a namespace
+/// rooted at the mount's root: PID 1's (with the DaemonSet's `hostPID`,
+/// the node's init), else that of a process in the mount's root cgroup
+/// (kernel threads: their namespace is always rooted there). Each is
+/// checked by re-reading mountinfo. Needs CAP_SYS_ADMIN (`setns`) and
+/// CAP_SYS_PTRACE (`/proc/<pid>/ns/cgroup`): the agent's set. A namespace
+/// belongs to a thread: call this before any thread starts.
+pub fn join_node_cgroup_namespace() -> Result<Option<u32>, CgroupError> {
+    let Ok(fs) = CgroupFs::discover() else {
+        return Ok(None); // no cgroup v2: the start check says so
+    };
+    if !outside_namespace(&fs.mount_root) {
+        return Ok(None);
+    }
+    let mut candidates = vec![1u32];
+    if let Ok(text) = fs::read_to_string(fs.mount.join("cgroup.procs")) {
+        candidates.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    let mut tried = Vec::new();
+    for pid in candidates.into_iter().take(64) {
+        if let Err(e) = enter_cgroup_namespace(pid) {
+            tried.push(format!("PID {pid}: {e}"));
+            continue;
+        }
+        match CgroupFs::discover() {
+            Ok(now) if !outside_namespace(&now.mount_root) => return Ok(Some(pid)),
+            Ok(now) => tried.push(format!("PID {pid}: root still {}", now.mount_root)),
+            Err(e) => tried.push(format!("PID {pid}: {e}")),
+        }
+    }
+    Err(CgroupError::ForeignNamespace {
+        mount: fs.mount,
+        root: fs.mount_root,
+        tried: tried.join("; "),
+    })
+}
+
+/// A mountinfo root above this process's cgroup namespace (`/..`, `/../..`).
+fn outside_namespace(mount_root: &str) -> bool {
+    mount_root == "/.." || mount_root.starts_with("/../")
+}
+
+fn enter_cgroup_namespace(pid: u32) -> std::io::Result<()> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/cgroup"))?;
+    // SAFETY: setns on a descriptor of a cgroup namespace file we hold; it
+    // changes only the calling (still single) thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWCGROUP) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Every cgroup directory under `root` (including it), depth first.
 pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = vec![root.to_path_buf()];
@@ -188,6 +255,20 @@ mod tests {
         let fs = parse_mountinfo(HYBRID).expect("cgroup2 mount");
         assert_eq!(fs.mount, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(fs.mount_root, "/");
+    }
+
+    #[test]
+    fn a_root_above_the_namespace_is_outside() {
+        assert!(outside_namespace("/.."));
+        assert!(outside_namespace("/../.."));
+        assert!(outside_namespace("/../../kubepods.slice"));
+        assert!(!outside_namespace("/"));
+        assert!(!outside_namespace("/kubepods.slice"));
+        assert!(!outside_namespace("/..foo"));
+        let private = "41 31 0:38 /../.. /sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw";
+        assert!(outside_namespace(
+            &parse_mountinfo(private).expect("mount").mount_root
+        ));
     }
 
     #[test]
