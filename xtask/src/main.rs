@@ -7,6 +7,7 @@
 //!   cargo xtask lint    cargo fmt --check + clippy -D warnings
 //!   cargo xtask certs DIR   a demo CA and SPIFFE SVIDs for a collector and an agent
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
+//!   cargo xtask manifests   build + render and validate deploy/kubernetes (part of test)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,6 +15,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod certs;
+mod manifests;
 
 const NIGHTLY: &str = "nightly";
 /// LLVM major of the nightly toolchain; bpf-linker must be built against it.
@@ -45,8 +47,9 @@ fn main() -> ExitCode {
         Some("lint") => lint(),
         Some("certs") => certs::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("manifests") => setup().and_then(|_| manifests::check(&build_release()?)),
         _ => {
-            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|certs DIR");
+            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|manifests|certs DIR");
             return ExitCode::from(2);
         }
     };
@@ -184,7 +187,8 @@ fn setup() -> Result<()> {
             status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
         }
     }
-    Ok(())
+    // 5. kubernetes-validate (PyPI, in a virtualenv) for the manifests' check.
+    manifests::install_validator()
 }
 
 fn cargo() -> Command {
@@ -196,7 +200,9 @@ fn cargo() -> Command {
 fn build_release() -> Result<PathBuf> {
     say("building the agent (release, eBPF object embedded)");
     status(cargo().args(["build", "--release", "--package", "tiergate"]))?;
-    Ok(root().join("target/release/tiergate"))
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("release/tiergate"))
 }
 
 /// setup + release build, then the benchmark suite (writes docs/BENCHMARKS.md).
@@ -311,6 +317,8 @@ fn test(extra: &[String]) -> Result<()> {
             "xtask",
         ]))?;
         let bin = build_release()?;
+        say("Kubernetes manifests (render, schemas, policy, SVIDs)");
+        manifests::check(&bin)?;
         if !is_root() {
             bail!(
                 "the kernel tests load eBPF programs and create cgroups and network namespaces: \
