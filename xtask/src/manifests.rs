@@ -293,11 +293,16 @@ fn validate(
         .iter()
         .filter(|o| is_crd_object(o))
         .map(|o| {
-            let api = o["apiVersion"].as_str().unwrap_or("");
-            let checked = if api.starts_with("monitoring.coreos.com/") {
-                "its scrape port is checked here, its metric names by tests/tests/observability.rs"
-            } else {
-                "the SPIFFE IDs it issues are checked here against the flags"
+            let checked = match o["kind"].as_str().unwrap_or("") {
+                "Certificate" if o["spec"]["uris"].is_array() => {
+                    "its SPIFFE URI SAN is checked here against the flags"
+                }
+                "ClusterSPIFFEID" => "its SPIFFE ID template is checked here against the flags",
+                "PodMonitor" | "ServiceMonitor" => "its scrape port is checked here",
+                "PrometheusRule" => {
+                    "the metric names of its expressions are checked by tests/tests/observability.rs"
+                }
+                _ => "not checked here (the API server validates it against its CRD when applied)",
             };
             (kind_name(o), checked)
         })
