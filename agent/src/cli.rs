@@ -81,7 +81,8 @@ pub struct AgentArgs {
     /// [default: in-cluster config when running in a pod, else no Kubernetes].
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
-    /// Address of /metrics, /healthz, /readyz and /inventory.
+    /// Address of /metrics, /healthz, /readyz, and of /inventory and
+    /// /dns/learned (workload identities: answered to loopback clients only).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
     /// Size of the kernel event ring buffer in bytes (a power of two).

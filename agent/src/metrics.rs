@@ -61,6 +61,9 @@ pub struct Metrics {
     pub cgroups_known: Gauge,
     pub decode_errors: Counter,
     pub programs_attached: Gauge,
+    /// 1 when every program is attached and a policy is in force (what
+    /// `/readyz` answers), set at each scrape.
+    pub ready: Gauge,
     pub pods_known: Gauge,
     pub pod_watch_errors: Counter,
     pub pod_watch_relists: Counter,
@@ -138,6 +141,12 @@ impl Metrics {
             "programs_attached",
             "eBPF programs attached and pinned",
             programs_attached.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when every program is attached and a policy is in force (as /readyz), else 0",
+            ready.clone(),
         );
         let pods_known = Gauge::default();
         registry.register(
@@ -251,6 +260,7 @@ impl Metrics {
             cgroups_known,
             decode_errors,
             programs_attached,
+            ready,
         }
     }
 

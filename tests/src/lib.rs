@@ -19,6 +19,7 @@ pub mod imds;
 mod resolv;
 pub use resolv::use_resolv_conf;
 pub mod kubeapi;
+pub mod promql;
 pub use tiergate_testpki as pki;
 pub mod rsyslog;
 
@@ -293,7 +294,18 @@ impl Fixture {
 
     pub fn start_agent_with(&mut self, policy: &str, extra: &[&str]) -> &mut Agent {
         let path = self.write_policy(policy);
-        let port = free_port();
+        // `--admin-addr` in `extra` (e.g. 0.0.0.0:PORT) replaces the loopback
+        // default; the harness still talks to it on 127.0.0.1:PORT.
+        let own_admin = extra.iter().position(|a| *a == "--admin-addr");
+        let port = own_admin
+            .and_then(|i| extra.get(i + 1)?.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_port);
+        let default_admin = format!("127.0.0.1:{port}");
+        let admin: &[&str] = if own_admin.is_some() {
+            &[]
+        } else {
+            &["--admin-addr", &default_admin]
+        };
         let log = std::fs::File::create(self.dir.join("agent.log")).expect("log");
         let child = Command::new(tiergate_bin())
             .arg("agent")
@@ -305,12 +317,8 @@ impl Fixture {
             .arg(&self.bpffs)
             .arg("--events")
             .arg(self.events_path())
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{port}"),
-                "--node-name",
-                "test-node",
-            ])
+            .args(admin)
+            .args(["--node-name", "test-node"])
             .args(extra)
             .env("TIERGATE_LOG", "info,tiergate=debug")
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 //!   cargo xtask certs DIR   a demo CA and SPIFFE SVIDs for a collector and an agent
 //!   cargo xtask image   build + the container image (podman; deploy/image/Containerfile)
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
+//!   cargo xtask manifests   build + render and validate deploy/kubernetes (part of test)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail};
 
 mod certs;
 mod image;
+mod manifests;
 
 const NIGHTLY: &str = "nightly";
 /// LLVM major of the nightly toolchain; bpf-linker must be built against it.
@@ -52,8 +54,11 @@ fn main() -> ExitCode {
         Some("certs") => certs::run(&args[1..]),
         Some("image") => setup().and_then(|_| image::run(&args[1..])),
         Some("bench") => bench(&args[1..]),
+        Some("manifests") => setup().and_then(|_| manifests::check(&build_release()?)),
         _ => {
-            eprintln!("usage: cargo xtask setup|build|run|test|lint|bench|image|certs DIR");
+            eprintln!(
+                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|certs DIR"
+            );
             return ExitCode::from(2);
         }
     };
@@ -191,7 +196,8 @@ fn setup() -> Result<()> {
             status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
         }
     }
-    Ok(())
+    // 5. kubernetes-validate (PyPI, in a virtualenv) for the manifests' check.
+    manifests::install_validator()
 }
 
 fn cargo() -> Command {
@@ -324,6 +330,8 @@ fn test(extra: &[String]) -> Result<()> {
             "xtask",
         ]))?;
         let bin = build_release()?;
+        say("Kubernetes manifests (render, schemas, policy, SVIDs)");
+        manifests::check(&bin)?;
         if !is_root() {
             bail!(
                 "the kernel tests load eBPF programs and create cgroups and network namespaces: \
