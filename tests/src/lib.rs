@@ -94,7 +94,8 @@ pub fn cgroup2_mount() -> PathBuf {
     panic!("no cgroup2 mount on this machine");
 }
 
-fn sh(cmd: &str, args: &[&str]) {
+/// Runs `cmd args`, failing the test with its stderr if it fails.
+pub fn sh(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -558,18 +559,23 @@ impl Agent {
 /// A process parked in cgroup `dir` (for `--pid` lookups); returns once it
 /// has joined. The caller kills it.
 pub fn hold(dir: &Path) -> Child {
+    let dir = dir.to_str().expect("utf-8 cgroup path");
+    spawn_ready(&["--cgroup", dir, "hold"])
+}
+
+/// Starts `tg-probe args` and waits for its `ready` line (a server
+/// listening, a process parked in its cgroup); the caller kills it.
+pub fn spawn_ready(args: &[&str]) -> Child {
     let mut child = Command::new(probe_bin())
-        .arg("--cgroup")
-        .arg(dir)
-        .arg("hold")
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn probe hold");
+        .expect("spawn probe");
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("stdout"))
         .read_line(&mut line)
         .expect("read");
-    assert_eq!(line.trim(), "ready", "probe did not join {}", dir.display());
+    assert_eq!(line.trim(), "ready", "probe {args:?} did not start");
     child
 }
 

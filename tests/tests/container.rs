@@ -21,11 +21,11 @@
 //! installs it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tiergate_tests::{Fixture, cgroup2_mount, free_port, http_get, metric_value, probe_bin};
+use tiergate_tests::{Fixture, cgroup2_mount, free_port, http_get, metric_value, sh, spawn_ready};
 
 /// The test image's tag (not the release tags `cargo xtask image` gives).
 const IMAGE: &str = "localhost/tiergate:container-test";
@@ -260,54 +260,35 @@ impl Drop for World {
     }
 }
 
-fn spawn_ready(args: &[&str]) -> Child {
-    let mut child = Command::new(probe_bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn probe");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line.trim(), "ready", "probe {args:?} did not start");
-    child
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl World {
     fn new() -> World {
         let f = Fixture::new("container");
         let ns = f.netns.clone();
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{RESOLVER}/32"),
-            "dev",
-            "lo",
-        ]);
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "local",
-            "198.18.0.0/15",
-            "dev",
-            "lo",
-        ]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{RESOLVER}/32"),
+                "dev",
+                "lo",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "local",
+                "198.18.0.0/15",
+                "dev",
+                "lo",
+            ],
+        );
         let zone = f.dir.join("zone");
         std::fs::write(&zone, ZONE).expect("zone");
         std::fs::write(

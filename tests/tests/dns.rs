@@ -5,11 +5,11 @@
 //! arrives. No query leaves the namespace: the resolvers are on its `lo`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tiergate_tests::{Fixture, is_conn, probe_bin, tg};
+use tiergate_tests::{Fixture, is_conn, sh, spawn_ready, tg};
 
 const RESOLVER: &str = "10.53.0.53";
 const ROGUE: &str = "10.99.0.53";
@@ -49,49 +49,30 @@ impl Drop for World {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn spawn_ready(args: &[&str]) -> Child {
-    let mut child = Command::new(probe_bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn probe server");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line.trim(), "ready", "probe server {args:?} did not start");
-    child
-}
-
 impl World {
     fn new(name: &str) -> World {
         let f = Fixture::new(name);
         let ns = f.netns.clone();
         for a in [RESOLVER, ROGUE] {
-            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+            sh(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+            );
         }
         // Every 198.18.0.0/15 address is local to the namespace.
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "local",
-            "198.18.0.0/15",
-            "dev",
-            "lo",
-        ]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "local",
+                "198.18.0.0/15",
+                "dev",
+                "lo",
+            ],
+        );
         let w = |file: &str, text: &str| {
             let p = f.dir.join(file);
             std::fs::write(&p, text).expect("write");
@@ -599,7 +580,10 @@ fn every_fresh_answer_is_in_force_before_the_application_sees_it() {
     }
     std::fs::write(w.f.dir.join("race.zone"), zone).expect("zone");
     let ns = w.f.netns.clone();
-    ip(&["-n", &ns, "addr", "add", "10.53.0.54/32", "dev", "lo"]);
+    sh(
+        "ip",
+        &["-n", &ns, "addr", "add", "10.53.0.54/32", "dev", "lo"],
+    );
     let (zone_path, log) = (w.f.dir.join("race.zone"), w.f.dir.join("race.log"));
     w.children.push(spawn_ready(&[
         "--netns",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tiergate_tests::imds::{self, FakeImds};
-use tiergate_tests::{Fixture, probe_bin, tg};
+use tiergate_tests::{Fixture, probe_bin, spawn_ready, tg};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const INSTANCE_ID: &str = "/latest/meta-data/instance-id";
@@ -86,23 +86,13 @@ impl World {
         let agent = self.f.agent.as_ref().expect("agent");
         let before = agent.metric("tiergate_dns_namespaces").unwrap_or(0.0);
         let dir = self.f.known_cgroup(rel);
-        let mut cmd = Command::new(probe_bin());
-        cmd.arg("--cgroup").arg(&dir);
+        let dir = dir.to_str().expect("utf-8");
+        let mut args = vec!["--cgroup", dir];
         if in_netns {
-            cmd.args(["--netns", &self.f.netns]);
+            args.extend(["--netns", self.f.netns.as_str()]);
         }
-        let mut child = cmd
-            .arg("hold")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn hold");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-            &mut line,
-        )
-        .expect("read");
-        self.holders.push(child);
+        args.push("hold");
+        self.holders.push(spawn_ready(&args));
         let deadline = Instant::now() + Duration::from_secs(5);
         while agent.metric("tiergate_dns_namespaces").unwrap_or(0.0) <= before {
             assert!(
