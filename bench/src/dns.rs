@@ -179,10 +179,9 @@ pub(crate) fn dns_path(w: &mut World, rep: &mut Report, command: &str) -> Result
     agent_kills(w, &mut f, &events)?;
     bulk_names(w, &mut f)?;
     w.stop_agent();
-    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
     f.run = format!(
         "`{command}`, {}, {:.0} s",
-        date.trim(),
+        crate::utc_now(),
         started.elapsed().as_secs_f64()
     );
     rep.dns = Some(f);

@@ -76,6 +76,14 @@ pub(crate) fn say(s: &str) {
     eprintln!("bench: {s}");
 }
 
+/// Now, as the report writes it (`2026-12-01 07:35 UTC`).
+pub(crate) fn utc_now() -> String {
+    sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 pub(crate) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
@@ -140,11 +148,11 @@ fn run(args: &[String]) -> Result<()> {
     rep.total_s = started.elapsed().as_secs_f64();
     let previous = std::fs::read_to_string(&out).ok();
     if let (Some(only), Some(_)) = (&rep.only, &previous) {
-        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+        let date = utc_now();
         rep.notes.push(format!(
             "{}: `{command}` on {} measured {}; the other sections are from earlier runs (the header describes the last full run).",
             merge::PARTIAL,
-            date.trim(),
+            date,
             only.join(", ")
         ));
     }

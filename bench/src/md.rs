@@ -278,10 +278,9 @@ pub(crate) fn md_path(w: &mut World, rep: &mut Report, command: &str) -> Result<
     f.upstream = (up_after.0 - up_before.0, up_after.1 - up_before.1);
     proxy_latency(&mut f, &events)?;
     w.stop_agent();
-    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
     f.run = format!(
         "`{command}`, {}, {:.0} s",
-        date.trim(),
+        crate::utc_now(),
         started.elapsed().as_secs_f64()
     );
     rep.md = Some(f);

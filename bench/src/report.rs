@@ -100,7 +100,7 @@ impl Report {
             .map(|n| n.get())
             .unwrap_or(0);
         let kernel = sh("uname", &["-r"]).unwrap_or_default();
-        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+        let date = crate::utc_now();
         let nftv = sh("nft", &["--version"]).unwrap_or_default();
         let _ = writeln!(
             s,
