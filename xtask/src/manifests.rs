@@ -1,8 +1,9 @@
 //! `cargo xtask manifests` (also run by `cargo xtask test`): renders every
 //! kustomize directory under `deploy/kubernetes/` and checks what it renders.
 //!
-//! - `base/` and every `overlays/*` render with `kubectl kustomize` (or a
-//!   standalone `kustomize build`); every component is used by an overlay.
+//! - `base/` and every `overlays/*` render with the pinned kustomize and,
+//!   where there is one, the machine's kubectl, identically; every component
+//!   is used by an overlay.
 //! - Every rendered object validates against the Kubernetes JSON schemas of
 //!   [`K8S_VERSION`] with `kubernetes-validate --strict` (unknown fields are
 //!   errors). Objects of CRDs (cert-manager, Prometheus Operator, SPIRE) have
@@ -18,8 +19,8 @@
 //!   template) carries exactly one SPIFFE ID, allowed by the collector's
 //!   `--allow-spiffe`; the collector's is the agent's `--collector-spiffe-id`.
 //!
-//! `kubernetes-validate` comes from PyPI into a virtualenv under the user's
-//! cache directory (installed once, by the set-up).
+//! The renderers and the validator are pinned tools (`tools.rs`), installed
+//! once by the set-up.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,10 +28,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{output, root, say, status};
+use crate::tools::{self, Renderer, venv};
+use crate::{output, root, say};
 
-/// The pinned validator; its schemas go up to Kubernetes 1.37.
-const KUBERNETES_VALIDATE: &str = "1.37.0";
 /// The Kubernetes release whose schemas the objects must satisfy.
 const K8S_VERSION: &str = "1.37.0";
 /// API groups of CRD-based objects: no schema in kubernetes-validate.
@@ -39,99 +39,6 @@ const CRD_GROUPS: &[&str] = &[
     "monitoring.coreos.com",
     "spire.spiffe.io",
 ];
-
-fn venv() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| root().join("target"));
-    cache
-        .join("tiergate")
-        .join(format!("kubernetes-validate-{KUBERNETES_VALIDATE}"))
-}
-
-/// Installs kubernetes-validate (PyPI) into its virtualenv unless there.
-pub fn install_validator() -> Result<()> {
-    let dir = venv();
-    let bin = dir.join("bin/kubernetes-validate");
-    let have = output(Command::new(&bin).arg("--version"))
-        .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE);
-    if have {
-        return Ok(());
-    }
-    say(&format!(
-        "installing kubernetes-validate {KUBERNETES_VALIDATE} from PyPI into {} \
-         (the manifests' schema check)",
-        dir.display()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    status(Command::new("python3").arg("-m").arg("venv").arg(&dir)).context(
-        "cannot make a Python virtualenv (python3 with its venv module is needed; \
-         on Debian: apt-get install python3-venv)",
-    )?;
-    status(
-        Command::new(dir.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")),
-    )
-}
-
-/// How to render a kustomization.
-enum Renderer {
-    Kubectl(PathBuf),
-    Kustomize(PathBuf),
-}
-
-impl Renderer {
-    fn find() -> Result<Self> {
-        // kubectl ≥ 1.21 embeds kustomize v4+; older ones (Debian's
-        // kubernetes-client is 1.20) embed v2, which cannot read these files.
-        if let Some(v) = output(Command::new("kubectl").args(["version", "--client"])) {
-            let kustomize = v
-                .lines()
-                .find_map(|l| l.strip_prefix("Kustomize Version: v"))
-                .and_then(|s| s.split('.').next()?.parse::<u32>().ok());
-            if kustomize.is_some_and(|major| major >= 4) {
-                return Ok(Self::Kubectl("kubectl".into()));
-            }
-        }
-        if output(Command::new("kustomize").arg("version")).is_some() {
-            return Ok(Self::Kustomize("kustomize".into()));
-        }
-        bail!(
-            "rendering deploy/kubernetes needs kubectl 1.21 or later (with kustomize v4+) or a \
-             standalone kustomize on PATH, and neither is there: install kubectl from the \
-             Kubernetes project's package repository (package kubectl), then run again"
-        )
-    }
-
-    fn render(&self, dir: &Path) -> Result<String> {
-        let mut cmd = match self {
-            Self::Kubectl(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("kustomize");
-                c
-            }
-            Self::Kustomize(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("build");
-                c
-            }
-        };
-        let out = cmd
-            .arg(dir)
-            .output()
-            .with_context(|| format!("cannot run {cmd:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{} does not render: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
-    }
-}
 
 /// The objects of a YAML stream, through the virtualenv's PyYAML.
 fn yaml_to_json(file: &Path) -> Result<Vec<Value>> {
@@ -149,8 +56,16 @@ fn yaml_to_json(file: &Path) -> Result<Vec<Value>> {
 
 /// `cargo xtask manifests`: every check above, against the built `tiergate`.
 pub fn check(tiergate: &Path) -> Result<()> {
-    install_validator()?;
-    let renderer = Renderer::find()?;
+    tools::install()?;
+    let renderers = Renderer::all()?;
+    say(&format!(
+        "manifests: rendering with {}",
+        renderers
+            .iter()
+            .map(Renderer::name)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    ));
     let k8s = root().join("deploy/kubernetes");
     let out_dir = target_dir().join("manifests");
     std::fs::create_dir_all(&out_dir)?;
@@ -182,7 +97,7 @@ pub fn check(tiergate: &Path) -> Result<()> {
             .unwrap_or(dir)
             .to_string_lossy()
             .replace('/', "-");
-        let rendered = renderer.render(dir)?;
+        let rendered = tools::render(&renderers, dir)?;
         let file = out_dir.join(format!("{name}.yaml"));
         std::fs::write(&file, &rendered)?;
         let objects = yaml_to_json(&file)?;
