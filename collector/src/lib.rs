@@ -4,6 +4,7 @@
 
 mod args;
 pub mod metrics;
+mod resume;
 pub mod service;
 pub mod sinks;
 pub mod tls_conn;
@@ -92,9 +93,25 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
+    // Each agent's last written seq, from the file sinks' own records: with
+    // several file sinks, what all of them hold (a batch one of them failed
+    // was not acknowledged and must be written again).
+    let resumed = resume::common(
+        sinks
+            .iter()
+            .filter_map(|s| s.written_file())
+            .map(resume::last_seqs)
+            .collect(),
+    );
+    if !resumed.is_empty() {
+        tracing::info!(
+            agents = resumed.len(),
+            "resuming agents' sequences from the file sinks"
+        );
+    }
     let svc = Collector {
         writer: service::spawn_writer(sinks, metrics.clone()),
-        seqs: Arc::new(Mutex::new(SeqTracker::default())),
+        seqs: Arc::new(Mutex::new(SeqTracker::seeded(resumed))),
         metrics,
         hostname,
     };

@@ -49,7 +49,7 @@ impl CollectorMetrics {
         let duplicates = Counter::default();
         registry.register(
             "duplicates",
-            "Records received again after a resend (same seq)",
+            "Records received again after a resend (same seq), not written again",
             duplicates.clone(),
         );
         let gaps = Counter::default();

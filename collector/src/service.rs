@@ -69,10 +69,15 @@ pub fn spawn_writer(
     tx
 }
 
-/// Per-agent sequence tracking, for gap reports.
+/// Per-agent sequence tracking: gaps are reported, records already written
+/// (a resend after a lost acknowledgement) are not written again.
 #[derive(Default)]
 pub struct SeqTracker {
     last: HashMap<String, u64>,
+    /// One lock per agent: a batch is planned, written and committed while
+    /// it is held, so two streams of one agent (the old one of a killed agent
+    /// still draining) cannot both write the same records.
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// What a batch revealed about an agent's sequence.
@@ -82,33 +87,60 @@ pub struct Gap {
     pub to: u64,
 }
 
+/// What to do with a batch: the gaps before its records, which records were
+/// written before (`dup[i]`), and the agent's last seq once it is written.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub gaps: Vec<Gap>,
+    pub dup: Vec<bool>,
+    pub last: u64,
+}
+
 impl SeqTracker {
-    /// Feeds a batch's seqs (in order); returns the gaps and the number of
-    /// records seen before (duplicates from a resend).
-    pub fn observe(&mut self, agent: &str, seqs: impl IntoIterator<Item = u64>) -> (Vec<Gap>, u64) {
-        let mut gaps = Vec::new();
-        let mut dups = 0;
-        let last = self.last.entry(agent.to_string()).or_insert(0);
-        for s in seqs {
-            if *last == 0 {
-                // First sight of this agent since the collector started: the
-                // baseline, not a gap.
-                *last = s;
-                continue;
-            }
-            if s <= *last {
-                dups += 1;
-            } else {
-                if s > *last + 1 {
-                    gaps.push(Gap {
-                        from: *last + 1,
-                        to: s - 1,
-                    });
-                }
-                *last = s;
-            }
+    /// Starts from seqs known to be written (the file sinks' records).
+    pub fn seeded(last: HashMap<String, u64>) -> Self {
+        Self {
+            last,
+            locks: HashMap::new(),
         }
-        (gaps, dups)
+    }
+
+    pub fn lock(&mut self, agent: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.entry(agent.to_string()).or_default().clone()
+    }
+
+    /// Plans a batch (seqs in order) without changing anything.
+    pub fn plan(&self, agent: &str, seqs: &[u64]) -> Plan {
+        let mut gaps = Vec::new();
+        let mut last = self.last.get(agent).copied().unwrap_or(0);
+        let dup = seqs
+            .iter()
+            .map(|&s| {
+                if last == 0 {
+                    // First sight of this agent: the baseline, not a gap.
+                    last = s;
+                    false
+                } else if s <= last {
+                    true
+                } else {
+                    if s > last + 1 {
+                        gaps.push(Gap {
+                            from: last + 1,
+                            to: s - 1,
+                        });
+                    }
+                    last = s;
+                    false
+                }
+            })
+            .collect();
+        Plan { gaps, dup, last }
+    }
+
+    /// Records that the agent's records up to `last` are written.
+    pub fn commit(&mut self, agent: &str, last: u64) {
+        let e = self.last.entry(agent.to_string()).or_insert(0);
+        *e = (*e).max(last);
     }
 }
 
@@ -167,20 +199,28 @@ impl EventCollector for Collector {
                         .await;
                     continue;
                 };
-                let (gaps, dups) = seqs
+                let lock = seqs.lock().expect("seq lock").lock(&batch.agent_id);
+                let _held = lock.lock().await;
+                let batch_seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+                let plan = seqs
                     .lock()
                     .expect("seq lock")
-                    .observe(&batch.agent_id, batch.events.iter().map(|e| e.seq));
+                    .plan(&batch.agent_id, &batch_seqs);
+                let dups = plan.dup.iter().filter(|d| **d).count() as u64;
                 metrics.duplicates.inc_by(dups);
                 let mut records: Vec<OwnedRecord> =
-                    Vec::with_capacity(batch.events.len() + gaps.len());
-                for g in &gaps {
+                    Vec::with_capacity(batch.events.len() + plan.gaps.len());
+                for g in &plan.gaps {
                     metrics.gaps.inc();
                     metrics.missing.inc_by(g.to - g.from + 1);
                     tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
                     records.push(gap_record(&hostname, &batch, &spiffe, g));
                 }
-                for e in batch.events {
+                let agent_id = batch.agent_id.clone();
+                for (e, dup) in batch.events.into_iter().zip(&plan.dup) {
+                    if *dup {
+                        continue;
+                    }
                     records.push(OwnedRecord {
                         severity: match e.kind.as_str() {
                             "loss" => Severity::Error,
@@ -210,6 +250,7 @@ impl EventCollector for Collector {
                 }
                 match done_rx.await {
                     Ok(Ok(())) => {
+                        seqs.lock().expect("seq lock").commit(&agent_id, plan.last);
                         metrics.records.inc_by(n);
                         metrics.batches.inc();
                         if tx
@@ -268,16 +309,53 @@ fn gap_record(hostname: &str, batch: &Batch, spiffe: &str, g: &Gap) -> OwnedReco
 mod tests {
     use super::*;
 
+    fn observe(t: &mut SeqTracker, agent: &str, seqs: &[u64]) -> (Vec<Gap>, usize) {
+        let plan = t.plan(agent, seqs);
+        t.commit(agent, plan.last);
+        (plan.gaps, plan.dup.iter().filter(|d| **d).count())
+    }
+
     #[test]
     fn gaps_and_duplicates_per_agent() {
         let mut t = SeqTracker::default();
-        assert_eq!(t.observe("a", [5, 6, 7]), (vec![], 0));
-        assert_eq!(t.observe("a", [6, 7, 8]), (vec![], 2));
+        assert_eq!(observe(&mut t, "a", &[5, 6, 7]), (vec![], 0));
+        assert_eq!(observe(&mut t, "a", &[6, 7, 8]), (vec![], 2));
         assert_eq!(
-            t.observe("a", [9, 12, 13, 20]),
+            observe(&mut t, "a", &[9, 12, 13, 20]),
             (vec![Gap { from: 10, to: 11 }, Gap { from: 14, to: 19 }], 0)
         );
         // Agents are independent.
-        assert_eq!(t.observe("b", [1, 3]), (vec![Gap { from: 2, to: 2 }], 0));
+        assert_eq!(
+            observe(&mut t, "b", &[1, 3]),
+            (vec![Gap { from: 2, to: 2 }], 0)
+        );
+    }
+
+    #[test]
+    fn a_batch_that_failed_to_write_is_not_a_duplicate_when_resent() {
+        let mut t = SeqTracker::default();
+        assert_eq!(observe(&mut t, "a", &[1, 2]), (vec![], 0));
+        // Planned, the sink failed: nothing committed.
+        let plan = t.plan("a", &[3, 4]);
+        assert_eq!(plan.dup, vec![false, false]);
+        let resent = t.plan("a", &[3, 4, 5]);
+        assert_eq!(
+            resent,
+            Plan {
+                gaps: vec![],
+                dup: vec![false; 3],
+                last: 5
+            }
+        );
+    }
+
+    #[test]
+    fn seeded_from_the_files_the_resend_after_a_restart_is_dropped() {
+        let mut t = SeqTracker::seeded(HashMap::from([("a".to_string(), 10)]));
+        let plan = t.plan("a", &[9, 10, 11]);
+        assert_eq!(plan.dup, vec![true, true, false]);
+        assert!(plan.gaps.is_empty());
+        t.commit("a", plan.last);
+        assert_eq!(t.plan("a", &[13]).gaps, vec![Gap { from: 12, to: 12 }]);
     }
 }

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod collector;
 pub mod dnsserver;
 pub mod httpprobe;
 pub mod imds;
@@ -22,6 +23,7 @@ pub mod kubeapi;
 pub mod promql;
 pub use tiergate_testpki as pki;
 pub mod rsyslog;
+pub mod soak;
 
 use serde_json::Value;
 

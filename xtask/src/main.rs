@@ -9,6 +9,7 @@
 //!   cargo xtask image   build + the container image (podman; deploy/image/Containerfile)
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
 //!   cargo xtask manifests   build + render and validate deploy/kubernetes (part of test)
+//!   cargo xtask soak [--minutes N] [--seed S]   build + the long chaos soak (docs/RELIABILITY.md)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 mod certs;
 mod image;
 mod manifests;
+mod soak;
 mod tools;
 
 const NIGHTLY: &str = "nightly";
@@ -59,9 +61,10 @@ fn main() -> ExitCode {
         Some("image") => setup().and_then(|_| image::run(&args[1..])),
         Some("bench") => bench(&args[1..]),
         Some("manifests") => setup().and_then(|_| manifests::check(&build_release()?)),
+        Some("soak") => setup().and_then(|_| soak::run(&build_release()?, &args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|certs DIR"
+                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|soak|certs DIR"
             );
             return ExitCode::from(2);
         }

@@ -256,6 +256,10 @@ impl Sink for FileSink {
         &self.name
     }
 
+    fn written_file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn write_batch(&mut self, records: &[Record<'_>]) -> Result<(), SinkError> {
         let result = self.write_records(records);
         if result.is_err() {

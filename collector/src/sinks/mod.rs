@@ -42,6 +42,12 @@ pub trait Sink: Send {
     /// durably or fails; on `Err` nothing is acknowledged and the batch will
     /// be written again (duplicates are fine, losses are not).
     fn write_batch(&mut self, records: &[Record<'_>]) -> Result<(), SinkError>;
+
+    /// A file whose records tell, after a restart, what was written before
+    /// (see `resume.rs`); sinks that cannot be read back have none.
+    fn written_file(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// One event record, as the collector hands it to the sinks.

@@ -30,6 +30,12 @@
 //!
 //! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
 //!
+//!   tg-probe [--cgroup DIR] [--netns NAME] loop RATE SECS MODE:ADDR:PORT...
+//!
+//! `loop` makes RATE attempts a second for SECS seconds, round robin over
+//! the targets (MODE is tcp, udp or sendto), then prints one line per
+//! target: `MODE:ADDR:PORT ok N eperm N other N` (the chaos soak's clients).
+//!
 //! `imds-serve` runs the fake metadata service ([`tiergate_tests::imds`]) on
 //! ADDR:PORT (port 0 allowed), prints `ready ADDR:PORT` (the bound address)
 //! once listening and serves until killed, appending each request's JSON
@@ -91,6 +97,37 @@ fn connect(mode: &str, target: &str) -> String {
     match r {
         Ok(()) => "ok".into(),
         Err(e) => errno_name(&e),
+    }
+}
+
+/// `loop RATE SECS TARGET...`: paced attempts, tallied per target.
+fn attempt_loop(args: &[String]) {
+    let rate: f64 = args[0].parse().expect("loop RATE");
+    let secs: f64 = args[1].parse().expect("loop SECS");
+    let targets: Vec<(&str, &str)> = args[2..]
+        .iter()
+        .map(|t| t.split_once(':').expect("MODE:ADDR:PORT"))
+        .collect();
+    let mut tally = vec![[0u64; 3]; targets.len()];
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let i = (n as usize) % targets.len();
+        let (mode, addr) = targets[i];
+        let slot = match connect(mode, addr).as_str() {
+            "ok" => 0,
+            "EPERM" => 1,
+            _ => 2,
+        };
+        tally[i][slot] += 1;
+        n += 1;
+        let due = Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    for (t, [ok, eperm, other]) in args[2..].iter().zip(tally) {
+        println!("{t} ok {ok} eperm {eperm} other {other}");
     }
 }
 
@@ -277,6 +314,7 @@ fn main() {
                 }
             }
         }
+        Some("loop") => attempt_loop(&args[1..]),
         Some("socket") => {
             for k in &args[1..] {
                 println!("{}", socket(k));

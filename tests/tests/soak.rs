@@ -1,0 +1,63 @@
+//! The chaos soak, short (`cargo xtask soak --minutes N` runs it long and
+//! prints the figures for docs/RELIABILITY.md). See `tiergate_tests::soak`.
+
+use std::time::Duration;
+
+use tiergate_tests::soak::{Config, run};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?}: not a number: {e}"))
+    })
+}
+
+#[test]
+fn chaos_soak_leaks_nothing_and_accounts_for_every_attempt() {
+    let long = env_u64("TIERGATE_SOAK_SECS").is_some();
+    let cfg = Config {
+        duration: Duration::from_secs(env_u64("TIERGATE_SOAK_SECS").unwrap_or(45)),
+        max_outage: Duration::from_secs(if long { 60 } else { 4 }),
+        action_every: Duration::from_millis(if long { 800 } else { 700 }),
+        rate: if long { 60 } else { 100 },
+        seed: env_u64("TIERGATE_SOAK_SEED").unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        }),
+    };
+    eprintln!(
+        "soak: {cfg:?} (replay with TIERGATE_SOAK_SEED={})",
+        cfg.seed
+    );
+    let r = run(&cfg);
+    let table = r.table();
+    eprintln!("{table}");
+    if let Some(out) = std::env::var_os("TIERGATE_SOAK_REPORT") {
+        std::fs::write(out, &table).expect("write the soak report");
+    }
+    assert!(r.agent_deaths >= 5, "too few agent deaths to mean anything");
+    assert_eq!(r.leaked, 0, "denied attempts connected");
+    assert_eq!(r.allowed_refused, 0, "allowed attempts were refused");
+    assert_eq!(
+        r.kernel_verdicts, r.attempts,
+        "the kernel counted a different number of attempts than the clients made"
+    );
+    assert_eq!(r.duplicates, 0, "records reached the collector twice");
+    assert_eq!(
+        r.unaccounted, 0,
+        "attempts neither delivered nor in a loss record"
+    );
+    assert!(
+        r.max_rss_kib < 256 * 1024,
+        "agent RSS grew to {} KiB",
+        r.max_rss_kib
+    );
+    assert!(r.max_fds < 256, "agent open files grew to {}", r.max_fds);
+    assert!(
+        r.cgroups_known_end <= r.max_cgroups_known && r.cgroups_known_end < 32,
+        "the cgroup map did not shrink back: {} at the end",
+        r.cgroups_known_end
+    );
+}
