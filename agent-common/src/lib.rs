@@ -372,6 +372,40 @@ pub mod counter {
     pub const COUNT: u32 = 7;
 }
 
+/// Slots of `TG_REPORTED` (written only by user space, pinned): the loss
+/// counts already reported sit at their `counter` slot (`RINGBUF_LOST`,
+/// `ALLOW_SHED`); the others keep the ledger of records a killed agent took
+/// from the ring and never wrote (agent/src/events/pipeline/accounting.rs).
+pub mod reported {
+    /// Kernel records written to the sinks or reported lost, since the
+    /// baseline.
+    pub const HANDLED: u32 = 0;
+    /// HANDLED as it will be once the flush in progress is written.
+    pub const HANDLED_PENDING: u32 = 1;
+    /// The last seq of the flush in progress.
+    pub const PENDING_SEQ: u32 = 2;
+    /// Records lost by killed agents, already reported.
+    pub const RESTART_LOST: u32 = 5;
+    /// 1 once HANDLED has a baseline.
+    pub const BASELINE: u32 = 6;
+
+    const _: () = {
+        use super::counter::{ALLOW_SHED, COUNT, RINGBUF_LOST};
+        let slots = [
+            HANDLED,
+            HANDLED_PENDING,
+            PENDING_SEQ,
+            RESTART_LOST,
+            BASELINE,
+        ];
+        let mut i = 0;
+        while i < slots.len() {
+            assert!(slots[i] < COUNT && slots[i] != RINGBUF_LOST && slots[i] != ALLOW_SHED);
+            i += 1;
+        }
+    };
+}
+
 /// The built-in cloud metadata endpoints (CONTRACT 2.1, sources in the
 /// README), IPv4 in network order: every port of these addresses.
 pub const METADATA_V4: [[u8; 4]; 7] = [

@@ -472,8 +472,8 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     let (verdict, reason) = if r.tier == TIER_HOST {
         if !metadata {
             // Host cgroups are not enforced and, apart from metadata
-            // accesses, not reported.
-            count(counter::ALLOW);
+            // accesses, neither reported nor counted (the verdict counters
+            // count records: accounting.rs in the agent relies on it).
             return ALLOW;
         }
         (VERDICT_ALLOW, REASON_HOST)
@@ -548,12 +548,6 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         }
     };
 
-    count(match verdict {
-        VERDICT_ALLOW => counter::ALLOW,
-        VERDICT_DENY => counter::DENY,
-        _ => counter::AUDIT_DENY,
-    });
-
     let must_report = verdict != VERDICT_ALLOW || metadata;
     let fill = ring_fill();
     if must_report || ring_has_room_for_allowed(fill) {
@@ -590,6 +584,14 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     } else {
         count(counter::ALLOW_SHED);
     }
+    // Counted after the record is in the ring (or counted lost): user space
+    // takes `verdicts − lost − shed` as records already submitted
+    // (agent/src/events/pipeline/accounting.rs).
+    count(match verdict {
+        VERDICT_ALLOW => counter::ALLOW,
+        VERDICT_DENY => counter::DENY,
+        _ => counter::AUDIT_DENY,
+    });
 
     if verdict == VERDICT_DENY {
         REJECT
@@ -706,7 +708,6 @@ fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
     } else {
         VERDICT_DENY
     };
-    count(counter::SOCKET_DENY);
     let fill = ring_fill();
     match TG_EVENTS.reserve::<SocketEvent>(0) {
         Some(mut entry) => {
@@ -730,6 +731,8 @@ fn judge_socket(family: u32, sock_type: u32, protocol: u32) -> bool {
         }
         None => count(counter::RINGBUF_LOST),
     }
+    // After the submit, as for connects.
+    count(counter::SOCKET_DENY);
     audit
 }
 

@@ -103,7 +103,7 @@ impl Metrics {
         let kernel_verdicts = Family::<VerdictLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "kernel_verdicts",
-            "Verdicts and drops counted in the kernel since the maps were created (all CPUs)",
+            "Verdicts on enforced workloads (and host metadata accesses) and drops, counted in the kernel since the maps were created (all CPUs)",
             kernel_verdicts.clone(),
         );
         let policy_reloads = Family::<ResultLabels, Counter>::default();

@@ -14,6 +14,7 @@ use super::Shared;
 use super::export::export_setup;
 use crate::cli::AgentArgs;
 use crate::dns::record::DnsRecord;
+use crate::events::pipeline::accounting::RingPositions;
 use crate::events::pipeline::{
     self, AgentRecord, DnsLink, KernelCounters, QueueLosses, Queues, Writer, WriterConfig,
     WriterInputs, WriterIo,
@@ -64,6 +65,7 @@ pub(super) async fn start(
     let mut instance = instance_id();
     let mut start_seq = 0;
     let mut startup_records = Vec::new();
+    let spool = args.collector.is_some();
     if let Some(url) = &args.collector {
         let export = export_setup(args, url, hostname, shared.metrics.clone()).await?;
         instance = export.agent_id;
@@ -85,6 +87,8 @@ pub(super) async fn start(
             kernel: counters,
             losses: losses.clone(),
         },
+        ring_positions(&ring),
+        spool,
     )
     .with_dns(dns.0);
     for rec in startup_records {
@@ -132,6 +136,16 @@ fn kernel_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, Kernel
         reported: Array::try_from(take(map_names::REPORTED)?)?,
     };
     Ok((ring, counters))
+}
+
+/// The ring's positions for the killed-agent ledger; without them (an
+/// mmap refused) records a killed agent never wrote go unreported.
+fn ring_positions(ring: &RingBuf<MapData>) -> Option<RingPositions> {
+    RingPositions::map(ring)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot map the ring's positions: records lost by a killed agent will not be counted")
+        })
+        .ok()
 }
 
 /// Random id of this agent run (for `metadata.uid`).

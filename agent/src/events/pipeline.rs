@@ -7,8 +7,9 @@
 //! A full queue drops the record and counts it. The writer drains the
 //! priority queue first, assigns the per-agent sequence number, renders OCSF
 //! and writes to the sinks, and turns every counted loss (kernel ring full,
-//! allowed events shed by the kernel under pressure, queue full) into a loss
-//! record of its own.
+//! allowed events shed by the kernel under pressure, queue full, undecodable,
+//! records a killed agent had taken and not written: `accounting.rs`) into a
+//! loss record of its own (`losses.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use agent_common::{
     HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
     REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE,
     REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
-    VERDICT_ALLOW, VERDICT_AUDIT_DENY, counter,
+    VERDICT_ALLOW, VERDICT_AUDIT_DENY,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -30,19 +31,26 @@ use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 use super::sinks::{RecordMeta, Sink};
 use crate::identity::cgroupfs;
 use crate::identity::pods::PodFields;
-use crate::metrics::{EventLabels, Metrics, VerdictLabels};
+use crate::metrics::{EventLabels, Metrics};
 use crate::state::{NodeState, PodState, tier_name};
 
+pub mod accounting;
+mod losses;
 mod proxy_records;
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;
 
-/// Records lost between the reader and the writer.
+/// Records lost between the reader and the writer, and what the reader took.
 #[derive(Default)]
 pub struct QueueLosses {
     pub priority: AtomicU64,
     pub normal: AtomicU64,
+    /// Records that could not be decoded.
+    pub undecodable: AtomicU64,
+    /// Every record this agent took from the ring (counted before the ring's
+    /// consumer position moves past it; see accounting.rs).
+    pub taken: AtomicU64,
 }
 
 /// Agent-level records (policy loads, rejections) for the writer.
@@ -111,6 +119,7 @@ fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics, max: u
         && let Some(item) = ring.next()
     {
         n += 1;
+        queues.losses.taken.fetch_add(1, Ordering::SeqCst);
         match decode::decode(&item) {
             Ok(ev) => {
                 let (tx, lost) = if ev.is_priority() {
@@ -124,6 +133,7 @@ fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics, max: u
             }
             Err(e) => {
                 metrics.decode_errors.inc();
+                queues.losses.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "undecodable ring-buffer record");
             }
         }
@@ -138,7 +148,7 @@ pub struct KernelCounters {
 }
 
 impl KernelCounters {
-    fn total(&self, slot: u32) -> u64 {
+    pub(super) fn total(&self, slot: u32) -> u64 {
         self.counters
             .get(&slot, 0)
             .map(|v| v.iter().copied().sum())
@@ -180,6 +190,7 @@ pub struct Writer {
     seq: u64,
     boot_to_epoch_ns: i128,
     buf: Vec<u8>,
+    acct: accounting::Accounting,
 }
 
 /// Writer inputs.
@@ -211,8 +222,17 @@ pub struct WriterInputs {
 const BATCH: usize = 4096;
 
 impl Writer {
-    pub fn new(cfg: WriterConfig, io: WriterIo) -> Self {
+    /// `ring`: the ring's positions, for the killed-agent ledger; `spool`:
+    /// whether the start seq is a spool's (it settles a kill mid-flush).
+    pub fn new(
+        cfg: WriterConfig,
+        io: WriterIo,
+        ring: Option<accounting::RingPositions>,
+        spool: bool,
+    ) -> Self {
+        let acct = accounting::Accounting::start(&io.kernel, ring, spool.then_some(cfg.start_seq));
         Self {
+            acct,
             dns: None,
             seq: cfg.start_seq,
             cfg,
@@ -290,6 +310,7 @@ impl Writer {
     }
 
     fn kernel_event(&mut self, ev: KernelEvent) {
+        self.acct.handled += 1;
         match ev {
             KernelEvent::Connect(c) => self.connect(&c),
             KernelEvent::Socket(s) => self.socket(&s),
@@ -494,112 +515,11 @@ impl Writer {
     }
 
     fn flush(&mut self) {
+        self.acct.before_flush(&mut self.io.kernel, self.seq);
         for sink in &mut self.io.sinks {
             sink.flush();
         }
-    }
-
-    /// Turns new losses into loss records and metrics.
-    fn report_losses(&mut self) {
-        for (slot, label) in [
-            (counter::ALLOW, "allow"),
-            (counter::DENY, "deny"),
-            (counter::AUDIT_DENY, "audit-deny"),
-            (counter::SOCKET_DENY, "socket-deny"),
-            (counter::INHERITED, "inherited"),
-        ] {
-            self.io
-                .metrics
-                .kernel_verdicts
-                .get_or_create(&VerdictLabels {
-                    verdict: label.into(),
-                })
-                .set(self.io.kernel.total(slot));
-        }
-        for (slot, stage, what) in [
-            (
-                counter::RINGBUF_LOST,
-                "kernel-ringbuf",
-                "the kernel ring buffer was full",
-            ),
-            (
-                counter::ALLOW_SHED,
-                "kernel-shed-allowed",
-                "allowed-connection events were shed by the kernel to keep room for denies",
-            ),
-        ] {
-            let total = self.io.kernel.total(slot);
-            let reported = self.io.kernel.reported.get(&slot, 0).unwrap_or(0);
-            if total > reported {
-                let n = total - reported;
-                self.loss_record(stage, n, what, None);
-                if let Err(e) = self.io.kernel.reported.set(slot, total, 0) {
-                    tracing::error!(error = %e, "cannot record reported loss count");
-                }
-            }
-        }
-        let mut sink_losses = Vec::new();
-        for sink in &mut self.io.sinks {
-            sink_losses.extend(sink.take_losses());
-        }
-        for loss in sink_losses {
-            self.loss_record(&loss.stage, loss.count, &loss.what, Some(&loss.seq_ranges));
-        }
-        let losses = self.io.losses.clone();
-        for (counter, stage, what) in [
-            (
-                &losses.priority,
-                "agent-queue-priority",
-                "the agent's priority queue was full",
-            ),
-            (&losses.normal, "agent-queue", "the agent's queue was full"),
-        ]
-        .into_iter()
-        .chain(self.dns.as_ref().map(|d| {
-            (
-                &*d.lost,
-                "dns-queue",
-                "the DNS proxy's record queue was full",
-            )
-        }))
-        .chain(self.dns.as_ref().map(|d| {
-            (
-                &*d.metadata_lost,
-                "metadata-queue",
-                "the metadata proxy's record queue was full",
-            )
-        }))
-        .map(|(c, s, w)| (c.swap(0, Ordering::Relaxed), s, w))
-        .collect::<Vec<_>>()
-        {
-            if counter > 0 {
-                self.loss_record(stage, counter, what, None);
-            }
-        }
-    }
-
-    /// Reports `count` lost records. `seqs` are their numbers when they had
-    /// any (lost after the writer numbered them); records lost before (in the
-    /// kernel or the queues) never had one, and fell between the previous
-    /// record and this loss record.
-    fn loss_record(&mut self, stage: &str, count: u64, what: &str, seqs: Option<&[(u64, u64)]>) {
-        self.io.metrics.lost(stage, count);
-        let after = self.seq;
-        tracing::warn!(stage, count, "events lost");
-        let seq_range = match seqs {
-            Some(runs) => serde_json::json!({"seqs": runs}),
-            None => serde_json::json!({"after_seq": after, "before_seq": after + 1}),
-        };
-        self.agent_record(AgentRecord {
-            message: format!("{count} events lost: {what}"),
-            failure: true,
-            detail: serde_json::json!({
-                "kind": "loss",
-                "stage": stage,
-                "count": count,
-                "seq_range": seq_range,
-            }),
-        });
+        self.acct.after_flush(&mut self.io.kernel);
     }
 }
 
