@@ -82,33 +82,51 @@ pub struct Gap {
     pub to: u64,
 }
 
+/// What a batch would do to an agent's sequence, once written.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub gaps: Vec<Gap>,
+    /// Records seen before (duplicates from a resend).
+    pub dups: u64,
+    /// The highest seq so far, batch included: what [`SeqTracker::commit`] records.
+    pub last: u64,
+}
+
 impl SeqTracker {
-    /// Feeds a batch's seqs (in order); returns the gaps and the number of
-    /// records seen before (duplicates from a resend).
-    pub fn observe(&mut self, agent: &str, seqs: impl IntoIterator<Item = u64>) -> (Vec<Gap>, u64) {
+    /// Looks at a batch's seqs (in order) against what was written before;
+    /// changes nothing. The batch's gaps are reported with the batch, and
+    /// only a batch every sink took is committed: a batch that failed is
+    /// resent and judged again, so its gap records are written then.
+    pub fn observe(&self, agent: &str, seqs: impl IntoIterator<Item = u64>) -> Observed {
         let mut gaps = Vec::new();
         let mut dups = 0;
-        let last = self.last.entry(agent.to_string()).or_insert(0);
+        let mut last = self.last.get(agent).copied().unwrap_or(0);
         for s in seqs {
-            if *last == 0 {
+            if last == 0 {
                 // First sight of this agent since the collector started: the
                 // baseline, not a gap.
-                *last = s;
+                last = s;
                 continue;
             }
-            if s <= *last {
+            if s <= last {
                 dups += 1;
             } else {
-                if s > *last + 1 {
+                if s > last + 1 {
                     gaps.push(Gap {
-                        from: *last + 1,
+                        from: last + 1,
                         to: s - 1,
                     });
                 }
-                *last = s;
+                last = s;
             }
         }
-        (gaps, dups)
+        Observed { gaps, dups, last }
+    }
+
+    /// Records that everything up to `last` of `agent` was written.
+    pub fn commit(&mut self, agent: &str, last: u64) {
+        let cur = self.last.entry(agent.to_string()).or_insert(0);
+        *cur = (*cur).max(last);
     }
 }
 
@@ -167,19 +185,16 @@ impl EventCollector for Collector {
                         .await;
                     continue;
                 };
-                let (gaps, dups) = seqs
+                let observed = seqs
                     .lock()
                     .expect("seq lock")
                     .observe(&batch.agent_id, batch.events.iter().map(|e| e.seq));
-                metrics.duplicates.inc_by(dups);
                 let mut records: Vec<OwnedRecord> =
-                    Vec::with_capacity(batch.events.len() + gaps.len());
-                for g in &gaps {
-                    metrics.gaps.inc();
-                    metrics.missing.inc_by(g.to - g.from + 1);
-                    tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
+                    Vec::with_capacity(batch.events.len() + observed.gaps.len());
+                for g in &observed.gaps {
                     records.push(gap_record(&hostname, &batch, &spiffe, g));
                 }
+                let (batch_agent, batch_node) = (batch.agent_id.clone(), batch.node.clone());
                 for e in batch.events {
                     records.push(OwnedRecord {
                         severity: match e.kind.as_str() {
@@ -210,6 +225,15 @@ impl EventCollector for Collector {
                 }
                 match done_rx.await {
                     Ok(Ok(())) => {
+                        seqs.lock()
+                            .expect("seq lock")
+                            .commit(&batch_agent, observed.last);
+                        metrics.duplicates.inc_by(observed.dups);
+                        for g in &observed.gaps {
+                            metrics.gaps.inc();
+                            metrics.missing.inc_by(g.to - g.from + 1);
+                            tracing::warn!(agent = %batch_agent, node = %batch_node, from = g.from, to = g.to, "sequence gap");
+                        }
                         metrics.records.inc_by(n);
                         metrics.batches.inc();
                         if tx
@@ -271,13 +295,36 @@ mod tests {
     #[test]
     fn gaps_and_duplicates_per_agent() {
         let mut t = SeqTracker::default();
-        assert_eq!(t.observe("a", [5, 6, 7]), (vec![], 0));
-        assert_eq!(t.observe("a", [6, 7, 8]), (vec![], 2));
+        let mut feed = |agent: &str, seqs: &[u64]| {
+            let o = t.observe(agent, seqs.iter().copied());
+            t.commit(agent, o.last);
+            (o.gaps, o.dups)
+        };
+        assert_eq!(feed("a", &[5, 6, 7]), (vec![], 0));
+        assert_eq!(feed("a", &[6, 7, 8]), (vec![], 2));
         assert_eq!(
-            t.observe("a", [9, 12, 13, 20]),
+            feed("a", &[9, 12, 13, 20]),
             (vec![Gap { from: 10, to: 11 }, Gap { from: 14, to: 19 }], 0)
         );
         // Agents are independent.
-        assert_eq!(t.observe("b", [1, 3]), (vec![Gap { from: 2, to: 2 }], 0));
+        assert_eq!(feed("b", &[1, 3]), (vec![Gap { from: 2, to: 2 }], 0));
+    }
+
+    #[test]
+    fn a_batch_that_was_not_written_is_judged_again_when_resent() {
+        let mut t = SeqTracker::default();
+        let o = t.observe("a", [1, 2]);
+        t.commit("a", o.last);
+        // The sinks fail this batch: nothing is committed.
+        let failed = t.observe("a", [3, 7, 8]);
+        assert_eq!(failed.gaps, vec![Gap { from: 4, to: 6 }]);
+        // Resent: the same gap (its record is written now), no duplicates.
+        let resent = t.observe("a", [3, 7, 8]);
+        assert_eq!(resent, failed);
+        t.commit("a", resent.last);
+        assert_eq!(t.observe("a", [8, 9]).dups, 1);
+        // A stale commit never moves the sequence back.
+        t.commit("a", 2);
+        assert_eq!(t.observe("a", [9]).dups, 0);
     }
 }

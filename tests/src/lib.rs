@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod collector;
 pub mod dnsserver;
 pub mod httpprobe;
 pub mod imds;

@@ -3,135 +3,17 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tiergate_tests::pki::{Ca, Leaf, Svid, TempDir, TlsFiles, write_svid};
-use tiergate_tests::{Fixture, free_port, http_get, metric_value, policy, tg, tiergate_bin};
-
-const ALLOW_AGENTS: &str = "spiffe://corp.example/ns/tiergate/sa/*";
-const COLLECTOR_ID: &str = "spiffe://corp.example/tiergate/collector";
+use tiergate_tests::collector::{Collector, Pki, agent_args};
+use tiergate_tests::pki::{Ca, Leaf, TlsFiles, write_svid};
+use tiergate_tests::{Fixture, free_port, policy, tg, tiergate_bin};
 
 const BODY: &str = r#"      egress:
         - cidrs: ["10.20.0.0/16"]"#;
-
-/// A `tiergate collector` process.
-struct Collector {
-    child: Option<Child>,
-    port: u16,
-    admin: u16,
-    files: TlsFiles,
-    sinks: Vec<String>,
-    log: PathBuf,
-}
-
-impl Collector {
-    fn start(dir: &Path, files: TlsFiles, sinks: Vec<String>) -> Collector {
-        let mut c = Collector {
-            child: None,
-            port: free_port(),
-            admin: free_port(),
-            files,
-            sinks,
-            log: dir.join("collector.log"),
-        };
-        c.restart();
-        c
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(tiergate_bin());
-        cmd.arg("collector")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
-            .arg("--tls-ca")
-            .arg(&self.files.ca)
-            .arg("--tls-cert")
-            .arg(&self.files.cert)
-            .arg("--tls-key")
-            .arg(&self.files.key)
-            .args(["--allow-spiffe", ALLOW_AGENTS]);
-        for s in &self.sinks {
-            cmd.args(["--sink", s]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn collector");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.get("/readyz").map(|(s, _)| s) != Some(200) {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("collector exited with {st}:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "collector not ready:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.admin, path)
-    }
-
-    fn metric(&self, prefix: &str) -> f64 {
-        self.get("/metrics")
-            .and_then(|(_, b)| metric_value(&b, prefix))
-            .unwrap_or(0.0)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-struct Pki {
-    dir: TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki {
-            dir: TempDir::new(),
-            ca: Ca::new("tiergate test CA"),
-        }
-    }
-    fn collector(&self) -> TlsFiles {
-        self.dir.write(
-            "collector",
-            &self.ca.pem(),
-            &self.ca.issue(Leaf::collector()),
-        )
-    }
-    fn agent(&self, name: &str, svid: &Svid) -> TlsFiles {
-        self.dir.write(name, &self.ca.pem(), svid)
-    }
-}
 
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -145,23 +27,6 @@ fn uids(evs: &[Value]) -> BTreeSet<String> {
     evs.iter()
         .map(|e| e["metadata"]["uid"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn agent_args<'a>(c: &Collector, files: &'a TlsFiles, spool: &'a Path) -> Vec<String> {
-    vec![
-        "--collector".into(),
-        format!("https://127.0.0.1:{}", c.port),
-        "--tls-ca".into(),
-        files.ca.display().to_string(),
-        "--tls-cert".into(),
-        files.cert.display().to_string(),
-        "--tls-key".into(),
-        files.key.display().to_string(),
-        "--collector-spiffe-id".into(),
-        COLLECTOR_ID.into(),
-        "--spool".into(),
-        spool.display().to_string(),
-    ]
 }
 
 fn start_agent(f: &mut Fixture, args: &[String]) {

@@ -239,7 +239,9 @@ impl Writer {
             tokio::select! {
                 biased;
                 Some(ev) = inputs.priority.recv() => self.kernel_event(ev),
-                Some(rec) = inputs.agent.recv() => self.agent_record(rec),
+                Some(rec) = inputs.agent.recv() => {
+                    self.agent_record(rec);
+                }
                 Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
                 Some(rec) = inputs.metadata.recv() => self.metadata_record(&rec),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
@@ -454,8 +456,9 @@ impl Writer {
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
     }
 
-    /// Writes an agent-level record (policy loaded or rejected, loss).
-    pub fn agent_record(&mut self, rec: AgentRecord) {
+    /// Writes an agent-level record (policy loaded or rejected, loss);
+    /// returns its seq.
+    pub fn agent_record(&mut self, rec: AgentRecord) -> u64 {
         let seq = self.next_seq();
         let uid = format!("{}-{seq}", self.cfg.instance);
         let policy = self.io.state.active_policy();
@@ -483,6 +486,7 @@ impl Writer {
             time_ms: env.time,
         };
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
+        seq
     }
 
     /// Hands one rendered record to every sink; a sink that cannot take it
@@ -532,18 +536,25 @@ impl Writer {
             let reported = self.io.kernel.reported.get(&slot, 0).unwrap_or(0);
             if total > reported {
                 let n = total - reported;
-                self.loss_record(stage, n, what, None);
+                self.loss_record(stage, (n, n), what, None);
                 if let Err(e) = self.io.kernel.reported.set(slot, total, 0) {
                     tracing::error!(error = %e, "cannot record reported loss count");
                 }
             }
         }
         let mut sink_losses = Vec::new();
-        for sink in &mut self.io.sinks {
-            sink_losses.extend(sink.take_losses());
+        for (i, sink) in self.io.sinks.iter_mut().enumerate() {
+            sink_losses.extend(sink.take_losses().into_iter().map(|l| (i, l)));
         }
-        for loss in sink_losses {
-            self.loss_record(&loss.stage, loss.count, &loss.what, Some(&loss.seq_ranges));
+        for (i, loss) in sink_losses {
+            let seq = self.loss_record(
+                &loss.stage,
+                (loss.count, loss.first_reported),
+                &loss.what,
+                Some(&loss.seq_ranges),
+            );
+            // A sink that lost this record too names its records again.
+            self.io.sinks[i].loss_carried(seq, &loss);
         }
         let losses = self.io.losses.clone();
         for (counter, stage, what) in [
@@ -573,19 +584,29 @@ impl Writer {
         .collect::<Vec<_>>()
         {
             if counter > 0 {
-                self.loss_record(stage, counter, what, None);
+                self.loss_record(stage, (counter, counter), what, None);
             }
         }
     }
 
-    /// Reports `count` lost records. `seqs` are their numbers when they had
-    /// any (lost after the writer numbered them); records lost before (in the
-    /// kernel or the queues) never had one, and fell between the previous
-    /// record and this loss record.
-    fn loss_record(&mut self, stage: &str, count: u64, what: &str, seqs: Option<&[(u64, u64)]>) {
-        self.io.metrics.lost(stage, count);
+    /// Reports `count` lost records, of which `first_reported` were named
+    /// in no loss record before (the loss metric counts those); returns the
+    /// loss record's seq. `seqs` are their numbers when they had any (lost
+    /// after the writer numbered them); records lost before (in the kernel or
+    /// the queues) never had one, and fell between the previous record and
+    /// this loss record.
+    fn loss_record(
+        &mut self,
+        stage: &str,
+        (count, first_reported): (u64, u64),
+        what: &str,
+        seqs: Option<&[(u64, u64)]>,
+    ) -> u64 {
+        self.io.metrics.lost(stage, first_reported);
         let after = self.seq;
-        tracing::warn!(stage, count, "events lost");
+        if first_reported > 0 {
+            tracing::warn!(stage, count = first_reported, "events lost");
+        }
         let seq_range = match seqs {
             Some(runs) => serde_json::json!({"seqs": runs}),
             None => serde_json::json!({"after_seq": after, "before_seq": after + 1}),
@@ -599,7 +620,7 @@ impl Writer {
                 "count": count,
                 "seq_range": seq_range,
             }),
-        });
+        })
     }
 }
 

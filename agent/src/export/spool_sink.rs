@@ -8,18 +8,25 @@ use tiergate_proto::events::v1::Event;
 use tokio::sync::Notify;
 
 use super::spool::{Appended, DropReason, Record, Spool};
-use crate::events::sinks::{RecordMeta, Sink, SinkLoss};
+use crate::events::sinks::{RecordMeta, Sink, SinkLoss, add_runs, in_runs, push_run, runs_len};
+use crate::metrics::Metrics;
 
-/// Runs of consecutive seqs, for loss records.
+/// Records given up for one reason since the last report.
 #[derive(Default)]
-struct Runs(Vec<(u64, u64)>);
+struct Lost {
+    runs: Vec<(u64, u64)>,
+    /// Of them, those an earlier (itself lost) loss record named already.
+    renamed: u64,
+}
 
-impl Runs {
-    fn push(&mut self, seq: u64) {
-        match self.0.last_mut() {
-            Some((_, end)) if *end + 1 == seq => *end = seq,
-            _ => self.0.push((seq, seq)),
+impl Lost {
+    fn take(&mut self) -> Option<(u64, u64, Vec<(u64, u64)>)> {
+        if self.runs.is_empty() {
+            return None;
         }
+        let count = runs_len(&self.runs);
+        let renamed = std::mem::take(&mut self.renamed);
+        Some((count, count - renamed, std::mem::take(&mut self.runs)))
     }
 }
 
@@ -27,24 +34,37 @@ impl Runs {
 pub struct SpoolSink {
     spool: Arc<Mutex<Spool>>,
     notify: Arc<Notify>,
+    metrics: Arc<Metrics>,
     name: String,
-    full: Runs,
+    full: Lost,
     full_priority: u64,
-    write_errors: Runs,
+    /// `full_priority` of the last report, for a report that is lost.
+    reported_priority: u64,
+    write_errors: Lost,
     last_write_error: Option<String>,
+    /// The last append was given up for a write error.
+    failing: bool,
     buf: Vec<u8>,
 }
 
 impl SpoolSink {
-    pub fn new(spool: Arc<Mutex<Spool>>, notify: Arc<Notify>, dir: &std::path::Path) -> Self {
+    pub fn new(
+        spool: Arc<Mutex<Spool>>,
+        notify: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        dir: &std::path::Path,
+    ) -> Self {
         Self {
             spool,
             notify,
+            metrics,
             name: format!("spool:{}", dir.display()),
-            full: Runs::default(),
+            full: Lost::default(),
             full_priority: 0,
-            write_errors: Runs::default(),
+            reported_priority: 0,
+            write_errors: Lost::default(),
             last_write_error: None,
+            failing: false,
             buf: Vec::with_capacity(1024),
         }
     }
@@ -75,11 +95,11 @@ impl Sink for SpoolSink {
         let result = self.spool.lock().expect("spool lock").append(&rec);
         self.buf = rec.payload;
         match result {
-            Ok(Appended::Stored) => {}
+            Ok(Appended::Stored) => self.failing = false,
             Ok(Appended::Dropped {
                 reason: DropReason::Full,
             }) => {
-                self.full.push(meta.seq);
+                push_run(&mut self.full.runs, meta.seq);
                 if meta.priority {
                     self.full_priority += 1;
                 }
@@ -87,57 +107,78 @@ impl Sink for SpoolSink {
             Ok(Appended::Dropped {
                 reason: DropReason::WriteError(e),
             }) => {
-                self.write_errors.push(meta.seq);
-                if self.last_write_error.as_deref() != Some(e.as_str()) {
-                    tracing::error!(spool = %self.name, error = %e, "cannot write to the spool");
-                    self.last_write_error = Some(e);
+                push_run(&mut self.write_errors.runs, meta.seq);
+                // One line when the spool starts failing, not one per record.
+                if !self.failing {
+                    tracing::error!(spool = %self.name, error = %e,
+                        "cannot write to the spool; records are given up and named in loss records until a write succeeds");
+                    self.failing = true;
                 }
+                self.last_write_error = Some(e);
             }
             // Only a caller bug (non-increasing seq) gets here.
             Err(e) => {
                 tracing::error!(spool = %self.name, error = %e, "spool refused a record");
-                self.write_errors.push(meta.seq);
+                push_run(&mut self.write_errors.runs, meta.seq);
             }
         }
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.spool.lock().expect("spool lock").flush() {
-            tracing::error!(spool = %self.name, error = %e, "cannot flush the spool");
+        let mut spool = self.spool.lock().expect("spool lock");
+        if let Err(e) = spool.flush() {
+            tracing::debug!(spool = %self.name, error = %e, "cannot flush the spool");
         }
+        self.metrics
+            .spool_write_failing
+            .set(i64::from(spool.write_failing()));
+        drop(spool);
         self.notify.notify_one();
     }
 
     fn take_losses(&mut self) -> Vec<SinkLoss> {
         let mut out = Vec::new();
-        let full = std::mem::take(&mut self.full);
-        if !full.0.is_empty() {
-            let count: u64 = full.0.iter().map(|(a, b)| b - a + 1).sum();
+        if let Some((count, first_reported, seq_ranges)) = self.full.take() {
             let prio = std::mem::take(&mut self.full_priority);
+            self.reported_priority = prio;
             out.push(SinkLoss {
                 stage: "spool-full".into(),
                 count,
+                first_reported,
                 what: format!(
                     "the spool was full ({} of them denies, metadata accesses or agent records; \
                      allowed-connection events are given up first)",
                     prio
                 ),
-                seq_ranges: full.0,
+                seq_ranges,
             });
         }
-        let errs = std::mem::take(&mut self.write_errors);
-        if !errs.0.is_empty() {
-            let count: u64 = errs.0.iter().map(|(a, b)| b - a + 1).sum();
+        if let Some((count, first_reported, seq_ranges)) = self.write_errors.take() {
             out.push(SinkLoss {
                 stage: "spool-write-error".into(),
                 count,
+                first_reported,
                 what: format!(
                     "the spool could not be written ({})",
                     self.last_write_error.clone().unwrap_or_default()
                 ),
-                seq_ranges: errs.0,
+                seq_ranges,
             });
         }
         out
+    }
+
+    fn loss_carried(&mut self, seq: u64, loss: &SinkLoss) {
+        if !in_runs(&self.full.runs, seq) && !in_runs(&self.write_errors.runs, seq) {
+            return; // stored: the collector gets it
+        }
+        let lost = if loss.stage == "spool-full" {
+            self.full_priority += self.reported_priority;
+            &mut self.full
+        } else {
+            &mut self.write_errors
+        };
+        lost.renamed += loss.count;
+        add_runs(&mut lost.runs, &loss.seq_ranges);
     }
 }
