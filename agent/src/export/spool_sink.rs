@@ -11,16 +11,20 @@ use super::spool::{Appended, DropReason, Record, Spool};
 use crate::events::sinks::{RecordMeta, Sink, SinkLoss, add_runs, in_runs, push_run, runs_len};
 use crate::metrics::Metrics;
 
+/// Inclusive runs of seqs.
+type Runs = Vec<(u64, u64)>;
+
 /// Records given up for one reason since the last report.
 #[derive(Default)]
 struct Lost {
-    runs: Vec<(u64, u64)>,
+    runs: Runs,
     /// Of them, those an earlier (itself lost) loss record named already.
     renamed: u64,
 }
 
 impl Lost {
-    fn take(&mut self) -> Option<(u64, u64, Vec<(u64, u64)>)> {
+    /// (count, first reported, seq runs) since the last report.
+    fn take(&mut self) -> Option<(u64, u64, Runs)> {
         if self.runs.is_empty() {
             return None;
         }
