@@ -186,3 +186,69 @@ impl Sink for SpoolSink {
         add_runs(&mut lost.runs, &loss.seq_ranges);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::spool::SpoolConfig;
+    use super::*;
+
+    fn meta(seq: u64, kind: &str) -> RecordMeta<'_> {
+        RecordMeta {
+            seq,
+            uid: "test",
+            kind,
+            priority: kind == "loss",
+            time_ms: 0,
+        }
+    }
+
+    /// A loss record the failing spool drops too: the next report names its
+    /// records again, and the metric's share counts each record once.
+    #[test]
+    fn a_dropped_loss_record_has_its_records_named_again() {
+        let dir = std::env::temp_dir().join(format!("tiergate-spool-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut spool, _) = Spool::open(SpoolConfig {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            segment_bytes: 64 << 10,
+        })
+        .expect("open");
+        spool.inject_write_failures(true);
+        let spool = Arc::new(Mutex::new(spool));
+        let metrics = Arc::new(Metrics::new());
+        let mut sink = SpoolSink::new(spool.clone(), Arc::new(Notify::new()), metrics, &dir);
+        sink.write(&meta(1, "connection"), b"{}");
+        sink.flush(); // fails: the spool now gives up records
+        sink.write(&meta(2, "connection"), b"{}");
+        let first = sink.take_losses();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].stage, "spool-write-error");
+        assert_eq!((first[0].count, first[0].first_reported), (1, 1));
+        // Seq 3 reports seq 2, and is dropped as well.
+        sink.write(&meta(3, "loss"), b"{}");
+        sink.loss_carried(3, &first[0]);
+        let second = sink.take_losses();
+        assert_eq!((second[0].count, second[0].first_reported), (2, 1));
+        assert_eq!(second[0].seq_ranges, vec![(2, 3)]);
+        // Writes work again: the next loss record is stored, nothing more to name.
+        spool.lock().unwrap().inject_write_failures(false);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sink.write(&meta(4, "loss"), b"{}");
+        sink.loss_carried(4, &second[0]);
+        assert!(sink.take_losses().is_empty());
+        sink.flush();
+        let stored: Vec<u64> = spool
+            .lock()
+            .unwrap()
+            .read_after(0, usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(stored, vec![1, 4]);
+        drop(sink);
+        drop(spool);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -290,6 +290,13 @@ impl Spool {
         self.write_failure.is_some() || self.cursor_failure.is_some()
     }
 
+    /// Makes every buffer write fail as a full disk does (tests elsewhere in
+    /// the crate).
+    #[cfg(test)]
+    pub(crate) fn inject_write_failures(&mut self, on: bool) {
+        self.fail_writes = on;
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
