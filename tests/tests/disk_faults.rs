@@ -240,9 +240,9 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool, diag: impl Fn
     }
 }
 
-/// Waits until the agent's events file holds 10 denies numbered after `seq`.
+/// Waits until the agent's events file holds 10 denies numbered after `seq_`.
 fn wait_denies_after(f: &Fixture, seq_: u64) {
-    f.wait_event("10 denies after recovery", |_| {
+    f.wait_event("10 denies", |_| {
         f.events()
             .iter()
             .filter(|e| tg(e)["verdict"] == "deny" && seq(e) > seq_)
@@ -313,6 +313,7 @@ fn spool_fault(name: &str, fault: &str) {
     args.extend(["--spool-max-bytes".into(), "1048576".into()]);
     start_agent(&mut f, &args);
     connects(&f, 10, DENIED);
+    wait_denies_after(&f, 0);
     wait_books(&f, &c, &collected);
     // The collector goes away, so the spool must hold what follows.
     c.stop();
@@ -404,6 +405,7 @@ fn sink_fault(name: &str, fault: &str) {
     let spool = f.dir.join("spool");
     start_agent(&mut f, &agent_args(&c, &files, &spool));
     connects(&f, 10, DENIED);
+    wait_denies_after(&f, 0);
     wait_books(&f, &c, &collected);
     let error = if fault == "full" {
         disk.fill();
@@ -497,6 +499,7 @@ fn events_file_on_a_full_disk_names_its_losses_and_recovers() {
     let spool = f.dir.join("spool");
     start_agent(&mut f, &agent_args(&c, &files, &spool));
     connects(&f, 10, DENIED);
+    wait_denies_after(&f, 0);
     disk.fill();
     connects(&f, 300, ALLOWED);
     connects(&f, 20, DENIED);
