@@ -276,6 +276,31 @@ fn still_enforcing(f: &mut Fixture) {
     assert_eq!(f.tcp("t0/a", DENIED), "EPERM");
 }
 
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After "pid (comm) ": state is field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Fails if process `pid` spends more than a quarter of a core during
+/// `secs` seconds of a fault nothing else happens in: a retry loop that
+/// spins would.
+fn no_busy_loop(what: &str, pid: u32, secs: u64) {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < secs as f64 / 4.0,
+        "{what} used {used:.2} s of CPU in {secs} s of a disk fault"
+    );
+}
+
 fn agent_metric(f: &Fixture, name: &str) -> f64 {
     f.agent.as_ref().unwrap().metric(name).unwrap_or(0.0)
 }
@@ -345,7 +370,7 @@ fn spool_fault(name: &str, fault: &str) {
     // Collector back while the disk is still bad: nothing is acknowledged
     // that was not written, and the agent neither crashes nor spins.
     c.restart();
-    std::thread::sleep(Duration::from_secs(2));
+    no_busy_loop("the agent", f.agent.as_ref().unwrap().child.id(), 2);
     still_enforcing(&mut f);
     if fault == "full" {
         disk.free();
@@ -439,6 +464,13 @@ fn sink_fault(name: &str, fault: &str) {
             && l.contains(&*collected.to_string_lossy())),
         "no collector log line naming the file and {error:?}:\n{log}"
     );
+    // The agent resends with backoff, the collector fails each attempt
+    // once: no spin on either side.
+    let errors_before = c.metric(&errors);
+    no_busy_loop("the collector", c.child.as_ref().unwrap().id(), 2);
+    no_busy_loop("the agent", f.agent.as_ref().unwrap().child.id(), 1);
+    let attempts = c.metric(&errors) - errors_before;
+    assert!(attempts <= 15.0, "{attempts} failed batches in 3 s");
     still_enforcing(&mut f);
     if fault == "full" {
         disk.free();

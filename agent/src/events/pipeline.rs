@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_common::{
     CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
@@ -175,6 +175,7 @@ pub struct WriterConfig {
 pub struct Writer {
     /// The DNS proxy, when the agent runs one.
     dns: Option<DnsLink>,
+    loss_log: super::loss_log::LossLog,
     cfg: WriterConfig,
     io: WriterIo,
     seq: u64,
@@ -214,6 +215,7 @@ impl Writer {
     pub fn new(cfg: WriterConfig, io: WriterIo) -> Self {
         Self {
             dns: None,
+            loss_log: Default::default(),
             seq: cfg.start_seq,
             cfg,
             io,
@@ -604,8 +606,14 @@ impl Writer {
     ) -> u64 {
         self.io.metrics.lost(stage, first_reported);
         let after = self.seq;
-        if first_reported > 0 {
-            tracing::warn!(stage, count = first_reported, "events lost");
+        if first_reported > 0
+            && let Some(n) = self.loss_log.note(stage, first_reported, Instant::now())
+        {
+            tracing::warn!(
+                stage,
+                count = n,
+                "events lost (at most one line per stage every 10 s; each loss is also a loss record)"
+            );
         }
         let seq_range = match seqs {
             Some(runs) => serde_json::json!({"seqs": runs}),
