@@ -308,7 +308,17 @@ impl Drop for Spool {
     /// without `flush` loses nothing unless the machine goes down too.
     fn drop(&mut self) {
         if let Err(e) = self.write_buffer() {
-            tracing::warn!(error = %e, "spool buffer not written at close");
+            // A record starts with len (u32), crc (u32), seq (u64).
+            let first_seq = self
+                .active
+                .as_ref()
+                .and_then(|a| a.buf.get(8..16))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            let last_seq = self.segments.last().map(|s| s.last_seq);
+            tracing::error!(error = %e, first_seq = ?first_seq, last_seq = ?last_seq,
+                "spool buffer not written at close: these records are lost to the collector \
+                 (the next run numbers on from the last stored record)");
         }
     }
 }
