@@ -244,7 +244,7 @@ impl Sink for LineSink {
         vec![SinkLoss {
             stage: format!("events-file:{}", self.name),
             count,
-            first_reported: count - renamed,
+            first_reported: count.saturating_sub(renamed),
             what: format!(
                 "{} could not be written ({})",
                 self.name,

@@ -30,7 +30,11 @@ impl Lost {
         }
         let count = runs_len(&self.runs);
         let renamed = std::mem::take(&mut self.renamed);
-        Some((count, count - renamed, std::mem::take(&mut self.runs)))
+        Some((
+            count,
+            count.saturating_sub(renamed),
+            std::mem::take(&mut self.runs),
+        ))
     }
 }
 
