@@ -1,6 +1,7 @@
 //! Disk faults end to end: the agent's spool, the agent's `--events` file and
-//! the collector's file sink on a real tmpfs that fills up, or is remounted
-//! read-only, in the middle of a run. Real agent, real collector, real mTLS.
+//! the collector's file sink on a real tmpfs that fills up, or turns
+//! read-only (a read-only bind mount over it), in the middle of a run. Real
+//! agent, real collector, real mTLS.
 //!
 //! What every test checks: a log line that names the path and the error, a
 //! metric, the books (every record the agent numbered reached the collector
