@@ -73,6 +73,9 @@ pub struct Metrics {
     pub export_acked: Counter,
     pub spool_bytes: Gauge,
     pub spool_pending: Gauge,
+    /// 1 while the spool cannot write (segments or cursor): disk full,
+    /// read-only or failing.
+    pub spool_write_failing: Gauge,
     /// DNS proxy: network namespaces served, queries answered SERVFAIL for
     /// want of room, learned addresses in the kernel.
     pub dns_namespaces: Gauge,
@@ -198,6 +201,12 @@ impl Metrics {
             "Records in the spool not yet acknowledged",
             spool_pending.clone(),
         );
+        let spool_write_failing = Gauge::default();
+        registry.register(
+            "spool_write_failing",
+            "1 while the spool cannot be written (disk full, read-only, I/O error): new records are given up and reported in loss records",
+            spool_write_failing.clone(),
+        );
         let dns_namespaces = Gauge::default();
         registry.register(
             "dns_namespaces",
@@ -248,6 +257,7 @@ impl Metrics {
             export_acked,
             spool_bytes,
             spool_pending,
+            spool_write_failing,
             pods_known,
             pod_watch_errors,
             pod_watch_relists,

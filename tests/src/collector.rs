@@ -150,7 +150,8 @@ pub fn uids(evs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-pub fn agent_args<'a>(c: &Collector, files: &'a TlsFiles, spool: &'a Path) -> Vec<String> {
+/// The agent flags that send to `c` with `files` and spool in `spool`.
+pub fn agent_args(c: &Collector, files: &TlsFiles, spool: &Path) -> Vec<String> {
     vec![
         "--collector".into(),
         format!("https://127.0.0.1:{}", c.port),

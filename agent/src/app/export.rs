@@ -46,7 +46,12 @@ pub(super) async fn export_setup(
     let last_seq = spool.last_seq().unwrap_or(0);
     let spool = Arc::new(std::sync::Mutex::new(spool));
     let notify = Arc::new(tokio::sync::Notify::new());
-    let sink = Box::new(SpoolSink::new(spool.clone(), notify.clone(), &args.spool));
+    let sink = Box::new(SpoolSink::new(
+        spool.clone(),
+        notify.clone(),
+        metrics.clone(),
+        &args.spool,
+    ));
     let cfg = sender::SenderConfig {
         host,
         port,

@@ -1,6 +1,7 @@
 //! The event path: ring buffer → decode → enrich → OCSF JSON → sinks.
 
 pub mod decode;
+pub mod loss_log;
 pub mod ocsf;
 pub mod ocsf_dns;
 pub mod ocsf_http;

@@ -185,6 +185,7 @@ pub struct WriterConfig {
 pub struct Writer {
     /// The DNS proxy, when the agent runs one.
     dns: Option<DnsLink>,
+    loss_log: super::loss_log::LossLog,
     cfg: WriterConfig,
     io: WriterIo,
     seq: u64,
@@ -234,6 +235,7 @@ impl Writer {
         Self {
             acct,
             dns: None,
+            loss_log: Default::default(),
             seq: cfg.start_seq,
             cfg,
             io,
@@ -259,7 +261,9 @@ impl Writer {
             tokio::select! {
                 biased;
                 Some(ev) = inputs.priority.recv() => self.kernel_event(ev),
-                Some(rec) = inputs.agent.recv() => self.agent_record(rec),
+                Some(rec) = inputs.agent.recv() => {
+                    self.agent_record(rec);
+                }
                 Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
                 Some(rec) = inputs.metadata.recv() => self.metadata_record(&rec),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
@@ -475,8 +479,9 @@ impl Writer {
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
     }
 
-    /// Writes an agent-level record (policy loaded or rejected, loss).
-    pub fn agent_record(&mut self, rec: AgentRecord) {
+    /// Writes an agent-level record (policy loaded or rejected, loss);
+    /// returns its seq.
+    pub fn agent_record(&mut self, rec: AgentRecord) -> u64 {
         let seq = self.next_seq();
         let uid = format!("{}-{seq}", self.cfg.instance);
         let policy = self.io.state.active_policy();
@@ -504,6 +509,7 @@ impl Writer {
             time_ms: env.time,
         };
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
+        seq
     }
 
     /// Hands one rendered record to every sink; a sink that cannot take it

@@ -2,6 +2,7 @@
 //! agent gave up, counted once and reported as a record of its own.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use agent_common::counter;
 
@@ -42,7 +43,7 @@ impl Writer {
             let reported = self.io.kernel.reported.get(&slot, 0).unwrap_or(0);
             if total > reported {
                 let n = total - reported;
-                self.loss_record(stage, n, what, None);
+                self.loss_record(stage, (n, n), what, None);
                 if let Err(e) = self.io.kernel.reported.set(slot, total, 0) {
                     tracing::error!(error = %e, "cannot record reported loss count");
                 }
@@ -56,9 +57,10 @@ impl Writer {
             let slot = agent_common::reported::RESTART_LOST;
             let reported = self.io.kernel.reported.get(&slot, 0).unwrap_or(0);
             if lost > reported {
+                let n = lost - reported;
                 self.loss_record(
                     "agent-restart",
-                    lost - reported,
+                    (n, n),
                     "a previous agent process took these records from the kernel and was killed \
                      before writing them",
                     None,
@@ -69,11 +71,18 @@ impl Writer {
             }
         }
         let mut sink_losses = Vec::new();
-        for sink in &mut self.io.sinks {
-            sink_losses.extend(sink.take_losses());
+        for (i, sink) in self.io.sinks.iter_mut().enumerate() {
+            sink_losses.extend(sink.take_losses().into_iter().map(|l| (i, l)));
         }
-        for loss in sink_losses {
-            self.loss_record(&loss.stage, loss.count, &loss.what, Some(&loss.seq_ranges));
+        for (i, loss) in sink_losses {
+            let seq = self.loss_record(
+                &loss.stage,
+                (loss.count, loss.first_reported),
+                &loss.what,
+                Some(&loss.seq_ranges),
+            );
+            // A sink that lost this record too names its records again.
+            self.io.sinks[i].loss_carried(seq, &loss);
         }
         for (counter, stage, what) in [
             (
@@ -111,19 +120,35 @@ impl Writer {
                     // Kernel records, reported lost: handled.
                     self.acct.handled += counter;
                 }
-                self.loss_record(stage, counter, what, None);
+                self.loss_record(stage, (counter, counter), what, None);
             }
         }
     }
 
-    /// Reports `count` lost records. `seqs` are their numbers when they had
-    /// any (lost after the writer numbered them); records lost before (in the
-    /// kernel or the queues) never had one, and fell between the previous
-    /// record and this loss record.
-    fn loss_record(&mut self, stage: &str, count: u64, what: &str, seqs: Option<&[(u64, u64)]>) {
-        self.io.metrics.lost(stage, count);
+    /// Reports `count` lost records, of which `first_reported` were named
+    /// in no loss record before (the loss metric counts those); returns the
+    /// loss record's seq. `seqs` are their numbers when they had any (lost
+    /// after the writer numbered them); records lost before (in the kernel or
+    /// the queues) never had one, and fell between the previous record and
+    /// this loss record.
+    pub(super) fn loss_record(
+        &mut self,
+        stage: &str,
+        (count, first_reported): (u64, u64),
+        what: &str,
+        seqs: Option<&[(u64, u64)]>,
+    ) -> u64 {
+        self.io.metrics.lost(stage, first_reported);
         let after = self.seq;
-        tracing::warn!(stage, count, "events lost");
+        if first_reported > 0
+            && let Some(n) = self.loss_log.note(stage, first_reported, Instant::now())
+        {
+            tracing::warn!(
+                stage,
+                count = n,
+                "events lost (at most one line per stage every 10 s; each loss is also a loss record)"
+            );
+        }
         let seq_range = match seqs {
             Some(runs) => serde_json::json!({"seqs": runs}),
             None => serde_json::json!({"after_seq": after, "before_seq": after + 1}),
@@ -137,6 +162,6 @@ impl Writer {
                 "count": count,
                 "seq_range": seq_range,
             }),
-        });
+        })
     }
 }

@@ -15,6 +15,13 @@ impl Spool {
     /// Records that the collector has everything up to `seq`: persists the
     /// cursor, then deletes the segments whose records are all at or below it.
     /// An ack at or below the current one is ignored.
+    ///
+    /// A cursor that cannot be written (disk full, read-only) does not stop
+    /// the ack: the collector has the records, so they are not sent again
+    /// while this process runs, and their segments are still deleted, which
+    /// gives a full disk back the room the cursor needs. Until a cursor
+    /// write succeeds (retried at every ack) a restart resends from the last
+    /// cursor on disk: duplicates, never a loss.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
         if seq <= self.acked {
             return Ok(());
@@ -23,7 +30,22 @@ impl Spool {
         if seq > last {
             return Err(SpoolError::AckBeyondLast { seq, last });
         }
-        write_cursor(&self.dir, seq)?;
+        match write_cursor(&self.dir, seq) {
+            Ok(()) => {
+                if let Some(previous) = self.cursor_failure.take() {
+                    tracing::info!(previous_error = %previous, "spool cursor written again");
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.cursor_failure.is_none() {
+                    tracing::error!(error = %message, acked = seq,
+                        "cannot persist the spool cursor; acknowledged records are not resent \
+                         unless the agent restarts before a cursor write succeeds");
+                }
+                self.cursor_failure = Some(message);
+            }
+        }
         self.acked = seq;
 
         let done = self.segments.partition_point(|s| s.last_seq <= seq);

@@ -34,7 +34,8 @@
 //! segment, so the file stays a run of whole records, and its records stay
 //! in the buffer (they were `Stored`; `flush` returns the error and retries).
 //! Until a write succeeds again, appends are dropped as `WriteError` and the
-//! write is retried at most every 250 ms, or at each `flush`.
+//! write is retried at most every 250 ms, or at each `flush`. A cursor
+//! that cannot be written does not hold acknowledgements back (see `ack`).
 //!
 //! Recovery at `open`: every record's length, CRC, flags and seq order is
 //! checked. A damaged end of the newest segment with no intact record after
@@ -145,6 +146,8 @@ pub struct Spool {
     dropped_priority: u64,
     dropped_write_errors: u64,
     write_failure: Option<WriteFailure>,
+    /// The last cursor write failed with this error.
+    cursor_failure: Option<String>,
     /// A segment was created since the directory was last fsynced.
     dir_dirty: bool,
     /// Held for the flock; released when the spool is dropped.
@@ -226,6 +229,7 @@ impl Spool {
             dropped_priority: 0,
             dropped_write_errors: 0,
             write_failure: None,
+            cursor_failure: None,
             dir_dirty: false,
             _lock: lock,
             #[cfg(test)]
@@ -280,6 +284,19 @@ impl Spool {
         self.dropped_write_errors
     }
 
+    /// Whether the spool currently fails to write: segments (new records
+    /// are dropped and counted) or the acknowledged cursor.
+    pub fn write_failing(&self) -> bool {
+        self.write_failure.is_some() || self.cursor_failure.is_some()
+    }
+
+    /// Makes every buffer write fail as a full disk does (tests elsewhere in
+    /// the crate).
+    #[cfg(test)]
+    pub(crate) fn inject_write_failures(&mut self, on: bool) {
+        self.fail_writes = on;
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -291,7 +308,17 @@ impl Drop for Spool {
     /// without `flush` loses nothing unless the machine goes down too.
     fn drop(&mut self) {
         if let Err(e) = self.write_buffer() {
-            tracing::warn!(error = %e, "spool buffer not written at close");
+            // A record starts with len (u32), crc (u32), seq (u64).
+            let first_seq = self
+                .active
+                .as_ref()
+                .and_then(|a| a.buf.get(8..16))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            let last_seq = self.segments.last().map(|s| s.last_seq);
+            tracing::error!(error = %e, first_seq = ?first_seq, last_seq = ?last_seq,
+                "spool buffer not written at close: these records are lost to the collector \
+                 (the next run numbers on from the last stored record)");
         }
     }
 }

@@ -39,6 +39,10 @@ impl Spool {
     /// so far survives any crash once this returns `Ok`. On `Err` the
     /// unwritten records stay buffered and the next `flush` retries.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
+        // Only a write proves the disk takes records again: a flush with
+        // nothing to write leaves a failure to the next append (creating a
+        // segment may be what fails).
+        let writes = self.active.as_ref().is_some_and(|a| !a.buf.is_empty());
         if let Err(e) = self.write_buffer() {
             self.failed(&e);
             return Err(e);
@@ -54,7 +58,7 @@ impl Spool {
             sync_dir(&self.segments_dir)?;
             self.dir_dirty = false;
         }
-        if self.write_failure.is_some() {
+        if writes && self.write_failure.is_some() {
             self.recovered();
         }
         Ok(())

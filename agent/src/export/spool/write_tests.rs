@@ -224,3 +224,35 @@ fn disk_full_on_a_real_file_system() {
     assert_clean(&report);
     assert_eq!(seqs(&all_after(&s, 0)), stored);
 }
+
+#[test]
+fn acks_go_on_when_the_cursor_cannot_be_written() {
+    let t = TestDir::new("cursorfail");
+    let (mut s, _) = open(&t.spool(), 64 << 20, 4 * FRAME);
+    store_range(&mut s, 1..=12);
+    s.flush().expect("flush");
+    let before = segment_files(&t.spool()).len();
+    // A directory where the cursor's temporary file goes: the write fails,
+    // as it does on a full or read-only file system.
+    let blocker = t.spool().join("cursor.tmp");
+    fs::create_dir(&blocker).expect("mkdir");
+    s.ack(8).expect("an ack goes on without its cursor");
+    assert!(s.write_failing());
+    assert_eq!(s.acked(), 8);
+    assert_eq!(
+        seqs(&all_after(&s, s.acked())),
+        (9..=12).collect::<Vec<_>>()
+    );
+    assert_eq!(s.pending_records(), 4);
+    assert!(
+        segment_files(&t.spool()).len() < before,
+        "acknowledged segments kept: their space is what a full disk needs back"
+    );
+    fs::remove_dir(&blocker).expect("rmdir");
+    s.ack(10).expect("ack");
+    assert!(!s.write_failing(), "a cursor write succeeded");
+    drop(s);
+    let (s, report) = open(&t.spool(), 64 << 20, 4 * FRAME);
+    assert_clean(&report);
+    assert_eq!(s.acked(), 10);
+}
