@@ -167,32 +167,8 @@ impl EventCollector for Collector {
                         .await;
                     continue;
                 };
-                let (gaps, dups) = seqs
-                    .lock()
-                    .expect("seq lock")
-                    .observe(&batch.agent_id, batch.events.iter().map(|e| e.seq));
-                metrics.duplicates.inc_by(dups);
-                let mut records: Vec<OwnedRecord> =
-                    Vec::with_capacity(batch.events.len() + gaps.len());
-                for g in &gaps {
-                    metrics.gaps.inc();
-                    metrics.missing.inc_by(g.to - g.from + 1);
-                    tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
-                    records.push(gap_record(&hostname, &batch, &spiffe, g));
-                }
-                for e in batch.events {
-                    records.push(OwnedRecord {
-                        severity: match e.kind.as_str() {
-                            "loss" => Severity::Error,
-                            _ if e.priority => Severity::Warning,
-                            _ => Severity::Info,
-                        },
-                        json: e.ocsf_json,
-                        time_ms: e.time_ms,
-                        kind: e.kind,
-                        agent: batch.node.clone(),
-                    });
-                }
+                let batch_id = batch.batch_id;
+                let records = batch_records(batch, &seqs, &metrics, &hostname, &spiffe);
                 let n = records.len() as u64;
                 let (done_tx, done_rx) = oneshot::channel();
                 if writer
@@ -214,7 +190,7 @@ impl EventCollector for Collector {
                         metrics.batches.inc();
                         if tx
                             .send(Ok(Ack {
-                                batch_id: batch.batch_id,
+                                batch_id,
                                 acked_seq,
                             }))
                             .await
@@ -235,6 +211,60 @@ impl EventCollector for Collector {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// What the sinks get for one non-empty batch of an authenticated agent:
+/// a gap record for each run of seqs the agent skipped since its last
+/// batch, then its events, in order. Counts duplicates and gaps.
+pub fn batch_records(
+    batch: Batch,
+    seqs: &Mutex<SeqTracker>,
+    metrics: &CollectorMetrics,
+    hostname: &str,
+    spiffe: &str,
+) -> Vec<OwnedRecord> {
+    let (gaps, dups) = seqs
+        .lock()
+        .expect("seq lock")
+        .observe(&batch.agent_id, batch.events.iter().map(|e| e.seq));
+    metrics.duplicates.inc_by(dups);
+    let mut records: Vec<OwnedRecord> = Vec::with_capacity(batch.events.len() + gaps.len());
+    for g in &gaps {
+        metrics.gaps.inc();
+        metrics.missing.inc_by(g.to - g.from + 1);
+        tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
+        records.push(gap_record(hostname, &batch, spiffe, g));
+    }
+    for e in batch.events {
+        records.push(OwnedRecord {
+            severity: match e.kind.as_str() {
+                "loss" => Severity::Error,
+                _ if e.priority => Severity::Warning,
+                _ => Severity::Info,
+            },
+            json: one_line(e.ocsf_json),
+            time_ms: e.time_ms,
+            kind: e.kind,
+            agent: batch.node.clone(),
+        });
+    }
+    records
+}
+
+/// A record as one line of the JSON-lines sinks (file, stdout). Agents write
+/// compact JSON, which holds no line break; a record that does (a hostile
+/// or broken agent) would become several lines, each read as an event of
+/// its own, so it is written again on one line: as compact JSON when it is
+/// JSON, else as a JSON string of its text.
+pub fn one_line(json: Vec<u8>) -> Vec<u8> {
+    if !json.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return json;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&json) {
+        Ok(v) => serde_json::to_vec(&v),
+        Err(_) => serde_json::to_vec(&String::from_utf8_lossy(&json)),
+    }
+    .expect("serializing to a Vec")
 }
 
 /// An OCSF Base Event reporting a sequence gap (`unmapped.tiergate.kind: "gap"`).
@@ -279,5 +309,45 @@ mod tests {
         );
         // Agents are independent.
         assert_eq!(t.observe("b", [1, 3]), (vec![Gap { from: 2, to: 2 }], 0));
+    }
+
+    /// Found by the `collector_batch` fuzz target: an agent could write
+    /// line breaks into a record and so forge whole lines (events) in the
+    /// JSON-lines sinks.
+    #[test]
+    fn a_record_is_one_line_whatever_the_agent_sends() {
+        use tiergate_proto::events::v1::Event;
+        let forged = "{\"class_uid\":4001,\n\"message\":\"a\\nb\"}\n{\"forged\":true}";
+        let pretty = "{\n  \"class_uid\": 4001,\r\n  \"seq\": 2\n}";
+        let event = |seq, json: &str| Event {
+            seq,
+            kind: "connection".into(),
+            ocsf_json: json.as_bytes().to_vec(),
+            ..Event::default()
+        };
+        let batch = Batch {
+            agent_id: "a".into(),
+            node: "n".into(),
+            batch_id: 1,
+            events: vec![event(1, forged), event(2, pretty), event(3, "{\"ok\":1}")],
+        };
+        let seqs = Mutex::new(SeqTracker::default());
+        let records = batch_records(batch, &seqs, &CollectorMetrics::new(), "c", "");
+        let json: Vec<&[u8]> = records.iter().map(|r| r.json.as_slice()).collect();
+        for j in &json {
+            assert!(
+                !j.contains(&b'\n') && !j.contains(&b'\r'),
+                "{}",
+                String::from_utf8_lossy(j)
+            );
+        }
+        // Not JSON: its text, as a JSON string.
+        let text: String = serde_json::from_slice(json[0]).expect("a JSON string");
+        assert_eq!(text, forged);
+        // JSON: the same value, compact.
+        let v: serde_json::Value = serde_json::from_slice(json[1]).expect("JSON");
+        assert_eq!(v, serde_json::json!({"class_uid": 4001, "seq": 2}));
+        // One line already: untouched.
+        assert_eq!(json[2], b"{\"ok\":1}");
     }
 }
