@@ -197,8 +197,9 @@ fn stat(log: &str, key: &str) -> Option<String> {
     log.lines()
         .rev()
         .find_map(|l| {
-            l.split_once(key)
-                .map(|(_, v)| v.split_whitespace().next().unwrap_or("").to_owned())
+            let (_, v) = l.split_once(key)?;
+            let v = v.trim_start_matches(':').split_whitespace().next();
+            Some(v.unwrap_or("").to_owned())
         })
         .filter(|v| !v.is_empty())
         .map(|v| if key == "cov:" { format!("cov {v}") } else { v })
