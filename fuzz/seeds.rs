@@ -248,6 +248,7 @@ fn main() {
     let query = q.to_vec().expect("query");
     write(&d, "query-a", [[0u8].as_slice(), &query].concat());
     let mut q6 = Message::query();
+    q6.metadata.id = 4712;
     q6.add_query(Query::query(
         name("bucket.s3.amazonaws.com."),
         RecordType::AAAA,

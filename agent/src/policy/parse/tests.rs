@@ -592,9 +592,18 @@ fn every_error_is_reported_together_in_file_order() {
 fn errors_at_the_end_of_the_file_point_inside_it() {
     for (src, want) in [
         ("? ", "p.yaml:1:3: keys must be strings"),
-        ("spec:\n  tiers: [\n   : {", "p.yaml:3:7: YAML syntax error:"),
-        ("spec:\r\n  tiers: [\r\n   : {", "p.yaml:3:7: YAML syntax error:"),
-        ("spec:\n  tiers: [\n   : {\n", "p.yaml:4:1: YAML syntax error:"),
+        (
+            "spec:\n  tiers: [\n   : {",
+            "p.yaml:3:7: YAML syntax error:",
+        ),
+        (
+            "spec:\r\n  tiers: [\r\n   : {",
+            "p.yaml:3:7: YAML syntax error:",
+        ),
+        (
+            "spec:\n  tiers: [\n   : {\n",
+            "p.yaml:4:1: YAML syntax error:",
+        ),
     ] {
         let e = match parse_str(src, "p.yaml") {
             Ok(_) => panic!("{src:?} should fail"),
