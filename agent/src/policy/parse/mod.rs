@@ -106,6 +106,7 @@ pub fn parse_keeping_tree<'s>(
         }
         _ => {
             let mut errors = w.errors;
+            keep_inside(src, &mut errors);
             // Stable: errors at the same place keep their discovery order.
             errors.sort_by_key(|e| (e.line, e.column));
             if errors.is_empty() {
@@ -122,6 +123,24 @@ pub fn parse_keeping_tree<'s>(
         }
     };
     (result, tree)
+}
+
+/// Keeps every error's position inside the file: saphyr puts a document
+/// cut short (a syntax error, or the empty node that ends it) on the line
+/// after the last one, which no editor can jump to; such a position becomes
+/// the end of the last line, and a column past a line's end that end.
+fn keep_inside(src: &str, errors: &mut [PolicyError]) {
+    let lines: Vec<&str> = src.split('\n').collect();
+    for e in errors {
+        let line = e.line.clamp(1, lines.len());
+        let end = lines[line - 1].trim_end_matches('\r').chars().count() + 1;
+        e.column = if line < e.line {
+            end
+        } else {
+            e.column.clamp(1, end)
+        };
+        e.line = line;
+    }
 }
 
 #[cfg(test)]

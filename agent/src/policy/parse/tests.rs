@@ -585,6 +585,37 @@ fn every_error_is_reported_together_in_file_order() {
     assert_eq!(e.to_string().lines().count(), want.len());
 }
 
+/// Found by the `policy_parse` fuzz target: a file cut short inside a flow
+/// collection, or ending in an empty key, made saphyr report the line after
+/// the last one.
+#[test]
+fn errors_at_the_end_of_the_file_point_inside_it() {
+    for (src, want) in [
+        ("? ", "p.yaml:1:3: keys must be strings"),
+        (
+            "spec:\n  tiers: [\n   : {",
+            "p.yaml:3:7: YAML syntax error:",
+        ),
+        (
+            "spec:\r\n  tiers: [\r\n   : {",
+            "p.yaml:3:7: YAML syntax error:",
+        ),
+        (
+            "spec:\n  tiers: [\n   : {\n",
+            "p.yaml:4:1: YAML syntax error:",
+        ),
+    ] {
+        let e = match parse_str(src, "p.yaml") {
+            Ok(_) => panic!("{src:?} should fail"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.lines().any(|l| l.starts_with(want)),
+            "{src:?}: got {e:?}, want a line starting {want:?}"
+        );
+    }
+}
+
 #[test]
 fn load_reports_missing_and_non_utf8_files() {
     let dir = std::env::temp_dir().join(format!("tiergate-policy-test-{}", std::process::id()));
