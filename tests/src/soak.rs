@@ -273,7 +273,8 @@ pub fn run(cfg: &Config) -> Report {
     let mut c = Collector::start(
         &f.dir,
         pki.collector(),
-        vec![format!("file:{}", collected.display())],
+        // No rotation: the ledger reads one file.
+        vec![format!("file:{}?max-bytes=0", collected.display())],
     );
     let files = pki.agent("agent", &pki.ca.issue(Leaf::agent()));
     let spool = f.dir.join("spool");
