@@ -40,15 +40,17 @@ fn chaos_soak_leaks_nothing_and_accounts_for_every_attempt() {
     assert!(r.agent_deaths >= 5, "too few agent deaths to mean anything");
     assert_eq!(r.leaked, 0, "denied attempts connected");
     assert_eq!(r.allowed_refused, 0, "allowed attempts were refused");
-    // The kernel judged (and counted) the attempts the clients made. Not
-    // asserted equal: one run in several counted one attempt more than the
-    // clients did (14701 for 14700; cause not found yet, see
-    // docs/RELIABILITY.md). The ledger below is against the kernel's count.
+    // The kernel judged (and counted) every attempt the clients made, and
+    // a few twice: a restarted agent attaches its programs beside the old
+    // ones before it removes them (enforcement never lapses), so an attempt
+    // in that window runs both, and is counted and reported twice
+    // (docs/RELIABILITY.md). The ledger below is against the kernel's count.
     assert!(
-        r.kernel_verdicts.abs_diff(r.attempts) <= r.attempts / 1000,
-        "the kernel counted {} attempts, the clients made {}",
+        r.kernel_verdicts >= r.attempts && r.kernel_verdicts - r.attempts <= 4 * r.agent_deaths,
+        "the kernel counted {} attempts, the clients made {} ({} agent restarts)",
         r.kernel_verdicts,
-        r.attempts
+        r.attempts,
+        r.agent_deaths
     );
     assert_eq!(r.duplicates, 0, "records reached the collector twice");
     assert_eq!(
