@@ -77,7 +77,11 @@ fuzz_target!(|data: &[u8]| {
     seqs.commit(&batch.agent_id, plan.last);
     let again_plan = seqs.plan(&batch.agent_id, &batch_seqs);
     let again = batch_records(batch.clone(), &again_plan, metrics(), "collector", "");
-    assert!(again.is_empty(), "a resent batch wrote {} records", again.len());
+    assert!(
+        again.is_empty(),
+        "a resent batch wrote {} records",
+        again.len()
+    );
 
     // Through the real JSON-lines sink: one line per record.
     let path = sink_file();
