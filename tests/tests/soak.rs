@@ -53,9 +53,20 @@ fn chaos_soak_leaks_nothing_and_accounts_for_every_attempt() {
         r.agent_deaths
     );
     assert_eq!(r.duplicates, 0, "records reached the collector twice");
-    assert_eq!(
-        r.unaccounted, 0,
-        "attempts neither delivered nor in a loss record"
+    // Every attempt the kernel counted is at the collector or named in a
+    // loss record. The figure can go below zero only by a kill that tears
+    // the spool's last write: the restarted agent counts that batch's
+    // complete records as lost too, though they were delivered (the safe
+    // direction: a loss reported, never one hidden). Bounded by the deaths.
+    assert!(
+        r.unaccounted <= 0,
+        "{} attempts neither at the collector nor named in a loss record",
+        r.unaccounted
+    );
+    assert!(
+        -r.unaccounted <= r.agent_deaths as i64,
+        "{} records both delivered and reported lost",
+        -r.unaccounted
     );
     assert!(
         r.max_rss_kib < 256 * 1024,
