@@ -110,7 +110,6 @@ pub struct Accounting {
     /// Kernel records this agent has handed to the sinks or reported lost.
     pub handled: u64,
     persisted: u64,
-    pub problem_logged: bool,
 }
 
 fn get(map: &Array<MapData, u64>, slot: u32) -> u64 {
@@ -168,7 +167,6 @@ impl Accounting {
             h_start,
             handled: 0,
             persisted: u64::MAX,
-            problem_logged: false,
         }
     }
 
