@@ -279,11 +279,16 @@ impl Fixture {
 
     /// Writes the policy file (a fresh name is not used: reloads rewrite it).
     pub fn write_policy(&self, yaml: &str) -> PathBuf {
-        let p = self.dir.join("policy.yaml");
+        let p = self.policy_path();
         let tmp = self.dir.join(".policy.yaml.tmp");
         std::fs::write(&tmp, yaml).expect("write policy");
         std::fs::rename(&tmp, &p).expect("rename policy");
         p
+    }
+
+    /// Where [`Fixture::write_policy`] writes (the agent's `--policy`).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.yaml")
     }
 
     pub fn events_path(&self) -> PathBuf {

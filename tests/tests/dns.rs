@@ -405,6 +405,10 @@ fn names_open_their_answers_for_the_asking_workload_only() {
         is_conn(e, "198.18.0.10", 443, "allow") && tg(e)["reason"] == "fqdn"
     });
     assert_eq!(tg(&conn)["fqdn"], "api.example.test");
+    // The first name rule decided (index 0 of t0, by content id).
+    assert_eq!(tg(&conn)["rule"]["index"], 0);
+    assert_eq!(conn["firewall_rule"]["name"], "t0:egress[0]");
+    assert!(tg(&conn)["rule"]["uid"].as_str().unwrap().starts_with("r-"));
     w.f.wait_event("forged proxy send", |e| {
         tg(e)["reason"] == "dns-proxy-port" && tg(e)["verdict"] == "deny"
     });

@@ -1,6 +1,7 @@
 //! Enforcement on the real kernel: verdicts (EPERM or success) and the
 //! events that report them, for every behaviour of CONTRACT section 2.
 
+use serde_json::Value;
 use tiergate_tests::{Fixture, is_conn, policy, tg};
 
 const T0_WEB: &str = r#"      egress:
@@ -65,6 +66,26 @@ fn tier_allows_listed_egress_and_denies_the_rest_with_events() {
     });
     assert_eq!(allow["disposition"], "Allowed");
     assert_eq!(tg(&allow)["reason"], "egress-rule");
+    // The rule that allowed it, by the id `policy explain` gives it.
+    let (code, out, err) = f.tiergate(&[
+        "policy",
+        "explain",
+        "--policy",
+        f.policy_path().to_str().unwrap(),
+        "--cgroup",
+        &f.cg("t0/tool"),
+        "--to",
+        "10.20.0.1:80",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let explained: Value = serde_json::from_str(&out).unwrap();
+    let uid = explained["rule_uid"]
+        .as_str()
+        .expect("explain names a rule");
+    assert_eq!(tg(&allow)["rule"]["uid"], uid);
+    assert_eq!(allow["firewall_rule"]["uid"], uid);
+    assert!(tg(&deny)["rule"].is_null() && deny["firewall_rule"].is_null());
     let udp = f.wait_event("udp deny", |e| {
         is_conn(e, "10.20.0.1", 80, "deny") && e["connection_info"]["protocol_name"] == "udp"
     });
@@ -275,6 +296,15 @@ fn reload_to_stricter_policy_applies_on_next_connect_and_bad_reload_keeps_last_g
             && tg(e)["policy"]["version"] != v1
     });
     let v2 = tg(&applied)["policy"]["version"].clone();
+    // The record lists the rules in force, by id (evidence for `advise`).
+    let rules = tg(&applied)["rules"].as_array().expect("rules listed");
+    assert!(
+        !rules.is_empty()
+            && rules
+                .iter()
+                .all(|r| r["uid"].as_str().is_some_and(|u| u.starts_with("r-")))
+    );
+    assert_eq!(tg(&applied)["rules_omitted"], 0);
     let deny = f.wait_event("deny under v2", |e| is_conn(e, "10.20.0.1", 80, "deny"));
     assert_eq!(tg(&deny)["policy"]["version"], v2);
 

@@ -80,6 +80,8 @@ pub fn run(args: &ExplainArgs) -> i32 {
         None if matches!(assignment.tier, TierRef::Host) => "none (host: not enforced)".to_string(),
         None => "none (defaultTier)".to_string(),
     };
+    let rule_uid =
+        rule.map(|(t, r)| crate::policy::rule_uid(&p.tiers[t].name, &p.tiers[t].egress[r]));
     let rule = rule.map(|(t, r)| format!("spec.tiers[{t}].egress[{r}]"));
     if args.json {
         let j = serde_json::json!({
@@ -98,6 +100,7 @@ pub fn run(args: &ExplainArgs) -> i32 {
             "verdict": verdict.as_str(),
             "reason": reason,
             "rule": rule,
+            "rule_uid": rule_uid,
             "metadata_service": metadata_service,
         });
         println!("{j}");
@@ -126,7 +129,7 @@ pub fn run(args: &ExplainArgs) -> i32 {
         println!("verdict:     {}", verdict.as_str());
         println!("reason:      {reason}");
         if let Some(r) = rule {
-            println!("rule:        {r}");
+            println!("rule:        {r} ({})", rule_uid.as_deref().unwrap_or("-"));
         }
         if reason == "fqdn" {
             println!(

@@ -27,6 +27,21 @@ pub fn release_freed_memory() {
     }
 }
 
+/// Most rules a policy record lists (`unmapped.tiergate.rules`); a larger
+/// policy's records list none and say how many there are
+/// (`rules_omitted`): one record stays well under every sink's line limit.
+pub const MAX_LISTED_RULES: usize = 2_000;
+
+/// `[{tier, index, uid}]` of every rule of `policy` and how many were left
+/// out (all of them past [`MAX_LISTED_RULES`], else none).
+fn rules_in_force(policy: &Policy) -> (serde_json::Value, usize) {
+    let refs = policy.rule_refs();
+    if refs.len() > MAX_LISTED_RULES {
+        return (serde_json::json!([]), refs.len());
+    }
+    (serde_json::to_value(refs).expect("rule refs serialize"), 0)
+}
+
 /// Quiet time after a reload before freed memory goes back to the kernel.
 pub const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -75,6 +90,7 @@ impl Control {
             rules_written = stats.rules_written,
             "policy in force"
         );
+        let rules = rules_in_force(&policy);
         let _ = self.records.send(AgentRecord {
             message: format!("policy {} {} in force", policy.name, policy.version),
             failure: false,
@@ -83,6 +99,8 @@ impl Control {
                 "action": "applied",
                 "file": self.policy_path.display().to_string(),
                 "previous_version": old.version,
+                "rules": rules.0,
+                "rules_omitted": rules.1,
             }),
         });
         Ok(())

@@ -122,6 +122,22 @@ pub struct Verdict<'a> {
     pub inherited: bool,
     /// The DNS name whose answer opened the destination (`fqdn` verdicts).
     pub fqdn: Option<&'a str>,
+    /// The rule that allowed the attempt: (id, index in the tier).
+    pub rule: Option<(&'a str, usize)>,
+}
+
+/// `unmapped.tiergate.rule`.
+#[derive(Serialize)]
+struct RuleOut<'a> {
+    uid: &'a str,
+    index: usize,
+}
+
+/// OCSF `firewall_rule` (Security Control profile): the rule that decided.
+#[derive(Serialize)]
+struct FirewallRule<'a> {
+    uid: &'a str,
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -136,6 +152,8 @@ struct TiergateConn<'a> {
     tier_inherited: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     fqdn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<RuleOut<'a>>,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +249,8 @@ struct NetworkActivity<'a> {
     dst_endpoint: Option<Endpoint>,
     actor: Actor<'a>,
     device: Device<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firewall_rule: Option<FirewallRule<'a>>,
     metadata: Metadata<'a>,
     unmapped: Unmapped<TiergateConn<'a>>,
 }
@@ -291,6 +311,10 @@ pub fn network_activity(
             hostname: env.hostname,
             type_id: 0,
         },
+        firewall_rule: v.rule.map(|(uid, index)| FirewallRule {
+            uid,
+            name: format!("{}:egress[{index}]", v.tier),
+        }),
         metadata: metadata(env.uid),
         unmapped: Unmapped {
             tiergate: TiergateConn {
@@ -307,6 +331,7 @@ pub fn network_activity(
                 metadata_service: v.metadata_service,
                 tier_inherited: v.inherited,
                 fqdn: v.fqdn,
+                rule: v.rule.map(|(uid, index)| RuleOut { uid, index }),
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,
@@ -392,6 +417,7 @@ mod tests {
             metadata_service: false,
             inherited: false,
             fqdn: None,
+            rule: None,
         };
         let p = ProcessInfo {
             pid: 42,
@@ -409,6 +435,7 @@ mod tests {
                 service_account: Some("retriever".into()),
                 container: Some("tool".into()),
                 container_id: Some("abc".into()),
+                owner: Some("team-search".into()),
             },
             spiffe_id: Some("spiffe://corp.example/ns/agents/sa/retriever".into()),
             ..Default::default()
@@ -438,6 +465,10 @@ mod tests {
         assert_eq!(j["actor"]["process"]["name"], "curl");
         assert_eq!(j["device"]["hostname"], "node-1");
         assert_eq!(j["metadata"]["uid"], "abc-7");
+        assert!(
+            j["firewall_rule"].is_null(),
+            "a denied attempt names no rule"
+        );
         assert_eq!(j["metadata"]["product"]["name"], "tiergate");
         let t = &j["unmapped"]["tiergate"];
         assert_eq!(t["seq"], 7);
@@ -452,6 +483,7 @@ mod tests {
         for (k, v) in [
             ("namespace", "agents"),
             ("pod", "retriever-0"),
+            ("owner", "team-search"),
             ("pod_uid", "u-1"),
             ("service_account", "retriever"),
             ("container", "tool"),
@@ -467,6 +499,34 @@ mod tests {
     }
 
     #[test]
+    fn allowed_record_names_its_rule() {
+        let v = Verdict {
+            verdict: "allow",
+            reason: "egress-rule",
+            tier: "retrieval",
+            hook: "connect4",
+            metadata_service: false,
+            inherited: false,
+            fqdn: None,
+            rule: Some(("r-0123456789ab", 2)),
+        };
+        let p = ProcessInfo {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            name: "x".into(),
+        };
+        let mut out = Vec::new();
+        let dst = Some(("10.0.0.1".parse().unwrap(), 443));
+        network_activity(&env(), &v, 6, dst, None, &p, &Workload::default(), &mut out);
+        let j: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["firewall_rule"]["uid"], "r-0123456789ab");
+        assert_eq!(j["firewall_rule"]["name"], "retrieval:egress[2]");
+        assert_eq!(j["unmapped"]["tiergate"]["rule"]["uid"], "r-0123456789ab");
+        assert_eq!(j["unmapped"]["tiergate"]["rule"]["index"], 2);
+    }
+
+    #[test]
     fn audit_deny_is_allowed_disposition() {
         let v = Verdict {
             verdict: "audit-deny",
@@ -476,6 +536,7 @@ mod tests {
             metadata_service: true,
             inherited: false,
             fqdn: None,
+            rule: None,
         };
         let p = ProcessInfo {
             pid: 1,

@@ -32,9 +32,11 @@ use super::sinks::{RecordMeta, Sink};
 use crate::identity::cgroupfs;
 use crate::identity::pods::PodFields;
 use crate::metrics::{EventLabels, Metrics};
+use crate::policy::Proto;
 use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
+mod attribution;
 mod losses;
 mod proxy_records;
 
@@ -192,6 +194,8 @@ pub struct Writer {
     boot_to_epoch_ns: i128,
     buf: Vec<u8>,
     acct: accounting::Accounting,
+    /// Which rule allowed a connection.
+    rules: attribution::Attribution,
 }
 
 /// Writer inputs.
@@ -241,6 +245,7 @@ impl Writer {
             io,
             boot_to_epoch_ns: boot_to_epoch_offset_ns(),
             buf: Vec::with_capacity(1024),
+            rules: Default::default(),
         }
     }
 
@@ -420,6 +425,21 @@ impl Writer {
         let tier = tier_name(policy.as_deref(), j.tier);
         let process = process_info(h);
         let workload = self.workload(h.cgroup_id, process.pid);
+        let rule = match (&policy, dst) {
+            (Some(p), Some((ip, port)))
+                if j.verdict == VERDICT_ALLOW
+                    && matches!(j.reason, REASON_EGRESS_RULE | REASON_FQDN) =>
+            {
+                let proto = if j.protocol == 6 {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                self.rules
+                    .rule(p, j.generation, j.tier, (ip, port, proto), fqdn)
+            }
+            _ => None,
+        };
         let verdict = Verdict {
             verdict: verdict_str(j.verdict),
             reason: reason_str(j.reason),
@@ -428,6 +448,7 @@ impl Writer {
             metadata_service: j.flags & CONNECT_F_METADATA != 0,
             inherited: j.flags & CONNECT_F_INHERITED != 0,
             fqdn,
+            rule: rule.as_ref().map(|r| (&*r.uid, r.index)),
         };
         self.io
             .metrics

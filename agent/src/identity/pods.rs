@@ -60,7 +60,14 @@ pub struct PodFields {
     pub container: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub container_id: Option<String>,
+    /// Who answers for the workload: the pod's `tiergate.io/owner` label,
+    /// else its `owner` label (`tiergate advise` lists workloads without).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
 }
+
+/// Pod labels naming a workload's owner, in order of preference.
+pub const OWNER_LABELS: [&str; 2] = ["tiergate.io/owner", "owner"];
 
 impl PodFields {
     pub fn of(pod: Option<&PodIdentity>) -> Self {
@@ -71,6 +78,7 @@ impl PodFields {
             service_account: pod.map(|p| p.service_account.clone()),
             container: pod.and_then(|p| p.container.clone()),
             container_id: pod.and_then(|p| p.container_id.clone()),
+            owner: pod.and_then(|p| OWNER_LABELS.iter().find_map(|l| p.labels.get(*l).cloned())),
         }
     }
 }

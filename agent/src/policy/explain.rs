@@ -194,16 +194,7 @@ pub fn is_loopback(addr: IpAddr) -> bool {
 impl EgressRule {
     /// Whether this rule admits the (unmapped) destination, port and protocol.
     pub fn admits(&self, dst: IpAddr, port: u16, proto: Proto) -> bool {
-        let proto_ok = match proto {
-            Proto::Tcp => self.protocols.tcp,
-            Proto::Udp => self.protocols.udp,
-        };
-        proto_ok
-            && self
-                .ports
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|&(lo, hi)| lo <= port && port <= hi))
-            && self.cidrs.iter().any(|c| c.contains(&dst))
+        self.admits_port(port, proto) && self.cidrs.iter().any(|c| c.contains(&dst))
     }
 }
 

@@ -15,8 +15,10 @@ pub mod glob;
 pub mod model;
 pub mod names;
 pub mod parse;
+pub mod render;
+pub mod rule_id;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod version;
 pub mod yaml;
 
@@ -29,4 +31,5 @@ pub use model::{
     MetadataAccess, Mode, Policy, Protocols, Tier, normalize_addr, normalize_net,
 };
 pub use parse::{PolicyError, PolicyErrors, load, parse_str};
+pub use rule_id::{RuleRef, rule_uid};
 pub use tiergate_tls::SpiffePattern;

@@ -42,7 +42,7 @@ fn push_field(out: &mut String, value: &str, max: usize) {
 
 /// RFC 3339 UTC with milliseconds (`2026-11-24T08:00:00.123Z`); NILVALUE
 /// past year 9999.
-pub(super) fn push_timestamp(out: &mut String, time_ms: u64) {
+pub fn push_timestamp(out: &mut String, time_ms: u64) {
     let secs = time_ms / 1000;
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     if year > 9999 {
