@@ -28,6 +28,15 @@ pub struct CollectorArgs {
     /// `file:PATH[?max-bytes=N&keep=K]`, `syslog+tls://HOST:PORT?ca=FILE[&cert=FILE&key=FILE]`.
     #[arg(long, value_name = "SPEC")]
     pub sink: Vec<String>,
+    /// Observation store (what `tiergate advise` reads): `sqlite:PATH`
+    /// (embedded), or `postgres://USER@HOST[:PORT]/DATABASE` for several
+    /// collector replicas sharing one view.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Observation rows the store keeps; beyond, the least recently seen
+    /// are evicted.
+    #[arg(long, value_name = "N", default_value_t = crate::store::DEFAULT_MAX_ROWS)]
+    pub store_max_rows: u64,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
     pub admin_addr: SocketAddr,

@@ -1,12 +1,14 @@
 //! `tiergate collector`: receives event streams from agents over gRPC with
 //! mTLS (client SPIFFE IDs checked against `--allow-spiffe`) and writes them
-//! to sinks (JSON-lines files with rotation, stdout, syslog over TLS).
+//! to sinks (JSON-lines files with rotation, stdout, syslog over TLS) and,
+//! with `--store`, aggregates them into the observation store (`store/`).
 
 mod args;
 pub mod metrics;
 mod resume;
 pub mod service;
 pub mod sinks;
+pub mod store;
 pub mod tls_conn;
 
 use std::sync::{Arc, Mutex};
@@ -109,8 +111,17 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
             "resuming agents' sequences from the file sinks"
         );
     }
+    let store = match &args.store {
+        Some(url) => Some(
+            store::feed::start(url.clone(), args.store_max_rows, metrics.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let (feed, stopper) = store.unzip();
     let svc = Collector {
-        writer: service::spawn_writer(sinks, metrics.clone()),
+        writer: service::spawn_writer(sinks, metrics.clone(), feed),
         seqs: Arc::new(Mutex::new(SeqTracker::seeded(resumed))),
         metrics,
         hostname,
@@ -128,5 +139,11 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         })
         .await
         .context("gRPC server failed")?;
+    if let Some(stopper) = stopper {
+        // Aggregates not yet written would be lost with the process.
+        tokio::task::spawn_blocking(move || stopper.stop(std::time::Duration::from_secs(5)))
+            .await
+            .context("stopping the observation store")?;
+    }
     Ok(())
 }

@@ -27,6 +27,10 @@ pub struct CollectorMetrics {
     pub missing: Counter,
     pub rejected: Family<ReasonLabels, Counter>,
     pub sink_errors: Family<SinkLabels, Counter>,
+    pub store_records: Counter,
+    pub store_dropped: Counter,
+    pub store_evicted: Counter,
+    pub store_errors: Counter,
 }
 
 impl CollectorMetrics {
@@ -72,6 +76,30 @@ impl CollectorMetrics {
             "Failed sink writes (batch not acknowledged)",
             sink_errors.clone(),
         );
+        let store_records = Counter::default();
+        registry.register(
+            "store_records",
+            "Records written to the observation store (as aggregates)",
+            store_records.clone(),
+        );
+        let store_dropped = Counter::default();
+        registry.register(
+            "store_dropped",
+            "Records delivered to the sinks but lost to the observation store (queue full, unreadable, store failing too long)",
+            store_dropped.clone(),
+        );
+        let store_evicted = Counter::default();
+        registry.register(
+            "store_evicted",
+            "Observation rows evicted (least recently seen) to stay within --store-max-rows",
+            store_evicted.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed observation store writes (the aggregate is kept and written again)",
+            store_errors.clone(),
+        );
         Self {
             registry,
             streams,
@@ -82,6 +110,10 @@ impl CollectorMetrics {
             missing,
             rejected,
             sink_errors,
+            store_records,
+            store_dropped,
+            store_evicted,
+            store_errors,
         }
     }
 

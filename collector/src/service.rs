@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::CollectorMetrics;
 use super::sinks::{Record, Severity, Sink};
+use super::store::feed::Feed;
 use super::tls_conn::PeerInfo;
 
 /// One batch for the writer thread: owned records and where to answer.
@@ -33,9 +34,12 @@ pub struct OwnedRecord {
 }
 
 /// Runs the sinks on a dedicated thread (they do blocking I/O and fsync).
+/// Records every sink took are then offered to the observation store, if
+/// any: after the duplicate check, so a resend is not counted twice.
 pub fn spawn_writer(
     mut sinks: Vec<Box<dyn Sink>>,
     metrics: Arc<CollectorMetrics>,
+    store: Option<Feed>,
 ) -> mpsc::Sender<WriteJob> {
     let (tx, mut rx) = mpsc::channel::<WriteJob>(64);
     std::thread::Builder::new()
@@ -62,7 +66,12 @@ pub fn spawn_writer(
                         break;
                     }
                 }
+                drop(records);
+                let ok = result.is_ok();
                 let _ = job.done.send(result);
+                if ok && let Some(feed) = &store {
+                    feed.offer(job.records.into_iter().map(|r| (r.kind, r.json)));
+                }
             }
         })
         .expect("spawn sink thread");

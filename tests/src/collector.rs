@@ -21,18 +21,32 @@ pub struct Collector {
     pub admin: u16,
     pub files: TlsFiles,
     pub sinks: Vec<String>,
+    /// More flags (`--store …`).
+    pub extra: Vec<String>,
     pub log: PathBuf,
 }
 
 impl Collector {
     pub fn start(dir: &Path, files: TlsFiles, sinks: Vec<String>) -> Collector {
+        Self::start_with(dir, files, sinks, Vec::new(), "collector.log")
+    }
+
+    /// A collector with more flags, logging to `dir/<log>`.
+    pub fn start_with(
+        dir: &Path,
+        files: TlsFiles,
+        sinks: Vec<String>,
+        extra: Vec<String>,
+        log: &str,
+    ) -> Collector {
         let mut c = Collector {
             child: None,
             port: free_port(),
             admin: free_port(),
             files,
             sinks,
-            log: dir.join("collector.log"),
+            extra,
+            log: dir.join(log),
         };
         c.restart();
         c
@@ -58,6 +72,7 @@ impl Collector {
         for s in &self.sinks {
             cmd.args(["--sink", s]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
@@ -81,6 +96,15 @@ impl Collector {
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop (what is buffered is written).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child this struct owns.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }
     }

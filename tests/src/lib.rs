@@ -20,6 +20,7 @@ pub mod imds;
 mod resolv;
 pub use resolv::use_resolv_conf;
 pub mod kubeapi;
+pub mod postgres;
 pub mod promql;
 pub use tiergate_testpki as pki;
 pub mod rsyslog;

@@ -412,6 +412,7 @@ fn corrupt_spool_file_is_set_aside_reported_and_the_agent_runs_on() {
             admin: 0,
             files: files.clone(),
             sinks: vec![],
+            extra: vec![],
             log: f.dir.join("x"),
         },
         &files,

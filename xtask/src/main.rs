@@ -49,6 +49,9 @@ const APT_PACKAGES: &[&str] = &[
     // crun refuses hybrid cgroup layouts.
     "podman",
     "runc",
+    // The observation store's PostgreSQL tests start their own server from
+    // these binaries (the system service is not used).
+    "postgresql",
 ];
 
 fn main() -> ExitCode {

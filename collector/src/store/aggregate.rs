@@ -1,0 +1,489 @@
+//! The in-memory aggregate: observations keyed like the store's table.
+//!
+//! The collector folds the records of about a second into one aggregate
+//! and writes it in one transaction; `tiergate advise` without a store
+//! reads JSON-lines files into one (see [`from_jsonl`]).
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash as _, Hasher as _};
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+
+use super::observe::{ObservationKey, PolicySighting, Seen, Sighting, Update, observe};
+use super::{IdentityRow, ObservationRow, PolicyVersionRow, RuleRow};
+
+/// Per (identity class, node): the inventory's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySeen {
+    pub owner: Option<String>,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub attempts: u64,
+    /// 0 when no connection attempt was seen (only DNS queries).
+    pub last_attempt_ms: u64,
+}
+
+/// A rule uid as last seen in a policy record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSeen {
+    pub tier: String,
+    pub index: u32,
+    pub policy_version: String,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// A policy version: its name and when records showed it in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySeen {
+    pub name: String,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// Observations, identities, rules and policy versions, aggregated.
+#[derive(Debug, Default)]
+pub struct Aggregate {
+    pub observations: HashMap<ObservationKey, Seen>,
+    /// Keyed by (identity class, node).
+    pub identities: HashMap<(String, String), IdentitySeen>,
+    /// Keyed by (identity class, node, tier).
+    pub identity_tiers: HashMap<(String, String, String), Seen>,
+    /// Keyed by rule uid.
+    pub rules: HashMap<String, RuleSeen>,
+    /// Keyed by policy version.
+    pub policies: HashMap<String, PolicySeen>,
+    /// Updates folded in since the aggregate was made.
+    pub updates: u64,
+}
+
+impl Aggregate {
+    /// True when nothing was folded in.
+    pub fn is_empty(&self) -> bool {
+        self.updates == 0
+    }
+
+    /// Folds one update in.
+    pub fn add(&mut self, update: Update) {
+        self.updates += 1;
+        match update {
+            Update::Traffic { key, seen, who } => self.traffic(key, seen, who),
+            Update::Policy(p) => self.policy(p),
+        }
+    }
+
+    fn traffic(&mut self, key: ObservationKey, seen: Seen, who: Sighting) {
+        if !key.policy_version.is_empty() {
+            self.see_policy(&key.policy_version, &who.policy_name, seen);
+        }
+        let id = (key.identity.clone(), who.node);
+        self.identity_tiers
+            .entry((id.0.clone(), id.1.clone(), key.tier.clone()))
+            .and_modify(|s| s.merge(seen))
+            .or_insert(seen);
+        let last_attempt_ms = if who.attempts > 0 { seen.last_ms } else { 0 };
+        let i = self.identities.entry(id).or_insert(IdentitySeen {
+            owner: None,
+            first_ms: seen.first_ms,
+            last_ms: seen.last_ms,
+            attempts: 0,
+            last_attempt_ms: 0,
+        });
+        if who.owner.is_some() {
+            i.owner = who.owner;
+        }
+        i.first_ms = i.first_ms.min(seen.first_ms);
+        i.last_ms = i.last_ms.max(seen.last_ms);
+        i.attempts += who.attempts;
+        i.last_attempt_ms = i.last_attempt_ms.max(last_attempt_ms);
+        self.observations
+            .entry(key)
+            .and_modify(|s| s.merge(seen))
+            .or_insert(seen);
+    }
+
+    fn see_policy(&mut self, version: &str, name: &str, seen: Seen) {
+        let p = self
+            .policies
+            .entry(version.to_string())
+            .or_insert(PolicySeen {
+                name: String::new(),
+                first_ms: seen.first_ms,
+                last_ms: seen.last_ms,
+            });
+        if p.name.is_empty() {
+            p.name = name.to_string();
+        }
+        p.first_ms = p.first_ms.min(seen.first_ms);
+        p.last_ms = p.last_ms.max(seen.last_ms);
+    }
+
+    fn policy(&mut self, p: PolicySighting) {
+        let seen = Seen::at(p.time_ms, 1);
+        self.see_policy(&p.version, &p.name, seen);
+        for r in p.rules {
+            let new = RuleSeen {
+                tier: r.tier,
+                index: r.index,
+                policy_version: p.version.clone(),
+                first_ms: p.time_ms,
+                last_ms: p.time_ms,
+            };
+            self.rules
+                .entry(r.uid)
+                .and_modify(|old| merge_rule(old, &new))
+                .or_insert(new);
+        }
+    }
+
+    /// Folds another aggregate in (what a failed write left behind).
+    pub fn merge(&mut self, other: Aggregate) {
+        self.updates += other.updates;
+        for (k, s) in other.observations {
+            self.observations
+                .entry(k)
+                .and_modify(|o| o.merge(s))
+                .or_insert(s);
+        }
+        for (k, s) in other.identity_tiers {
+            self.identity_tiers
+                .entry(k)
+                .and_modify(|o| o.merge(s))
+                .or_insert(s);
+        }
+        for (k, s) in other.identities {
+            self.identities
+                .entry(k)
+                .and_modify(|o| {
+                    if s.owner.is_some() {
+                        o.owner = s.owner.clone();
+                    }
+                    o.first_ms = o.first_ms.min(s.first_ms);
+                    o.last_ms = o.last_ms.max(s.last_ms);
+                    o.attempts += s.attempts;
+                    o.last_attempt_ms = o.last_attempt_ms.max(s.last_attempt_ms);
+                })
+                .or_insert(s);
+        }
+        for (k, r) in other.rules {
+            self.rules
+                .entry(k)
+                .and_modify(|o| merge_rule(o, &r))
+                .or_insert(r);
+        }
+        for (k, p) in other.policies {
+            self.see_policy(&k, &p.name, Seen::at(p.first_ms, 0));
+            self.see_policy(&k, &p.name, Seen::at(p.last_ms, 0));
+        }
+    }
+
+    /// Observations last seen at or after `since_ms`, sorted by key.
+    pub fn observations(&self, since_ms: u64) -> Vec<ObservationRow> {
+        let mut rows: Vec<ObservationRow> = self
+            .observations
+            .iter()
+            .filter(|(_, s)| s.last_ms >= since_ms)
+            .map(|(k, s)| ObservationRow {
+                key: k.clone(),
+                seen: *s,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Every rule uid seen in force, sorted by uid. A rule was in force as
+    /// long as the policy version it was last listed in.
+    pub fn rules(&self) -> Vec<RuleRow> {
+        let mut rows: Vec<RuleRow> = self
+            .rules
+            .iter()
+            .map(|(uid, r)| RuleRow {
+                uid: uid.clone(),
+                tier: r.tier.clone(),
+                index: r.index,
+                policy_version: r.policy_version.clone(),
+                first_seen_ms: r.first_ms,
+                last_seen_ms: self
+                    .policies
+                    .get(&r.policy_version)
+                    .map_or(r.last_ms, |p| p.last_ms.max(r.last_ms)),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.uid.cmp(&b.uid));
+        rows
+    }
+
+    /// The inventory: one row per (identity class, node), sorted.
+    pub fn identities(&self) -> Vec<IdentityRow> {
+        let mut tiers: HashMap<(&str, &str), Vec<String>> = HashMap::new();
+        for (id, node, tier) in self.identity_tiers.keys() {
+            tiers
+                .entry((id.as_str(), node.as_str()))
+                .or_default()
+                .push(tier.clone());
+        }
+        let mut rows: Vec<IdentityRow> = self
+            .identities
+            .iter()
+            .map(|((id, node), s)| {
+                let mut t = tiers
+                    .remove(&(id.as_str(), node.as_str()))
+                    .unwrap_or_default();
+                t.sort();
+                IdentityRow {
+                    identity: id.clone(),
+                    node: node.clone(),
+                    owner: s.owner.clone(),
+                    tiers: t,
+                    first_seen_ms: s.first_ms,
+                    last_seen_ms: s.last_ms,
+                    attempts: s.attempts,
+                    last_attempt_ms: (s.last_attempt_ms > 0).then_some(s.last_attempt_ms),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.identity, &a.node).cmp(&(&b.identity, &b.node)));
+        rows
+    }
+
+    /// Every policy version seen, oldest first.
+    pub fn policy_versions(&self) -> Vec<PolicyVersionRow> {
+        let mut rows: Vec<PolicyVersionRow> = self
+            .policies
+            .iter()
+            .map(|(v, p)| PolicyVersionRow {
+                version: v.clone(),
+                name: p.name.clone(),
+                first_seen_ms: p.first_ms,
+                last_seen_ms: p.last_ms,
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.first_seen_ms, &a.version).cmp(&(b.first_seen_ms, &b.version)));
+        rows
+    }
+}
+
+/// The later listing of a rule tells its tier, index and version.
+fn merge_rule(old: &mut RuleSeen, new: &RuleSeen) {
+    if new.last_ms >= old.last_ms {
+        old.tier = new.tier.clone();
+        old.index = new.index;
+        old.policy_version = new.policy_version.clone();
+    }
+    old.first_ms = old.first_ms.min(new.first_ms);
+    old.last_ms = old.last_ms.max(new.last_ms);
+}
+
+/// What reading JSON-lines files found besides the aggregate.
+#[derive(Debug, Default)]
+pub struct JsonlReport {
+    /// Lines read (blank lines not counted).
+    pub lines: u64,
+    /// Lines that are not records (not JSON, a record without a field it
+    /// needs); skipped.
+    pub malformed: u64,
+    /// The first few of them, as `FILE:LINE: reason`.
+    pub examples: Vec<String>,
+    /// Records read before (same `metadata.uid`, e.g. one event in both
+    /// the agent's `--events` file and a collector's file sink); skipped.
+    pub duplicates: u64,
+}
+
+/// How many malformed lines are quoted in [`JsonlReport::examples`].
+const EXAMPLES: usize = 5;
+
+/// Why JSON-lines files could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read events file {path}: {error}")]
+pub struct JsonlError {
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+/// Reads JSON-lines event files (a collector file sink's output, the
+/// agent's `--events` file: one OCSF JSON object per line) into one
+/// aggregate. Malformed lines are skipped and counted; a file that cannot
+/// be read is an error naming it.
+pub fn from_jsonl<P: AsRef<Path>>(paths: &[P]) -> Result<(Aggregate, JsonlReport), JsonlError> {
+    let mut agg = Aggregate::default();
+    let mut report = JsonlReport::default();
+    // Hashes of the uids seen: 8 bytes a record, not the uid itself.
+    let mut uids: HashSet<u64> = HashSet::new();
+    let hasher = std::collections::hash_map::RandomState::new();
+    for path in paths {
+        let path = path.as_ref();
+        let err = |error| JsonlError {
+            path: path.to_path_buf(),
+            error,
+        };
+        let file = std::fs::File::open(path).map_err(err)?;
+        for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+            let line = line.map_err(err)?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            report.lines += 1;
+            if let Some(uid) = metadata_uid(&line) {
+                let mut h = hasher.build_hasher();
+                uid.hash(&mut h);
+                if !uids.insert(h.finish()) {
+                    report.duplicates += 1;
+                    continue;
+                }
+            }
+            match observe(&line) {
+                Ok(Some(u)) => agg.add(u),
+                Ok(None) => {}
+                Err(e) => {
+                    report.malformed += 1;
+                    if report.examples.len() < EXAMPLES {
+                        report
+                            .examples
+                            .push(format!("{}:{}: {e}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    Ok((agg, report))
+}
+
+/// `metadata.uid` of a record, when it has one.
+fn metadata_uid(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        metadata: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        uid: Option<String>,
+    }
+    serde_json::from_slice::<Line>(line).ok()?.metadata?.uid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::observe::tests::connection;
+    use super::*;
+    use serde_json::json;
+
+    fn update(v: &serde_json::Value) -> Update {
+        observe(v.to_string().as_bytes()).unwrap().unwrap()
+    }
+
+    fn at(mut v: serde_json::Value, time: u64, uid: &str) -> serde_json::Value {
+        v["time"] = json!(time);
+        v["metadata"]["uid"] = json!(uid);
+        v
+    }
+
+    #[test]
+    fn counts_add_and_the_window_widens() {
+        let mut agg = Aggregate::default();
+        agg.add(update(&at(connection("allow", "10.0.0.1", 443), 20, "a")));
+        agg.add(update(&at(connection("allow", "10.0.0.1", 443), 10, "b")));
+        agg.add(update(&at(connection("deny", "10.0.0.2", 443), 30, "c")));
+        let rows = agg.observations(0);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0].seen,
+            Seen {
+                count: 2,
+                first_ms: 10,
+                last_ms: 20
+            }
+        );
+        assert_eq!(rows[1].seen, Seen::at(30, 1));
+        assert_eq!(agg.observations(25).len(), 1);
+        let ids = agg.identities();
+        assert_eq!(ids.len(), 1);
+        assert_eq!((ids[0].attempts, ids[0].last_attempt_ms), (3, Some(30)));
+        assert_eq!(ids[0].tiers, vec!["tier0".to_string()]);
+        let pv = agg.policy_versions();
+        assert_eq!(
+            (pv[0].version.as_str(), pv[0].name.as_str()),
+            ("sha256:ab", "p")
+        );
+        assert_eq!((pv[0].first_seen_ms, pv[0].last_seen_ms), (10, 30));
+    }
+
+    #[test]
+    fn merging_is_adding() {
+        let mut a = Aggregate::default();
+        a.add(update(&at(connection("allow", "10.0.0.1", 443), 20, "a")));
+        let mut b = Aggregate::default();
+        b.add(update(&at(connection("allow", "10.0.0.1", 443), 5, "b")));
+        b.add(update(&at(connection("allow", "10.0.0.9", 443), 50, "c")));
+        a.merge(b);
+        assert_eq!(a.updates, 3);
+        let rows = a.observations(0);
+        assert_eq!(
+            rows[0].seen,
+            Seen {
+                count: 2,
+                first_ms: 5,
+                last_ms: 20
+            }
+        );
+        assert_eq!(a.identities()[0].attempts, 3);
+        assert_eq!(a.policy_versions()[0].first_seen_ms, 5);
+        assert_eq!(a.policy_versions()[0].last_seen_ms, 50);
+    }
+
+    #[test]
+    fn a_rule_is_in_force_while_its_version_is() {
+        let mut agg = Aggregate::default();
+        let policy = json!({"class_uid": 0, "time": 100,
+            "unmapped": {"tiergate": {"kind": "policy", "action": "applied",
+                "policy": {"name": "p", "version": "sha256:ab"},
+                "rules": [{"tier": "tier0", "index": 0, "uid": "r-1"}]}}});
+        agg.add(update(&policy));
+        agg.add(update(&at(connection("allow", "10.0.0.1", 443), 900, "a")));
+        let rules = agg.rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].first_seen_ms, rules[0].last_seen_ms), (100, 900));
+    }
+
+    #[test]
+    fn jsonl_files_of_both_kinds_with_bad_lines_and_duplicates() {
+        let dir = std::env::temp_dir().join(format!("tg-store-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let events = dir.join("events.jsonl");
+        let sink = dir.join("sink.jsonl");
+        let one = at(connection("allow", "10.0.0.1", 443), 10, "u-1");
+        let two = at(connection("deny", "10.0.0.2", 80), 11, "u-2");
+        std::fs::write(
+            &events,
+            format!("{one}\n\nnot json at all\n{two}\n{{\"class_uid\":4001,\"unmapped\":{{\"tiergate\":{{\"kind\":\"connection\"}}}}}}\n"),
+        )
+        .unwrap();
+        // The collector's sink holds the same two records (one uid each)
+        // and a gap record of its own, last line unterminated.
+        let gap = json!({"class_uid": 0, "time": 12, "metadata": {"uid": "gap-1"},
+            "unmapped": {"tiergate": {"kind": "gap"}}});
+        std::fs::write(&sink, format!("{one}\n{two}\n{gap}")).unwrap();
+        let (agg, report) = from_jsonl(&[&events, &sink]).unwrap();
+        assert_eq!(report.lines, 7);
+        assert_eq!(report.malformed, 2);
+        assert_eq!(report.duplicates, 2);
+        assert!(
+            report.examples[0].starts_with(&format!("{}:3: not a JSON object", events.display())),
+            "{:?}",
+            report.examples
+        );
+        assert!(
+            report.examples[1].contains(":5: a connection record without time"),
+            "{:?}",
+            report.examples
+        );
+        let rows = agg.observations(0);
+        assert_eq!(rows.iter().map(|r| r.seen.count).sum::<u64>(), 2);
+        let missing = from_jsonl(&[dir.join("nope.jsonl")]).unwrap_err();
+        assert!(
+            missing.to_string().starts_with("cannot read events file "),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

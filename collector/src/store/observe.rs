@@ -1,0 +1,575 @@
+//! One record → at most one update of the store.
+//!
+//! Pure: reads one OCSF JSON object as the agent renders it (CONTRACT
+//! section 3) and says what it adds to the store:
+//! - a connection attempt (class 4001, `unmapped.tiergate.kind`
+//!   `connection`) with a destination: one observation, keyed by
+//!   (identity class, tier, policy version, destination, port, protocol,
+//!   verdict, rule uid);
+//! - a DNS query the proxy answered (class 4003, kind `dns`): one
+//!   observation of the queried name, protocol `dns`;
+//! - a policy record (kind `policy`, action `applied` or `loaded`): the
+//!   version and the rules (`unmapped.tiergate.rules`) it put in force;
+//! - anything else (refused sockets, losses, gaps, HTTP, findings): nothing.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::identity;
+
+/// What the store keeps one row of observations for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservationKey {
+    /// The identity class (see `identity.rs`).
+    pub identity: String,
+    /// Tier name, or `host`.
+    pub tier: String,
+    /// `sha256:…` of the policy in force; empty when the record had none.
+    pub policy_version: String,
+    /// The DNS name that opened the address when known, else the address.
+    pub destination: String,
+    pub port: u16,
+    /// `tcp`, `udp` or `dns` (a query of the name `destination`).
+    pub protocol: String,
+    /// `allow`, `deny` or `audit-deny`.
+    pub verdict: String,
+    /// `unmapped.tiergate.rule.uid` of the rule that allowed it; empty when
+    /// none (denials, loopback, older agents).
+    pub rule_uid: String,
+}
+
+/// How often and when something was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub count: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+impl Seen {
+    /// `count` sightings at `time_ms`.
+    pub fn at(time_ms: u64, count: u64) -> Seen {
+        Seen {
+            count,
+            first_ms: time_ms,
+            last_ms: time_ms,
+        }
+    }
+
+    /// Adds `other`: counts add, the window widens.
+    pub fn merge(&mut self, other: Seen) {
+        self.count += other.count;
+        self.first_ms = self.first_ms.min(other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+    }
+}
+
+/// The workload behind an observation, for the identity inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub node: String,
+    /// `unmapped.tiergate.workload.owner` (a string, or compact JSON of
+    /// whatever else it is).
+    pub owner: Option<String>,
+    /// Connection attempts this record stands for (0 for a DNS query).
+    pub attempts: u64,
+    /// `unmapped.tiergate.policy.name`.
+    pub policy_name: String,
+}
+
+/// A rule of a policy version, as policy records list them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RuleRef {
+    pub uid: String,
+    pub tier: String,
+    pub index: u32,
+}
+
+/// A policy version seen in force, with its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySighting {
+    pub version: String,
+    pub name: String,
+    pub time_ms: u64,
+    pub rules: Vec<RuleRef>,
+}
+
+/// What one record adds to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    Traffic {
+        key: ObservationKey,
+        seen: Seen,
+        who: Sighting,
+    },
+    Policy(PolicySighting),
+}
+
+/// Why a line could not be read as a record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ObserveError {
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("a {kind} record without {field}")]
+    Missing {
+        kind: &'static str,
+        field: &'static str,
+    },
+}
+
+#[derive(Deserialize)]
+struct Rec<'a> {
+    class_uid: Option<u32>,
+    time: Option<u64>,
+    count: Option<u64>,
+    #[serde(borrow)]
+    connection_info: Option<ConnInfo<'a>>,
+    #[serde(borrow)]
+    dst_endpoint: Option<Endpoint<'a>>,
+    #[serde(borrow)]
+    device: Option<Device<'a>>,
+    #[serde(borrow)]
+    query: Option<Query<'a>>,
+    #[serde(borrow)]
+    unmapped: Option<Unmapped<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ConnInfo<'a> {
+    #[serde(borrow)]
+    protocol_name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Endpoint<'a> {
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+struct Device<'a> {
+    #[serde(borrow)]
+    hostname: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Query<'a> {
+    #[serde(borrow)]
+    hostname: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Unmapped<'a> {
+    #[serde(borrow)]
+    tiergate: Option<Tiergate<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Tiergate<'a> {
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    verdict: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tier: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    fqdn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    rule: Option<Rule<'a>>,
+    #[serde(borrow)]
+    policy: Option<Policy<'a>>,
+    #[serde(borrow)]
+    workload: Option<Workload<'a>>,
+    rules: Option<Vec<RuleRef>>,
+}
+
+#[derive(Deserialize)]
+struct Rule<'a> {
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Policy<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    version: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Workload<'a> {
+    #[serde(borrow)]
+    spiffe_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service_account: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    systemd_unit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cgroup_path: Option<Cow<'a, str>>,
+    owner: Option<serde_json::Value>,
+}
+
+fn text<'a>(v: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
+    v.as_deref()
+}
+
+/// Reads one record (one OCSF JSON object) and says what it adds.
+pub fn observe(line: &[u8]) -> Result<Option<Update>, ObserveError> {
+    let rec: Rec<'_> = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return Err(ObserveError::NotJson(e.to_string())),
+    };
+    let Some(tg) = rec.unmapped.as_ref().and_then(|u| u.tiergate.as_ref()) else {
+        return Ok(None);
+    };
+    let kind = text(&tg.kind).unwrap_or("");
+    match (rec.class_uid, kind) {
+        (Some(4001), "connection") => traffic(&rec, tg, "connection"),
+        (Some(4003), "dns") => traffic(&rec, tg, "dns"),
+        (_, "policy") if matches!(text(&tg.action), Some("applied" | "loaded")) => {
+            policy(&rec, tg).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn traffic(
+    rec: &Rec<'_>,
+    tg: &Tiergate<'_>,
+    kind: &'static str,
+) -> Result<Option<Update>, ObserveError> {
+    let missing = |field| ObserveError::Missing { kind, field };
+    let time = rec.time.ok_or(missing("time"))?;
+    let verdict = text(&tg.verdict).ok_or(missing("unmapped.tiergate.verdict"))?;
+    let dst = rec.dst_endpoint.as_ref();
+    let (destination, port, protocol) = if kind == "dns" {
+        let name = rec
+            .query
+            .as_ref()
+            .and_then(|q| text(&q.hostname))
+            .filter(|n| !n.is_empty())
+            .ok_or(missing("query.hostname"))?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        (name, dst.and_then(|d| d.port).unwrap_or(53), "dns")
+    } else {
+        let Some(dst) = dst else {
+            return Ok(None);
+        };
+        let destination = text(&tg.fqdn)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .or_else(|| text(&dst.ip).map(str::to_string))
+            .ok_or(missing("dst_endpoint.ip"))?;
+        let protocol = rec
+            .connection_info
+            .as_ref()
+            .and_then(|c| text(&c.protocol_name))
+            .ok_or(missing("connection_info.protocol_name"))?;
+        let port = dst.port.ok_or(missing("dst_endpoint.port"))?;
+        (destination, port, protocol)
+    };
+    let w = tg.workload.as_ref();
+    let identity = identity::class(
+        w.and_then(|w| text(&w.spiffe_id)),
+        w.and_then(|w| text(&w.namespace)),
+        w.and_then(|w| text(&w.service_account)),
+        w.and_then(|w| text(&w.systemd_unit)),
+        w.and_then(|w| text(&w.cgroup_path)),
+    );
+    let count = rec.count.unwrap_or(1);
+    let owner = w.and_then(|w| w.owner.as_ref()).and_then(|o| match o {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    });
+    Ok(Some(Update::Traffic {
+        key: ObservationKey {
+            identity,
+            tier: text(&tg.tier).unwrap_or("").to_string(),
+            policy_version: policy_version(tg),
+            destination,
+            port,
+            protocol: protocol.to_string(),
+            verdict: verdict.to_string(),
+            rule_uid: tg
+                .rule
+                .as_ref()
+                .and_then(|r| text(&r.uid))
+                .unwrap_or("")
+                .to_string(),
+        },
+        seen: Seen::at(time, count),
+        who: Sighting {
+            node: rec
+                .device
+                .as_ref()
+                .and_then(|d| text(&d.hostname))
+                .unwrap_or("")
+                .to_string(),
+            owner,
+            attempts: if kind == "dns" { 0 } else { count },
+            policy_name: tg
+                .policy
+                .as_ref()
+                .and_then(|p| text(&p.name))
+                .unwrap_or("")
+                .to_string(),
+        },
+    }))
+}
+
+fn policy_version(tg: &Tiergate<'_>) -> String {
+    tg.policy
+        .as_ref()
+        .and_then(|p| text(&p.version))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn policy(rec: &Rec<'_>, tg: &Tiergate<'_>) -> Result<Update, ObserveError> {
+    let missing = |field| ObserveError::Missing {
+        kind: "policy",
+        field,
+    };
+    let time = rec.time.ok_or(missing("time"))?;
+    let version = policy_version(tg);
+    if version.is_empty() {
+        return Err(missing("unmapped.tiergate.policy.version"));
+    }
+    Ok(Update::Policy(PolicySighting {
+        version,
+        name: tg
+            .policy
+            .as_ref()
+            .and_then(|p| text(&p.name))
+            .unwrap_or("")
+            .to_string(),
+        time_ms: time,
+        rules: tg.rules.clone().unwrap_or_default(),
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A connection record as `agent/src/events/ocsf.rs` renders it.
+    pub(crate) fn connection(verdict: &str, ip: &str, port: u16) -> serde_json::Value {
+        json!({
+            "class_uid": 4001, "class_name": "Network Activity", "activity_id": 1,
+            "time": 1_700_000_000_123u64, "disposition_id": 1, "disposition": "Allowed",
+            "connection_info": {"protocol_name": "tcp", "protocol_num": 6},
+            "dst_endpoint": {"ip": ip, "port": port},
+            "actor": {"process": {"pid": 42, "name": "curl", "tid": 42}, "user": {"uid": "0"}},
+            "device": {"hostname": "node-1", "type_id": 0},
+            "metadata": {"uid": "a-7", "version": "1.3.0", "product": {"name": "tiergate"}},
+            "unmapped": {"tiergate": {
+                "kind": "connection", "seq": 7, "verdict": verdict, "reason": "egress-rule",
+                "tier": "tier0", "hook": "connect4", "metadata_service": false,
+                "tier_inherited": false,
+                "policy": {"name": "p", "version": "sha256:ab"},
+                "workload": {"cgroup_id": 9, "cgroup_path": "/agents/tier0/session-4.scope"}
+            }}
+        })
+    }
+
+    fn obs(v: &serde_json::Value) -> Option<Update> {
+        observe(v.to_string().as_bytes()).expect("a valid record")
+    }
+
+    fn key(v: &serde_json::Value) -> ObservationKey {
+        match obs(v) {
+            Some(Update::Traffic { key, .. }) => key,
+            other => panic!("expected an observation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_connection_is_one_observation() {
+        let v = connection("allow", "10.0.0.1", 443);
+        let Some(Update::Traffic { key, seen, who }) = obs(&v) else {
+            panic!("no observation");
+        };
+        assert_eq!(
+            key,
+            ObservationKey {
+                identity: "cgroup:/agents/tier0/session-*.scope".into(),
+                tier: "tier0".into(),
+                policy_version: "sha256:ab".into(),
+                destination: "10.0.0.1".into(),
+                port: 443,
+                protocol: "tcp".into(),
+                verdict: "allow".into(),
+                rule_uid: String::new(),
+            }
+        );
+        assert_eq!(seen, Seen::at(1_700_000_000_123, 1));
+        assert_eq!(
+            who,
+            Sighting {
+                node: "node-1".into(),
+                owner: None,
+                attempts: 1,
+                policy_name: "p".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn identity_classes_in_order_of_preference() {
+        let mut v = connection("deny", "10.0.0.1", 443);
+        let w = &mut v["unmapped"]["tiergate"]["workload"];
+        w["systemd_unit"] = json!("backup-17.service");
+        assert_eq!(key(&v).identity, "systemd:backup-*.service");
+        let w = &mut v["unmapped"]["tiergate"]["workload"];
+        w["namespace"] = json!("agents");
+        w["service_account"] = json!("retriever");
+        assert_eq!(key(&v).identity, "k8s:agents/retriever");
+        let w = &mut v["unmapped"]["tiergate"]["workload"];
+        w["spiffe_id"] = json!("spiffe://corp.example/ns/agents/sa/retriever");
+        assert_eq!(
+            key(&v).identity,
+            "spiffe://corp.example/ns/agents/sa/retriever"
+        );
+        v["unmapped"]["tiergate"]
+            .as_object_mut()
+            .unwrap()
+            .remove("workload");
+        assert_eq!(key(&v).identity, "unknown");
+    }
+
+    #[test]
+    fn the_name_that_opened_the_address_is_the_destination() {
+        let mut v = connection("allow", "198.18.0.7", 443);
+        v["unmapped"]["tiergate"]["fqdn"] = json!("API.Example.com.");
+        v["unmapped"]["tiergate"]["rule"] = json!({"uid": "r-0123456789ab", "index": 2});
+        let k = key(&v);
+        assert_eq!(k.destination, "api.example.com");
+        assert_eq!(k.rule_uid, "r-0123456789ab");
+    }
+
+    #[test]
+    fn an_aggregated_record_counts_as_many() {
+        let mut v = connection("deny", "10.0.0.1", 443);
+        v["count"] = json!(12);
+        v["unmapped"]["tiergate"]["workload"]["owner"] =
+            json!({"kind": "Deployment", "name": "web"});
+        let Some(Update::Traffic { seen, who, .. }) = obs(&v) else {
+            panic!("no observation");
+        };
+        assert_eq!(seen.count, 12);
+        assert_eq!(who.attempts, 12);
+        assert_eq!(
+            who.owner.as_deref(),
+            Some(r#"{"kind":"Deployment","name":"web"}"#)
+        );
+    }
+
+    #[test]
+    fn dns_queries_are_observations_of_the_name() {
+        let v = json!({
+            "class_uid": 4003, "time": 5, "query": {"hostname": "api.example.com", "type": "A"},
+            "connection_info": {"protocol_name": "udp"},
+            "dst_endpoint": {"ip": "10.0.0.53", "port": 53},
+            "device": {"hostname": "n"},
+            "unmapped": {"tiergate": {"kind": "dns", "verdict": "deny", "tier": "t",
+                "policy": {"version": "sha256:1"}, "workload": {"cgroup_path": "/a"}}}
+        });
+        let Some(Update::Traffic { key, who, .. }) = obs(&v) else {
+            panic!("no observation");
+        };
+        assert_eq!(
+            (key.destination.as_str(), key.port, key.protocol.as_str()),
+            ("api.example.com", 53, "dns")
+        );
+        assert_eq!(key.verdict, "deny");
+        assert_eq!(who.attempts, 0);
+    }
+
+    #[test]
+    fn policy_records_carry_their_rules() {
+        let v = json!({
+            "class_uid": 0, "time": 9, "device": {"hostname": "n"},
+            "unmapped": {"tiergate": {"kind": "policy", "action": "applied", "seq": 1,
+                "policy": {"name": "p", "version": "sha256:2"},
+                "rules": [{"tier": "t", "index": 0, "uid": "r-000000000001"}]}}
+        });
+        assert_eq!(
+            obs(&v),
+            Some(Update::Policy(PolicySighting {
+                version: "sha256:2".into(),
+                name: "p".into(),
+                time_ms: 9,
+                rules: vec![RuleRef {
+                    uid: "r-000000000001".into(),
+                    tier: "t".into(),
+                    index: 0
+                }],
+            }))
+        );
+        // Older agents: no rules yet, the version alone.
+        let mut old = v.clone();
+        old["unmapped"]["tiergate"]
+            .as_object_mut()
+            .unwrap()
+            .remove("rules");
+        assert!(matches!(obs(&old), Some(Update::Policy(p)) if p.rules.is_empty()));
+        let mut rejected = v;
+        rejected["unmapped"]["tiergate"]["action"] = json!("rejected");
+        assert_eq!(obs(&rejected), None);
+    }
+
+    #[test]
+    fn other_records_make_nothing() {
+        let socket = {
+            let mut v = connection("deny", "1.1.1.1", 1);
+            v["unmapped"]["tiergate"]["kind"] = json!("socket");
+            v.as_object_mut().unwrap().remove("dst_endpoint");
+            v
+        };
+        let loss = json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {"kind": "loss", "count": 3}}});
+        let gap = json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {"kind": "gap"}}});
+        let http =
+            json!({"class_uid": 4002, "time": 1, "unmapped": {"tiergate": {"kind": "http"}}});
+        let foreign = json!({"class_uid": 4001, "time": 1});
+        for v in [socket, loss, gap, http, foreign] {
+            assert_eq!(obs(&v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        assert!(matches!(
+            observe(b"not json"),
+            Err(ObserveError::NotJson(_))
+        ));
+        assert!(matches!(
+            observe(b"\"a string\""),
+            Err(ObserveError::NotJson(_))
+        ));
+        assert!(matches!(
+            observe(b"{\"time\": -1}"),
+            Err(ObserveError::NotJson(_))
+        ));
+        let mut v = connection("allow", "10.0.0.1", 1);
+        v.as_object_mut().unwrap().remove("time");
+        assert_eq!(
+            observe(v.to_string().as_bytes()),
+            Err(ObserveError::Missing {
+                kind: "connection",
+                field: "time"
+            })
+        );
+        let mut v = connection("allow", "10.0.0.1", 1);
+        v["unmapped"]["tiergate"]["verdict"] = json!(7);
+        assert!(observe(v.to_string().as_bytes()).is_err());
+    }
+}
