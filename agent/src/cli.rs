@@ -27,6 +27,8 @@ pub enum Command {
     Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
+    /// Least privilege from evidence: granted vs used per identity, and a proposed tighter policy.
+    Advise(Box<crate::commands::advise::AdviseArgs>),
 }
 
 /// `tiergate collector`: the collector's own flags, then the log format every

@@ -61,6 +61,7 @@ fn main() {
         }
         Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),
+        Command::Advise(args) => commands::advise::run(&args),
     };
     std::process::exit(code);
 }

@@ -1,5 +1,7 @@
-//! One-shot subcommands: `policy check`, `policy explain`, `inventory`, `uninstall`.
+//! One-shot subcommands: `policy check`, `policy explain`, `inventory`,
+//! `uninstall`, `advise`.
 
+pub mod advise;
 pub mod agent_client;
 pub mod explain;
 pub mod inventory;
