@@ -190,7 +190,7 @@ mod tests {
     const FULL: &str = r#"apiVersion: tiergate.io/v1alpha1
 kind: TierPolicy
 metadata:
-  name: "full: example # not a comment"
+  name: full-example
 spec:
   trustDomain: corp.example
   mode: audit

@@ -30,8 +30,8 @@ use std::io;
 
 pub use file::{DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 pub use spec::parse_sink;
-pub use syslog_frame::push_timestamp;
 pub use syslog::{DEFAULT_APP_NAME, DEFAULT_SYSLOG_TLS_PORT};
+pub use syslog_frame::push_timestamp;
 
 /// Where records go. Implementations are driven by one thread.
 pub trait Sink: Send {
