@@ -16,17 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agent_common::{
-    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
-    REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE,
-    REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
-    VERDICT_ALLOW, VERDICT_AUDIT_DENY,
+    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, REASON_DNS_UNSERVED, REASON_FQDN,
+    REASON_METADATA_UNFILTERED, SocketEvent, VERDICT_ALLOW,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::decode::{self, KernelEvent};
+use super::names::{hook_str, reason_str, verdict_str};
 use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 use super::sinks::{RecordMeta, Sink};
 use crate::identity::cgroupfs;
@@ -550,41 +548,6 @@ fn process_info(h: &agent_common::EventHeader) -> ProcessInfo {
     }
 }
 
-pub fn verdict_str(v: u8) -> &'static str {
-    match v {
-        VERDICT_ALLOW => "allow",
-        VERDICT_AUDIT_DENY => "audit-deny",
-        _ => "deny",
-    }
-}
-
-pub fn reason_str(r: u8) -> &'static str {
-    match r {
-        REASON_LOOPBACK => "loopback",
-        REASON_EGRESS_RULE => "egress-rule",
-        REASON_NO_MATCHING_RULE => "no-matching-rule",
-        REASON_METADATA_SERVICE => "metadata-service",
-        REASON_HOST => "host",
-        REASON_SOCKET_TYPE => "socket-type",
-        REASON_FQDN => "fqdn",
-        REASON_DNS_UNSERVED => "dns-unserved",
-        REASON_DNS_PROXY_PORT => "dns-proxy-port",
-        REASON_METADATA_PROXY => "metadata-proxy",
-        REASON_METADATA_UNFILTERED => "metadata-unfiltered",
-        _ => "unknown",
-    }
-}
-
-fn hook_str(h: u8) -> &'static str {
-    match h {
-        HOOK_CONNECT4 => "connect4",
-        HOOK_CONNECT6 => "connect6",
-        HOOK_SENDMSG4 => "sendmsg4",
-        HOOK_SENDMSG6 => "sendmsg6",
-        _ => "unknown",
-    }
-}
-
 /// A clock's reading in nanoseconds.
 pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     // SAFETY: clock_gettime fills the timespec we own.
@@ -607,17 +570,6 @@ pub fn now_epoch_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_the_contract_strings() {
-        assert_eq!(verdict_str(VERDICT_ALLOW), "allow");
-        assert_eq!(verdict_str(agent_common::VERDICT_DENY), "deny");
-        assert_eq!(verdict_str(VERDICT_AUDIT_DENY), "audit-deny");
-        assert_eq!(reason_str(REASON_EGRESS_RULE), "egress-rule");
-        assert_eq!(reason_str(REASON_NO_MATCHING_RULE), "no-matching-rule");
-        assert_eq!(reason_str(REASON_METADATA_SERVICE), "metadata-service");
-        assert_eq!(reason_str(REASON_LOOPBACK), "loopback");
-    }
 
     #[test]
     fn boot_clock_offset_gives_now() {
