@@ -5,6 +5,8 @@ pub mod loss_log;
 pub mod names;
 pub mod ocsf;
 pub mod ocsf_dns;
+pub mod ocsf_finding;
 pub mod ocsf_http;
 pub mod pipeline;
+pub mod probing;
 pub mod sinks;

@@ -33,6 +33,7 @@ use crate::metrics::{EventLabels, Metrics};
 use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
+mod findings;
 mod losses;
 mod proxy_records;
 
@@ -177,6 +178,8 @@ pub struct WriterConfig {
     /// The cgroup hierarchy and the watched root, to name a cgroup the
     /// control loop has not reported yet.
     pub cgroups: (cgroupfs::CgroupFs, std::path::PathBuf),
+    /// Probing detection's window and thresholds.
+    pub probing: super::probing::Config,
 }
 
 /// The writer: enrichment, sequence numbers, rendering, loss records.
@@ -190,6 +193,7 @@ pub struct Writer {
     boot_to_epoch_ns: i128,
     buf: Vec<u8>,
     acct: accounting::Accounting,
+    probing: findings::Probing,
 }
 
 /// Writer inputs.
@@ -232,6 +236,7 @@ impl Writer {
         let acct = accounting::Accounting::start(&io.kernel, ring, spool.then_some(cfg.start_seq));
         Self {
             acct,
+            probing: findings::Probing::new(&cfg),
             dns: None,
             loss_log: Default::default(),
             seq: cfg.start_seq,
@@ -267,6 +272,7 @@ impl Writer {
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
                 _ = &mut inputs.stop => break,
                 _ = tick.tick() => {
+                    self.probe_tick();
                     self.report_losses();
                     self.flush();
                     continue;
@@ -277,6 +283,7 @@ impl Writer {
         }
         // Stopping: what is queued is written, losses reported, sinks flushed.
         while self.drain(&mut inputs, BATCH) == BATCH {}
+        self.probe_stop();
         self.report_losses();
         self.flush();
     }
@@ -475,6 +482,9 @@ impl Writer {
             time_ms: env.time,
         };
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
+        if let Some(dst) = dst {
+            self.probe(j, dst, &tier, &workload);
+        }
     }
 
     /// Writes an agent-level record (policy loaded or rejected, loss);
