@@ -76,6 +76,7 @@ pub enum Key {
 }
 
 impl Key {
+    /// `sweep` or `scan`.
     pub fn kind(&self) -> &'static str {
         match self {
             Key::Sweep(_) => "sweep",
@@ -100,6 +101,7 @@ pub enum Activity {
 }
 
 impl Activity {
+    /// `create`, `update` or `close` (the metric's label).
     pub fn name(self) -> &'static str {
         match self {
             Activity::Create => "create",
@@ -121,6 +123,7 @@ pub enum End {
 }
 
 impl End {
+    /// `quiet`, `evicted` or `agent-stopped` (`probing.end`).
     pub fn as_str(self) -> &'static str {
         match self {
             End::Quiet => "quiet",
@@ -240,7 +243,6 @@ fn decrement<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: K) {
 pub struct Detector<C> {
     cfg: Config,
     window_ms: u64,
-    update_ms: u64,
     workloads: BTreeMap<u64, Workload<C>>,
     /// Pairs of all workloads.
     pairs: usize,
@@ -249,11 +251,11 @@ pub struct Detector<C> {
 }
 
 impl<C: Clone> Detector<C> {
+    /// A detector with nothing tracked.
     pub fn new(cfg: Config) -> Self {
         Detector {
             cfg,
             window_ms: cfg.window.as_millis() as u64,
-            update_ms: cfg.update_interval().as_millis() as u64,
             workloads: BTreeMap::new(),
             pairs: 0,
             serial: 0,
@@ -261,6 +263,7 @@ impl<C: Clone> Detector<C> {
         }
     }
 
+    /// Its window and thresholds.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -291,7 +294,7 @@ impl<C: Clone> Detector<C> {
             self.evict_quietest(cgroup_id, out);
         }
         while self.pairs >= MAX_TOTAL_PAIRS && self.evict_quietest(cgroup_id, out) {}
-        let (window_ms, update_ms, cfg) = (self.window_ms, self.update_ms, self.cfg);
+        let (window_ms, cfg) = (self.window_ms, self.cfg);
         let w = self
             .workloads
             .entry(cgroup_id)
@@ -333,18 +336,7 @@ impl<C: Clone> Detector<C> {
                 if o.samples.len() < MAX_SAMPLES {
                     o.samples.push(dst);
                 }
-                if o.peak > o.reported && now >= o.reported_at + update_ms {
-                    o.reported = o.peak;
-                    o.reported_at = now;
-                    out.push(Self::record(
-                        Activity::Update,
-                        cgroup_id,
-                        key,
-                        o,
-                        &w.ctx,
-                        cfg,
-                    ));
-                }
+                Self::update_if_due(cfg, cgroup_id, key, o, &w.ctx, now, out);
             } else if count >= threshold {
                 self.serial += 1;
                 let mut covered: Vec<(u64, Pair)> = (w.pairs.iter())
@@ -383,26 +375,32 @@ impl<C: Clone> Detector<C> {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Finding<C>>) {
         let now = now_ms.max(self.now);
         self.now = now;
-        let (window_ms, update_ms, cfg) = (self.window_ms, self.update_ms, self.cfg);
+        let (window_ms, cfg) = (self.window_ms, self.cfg);
         for (&cgroup_id, w) in &mut self.workloads {
             self.pairs -= Self::expire(w, cgroup_id, now, window_ms, cfg, out);
             for (key, o) in &mut w.open {
-                if o.peak > o.reported && now >= o.reported_at + update_ms {
-                    o.reported = o.peak;
-                    o.reported_at = now;
-                    out.push(Self::record(
-                        Activity::Update,
-                        cgroup_id,
-                        *key,
-                        o,
-                        &w.ctx,
-                        cfg,
-                    ));
-                }
+                Self::update_if_due(cfg, cgroup_id, *key, o, &w.ctx, now, out);
             }
         }
         self.workloads
             .retain(|_, w| !w.pairs.is_empty() || !w.open.is_empty());
+    }
+
+    /// An Update when `o` has grown and its update interval has passed.
+    fn update_if_due(
+        cfg: Config,
+        cgroup_id: u64,
+        key: Key,
+        o: &mut Open,
+        ctx: &C,
+        now: u64,
+        out: &mut Vec<Finding<C>>,
+    ) {
+        if o.peak > o.reported && now >= o.reported_at + cfg.update_interval().as_millis() as u64 {
+            o.reported = o.peak;
+            o.reported_at = now;
+            out.push(Self::record(Activity::Update, cgroup_id, key, o, ctx, cfg));
+        }
     }
 
     /// Pairs last attempted a window ago or more leave it; findings with no
