@@ -1,7 +1,8 @@
 //! Probing detection on the real kernel (issue 13): a workload whose
 //! connects are denied to many distinct destinations in a window raises one
 //! Detection Finding (created, updated while it grows, closed when quiet),
-//! and every deny is still reported; below the thresholds, nothing.
+//! and every deny is still reported; below the thresholds, nothing; an
+//! audit tier's would-be denies count too.
 //!
 //! Every destination is inside the fixture's network namespace: its `lo`
 //! takes 10.40.0.0/16 as local addresses, so even if enforcement broke, no
@@ -19,6 +20,13 @@ const T0_WEB: &str = r#"      egress:
         - cidrs: ["10.20.0.0/16"]
           ports: ["80"]
           protocols: [tcp]"#;
+
+/// An audit tier: what it would deny is let through and reported
+/// `audit-deny`, and counts for probing too.
+const STAGING: &str = r#"
+    - name: staging
+      mode: audit
+      egress: []"#;
 
 /// A 3 s window (Updates at most every second), sweeps from 10 hosts, scans
 /// from 8 ports.
@@ -101,7 +109,12 @@ fn many_distinct_denies_raise_one_finding_and_few_raise_none() {
             "lo",
         ],
     );
-    f.start_agent_with(&policy(&f.cg_path.clone(), T0_WEB), FLAGS);
+    let root = f.cg_path.clone();
+    let p = policy(&root, &format!("{T0_WEB}{STAGING}")).replace(
+        "  bindings:\n",
+        &format!("  bindings:\n    - tier: staging\n      match:\n        cgroupPath: \"{root}/staging/**\"\n"),
+    );
+    f.start_agent_with(&p, FLAGS);
 
     // Below both thresholds: 9 hosts on port 80, 7 ports on one host.
     let mut quiet: Vec<String> = (1..=9).map(|n| format!("10.40.0.{n}:80")).collect();
@@ -238,4 +251,30 @@ fn many_distinct_denies_raise_one_finding_and_few_raise_none() {
     assert_eq!(metric("create"), 1);
     assert_eq!(metric("update"), count(2));
     assert_eq!(metric("close"), 1);
+
+    // Audit-denies count: 10 hosts from a staging workload (let through,
+    // refused by the namespace's empty ports) raise a sweep there too.
+    f.known_cgroup("staging/tool");
+    let staged: Vec<String> = (1..=10).map(|n| format!("10.40.2.{n}:443")).collect();
+    let mut args = vec!["connect"];
+    args.extend(staged.iter().map(String::as_str));
+    for r in f.probe("staging/tool", &args) {
+        assert_eq!(r, "ECONNREFUSED", "audit lets it through to a closed port");
+    }
+    let staging_path = f.cg("staging/tool");
+    let created = f.wait_event("a sweep from the audit tier", |e| {
+        is_finding(e) && tg(e)["workload"]["cgroup_path"] == staging_path.as_str()
+    });
+    assert_eq!(created["activity_id"], 1);
+    assert_eq!(tg(&created)["tier"], "staging");
+    assert_eq!(tg(&created)["probing"]["port"], 443);
+    let audited = f
+        .events()
+        .iter()
+        .filter(|e| {
+            tg(e)["verdict"] == "audit-deny"
+                && tg(e)["workload"]["cgroup_path"] == staging_path.as_str()
+        })
+        .count();
+    assert_eq!(audited, 10, "every audit-deny reported");
 }
