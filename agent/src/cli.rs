@@ -120,6 +120,18 @@ pub struct AgentArgs {
     /// name for it). Connected from the agent's own network namespace.
     #[arg(long, value_name = "URL", default_value = "http://169.254.169.254:80", value_parser = parse_upstream)]
     pub metadata_upstream: std::net::SocketAddr,
+    /// Probing detection: distinct denied destinations are counted over the
+    /// last DURATION (whole seconds, 1s to 1d).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_probe_window)]
+    pub probe_window: std::time::Duration,
+    /// Distinct denied hosts on one port within the window that raise a
+    /// sweep finding (0: sweeps are not detected).
+    #[arg(long, value_name = "N", default_value_t = 25, value_parser = parse_probe_threshold)]
+    pub probe_hosts: u32,
+    /// Distinct denied ports on one host within the window that raise a
+    /// scan finding (0: scans are not detected).
+    #[arg(long, value_name = "N", default_value_t = 15, value_parser = parse_probe_threshold)]
+    pub probe_ports: u32,
     /// Collector to stream events to: `https://HOST:PORT` (mTLS; needs the
     /// --tls-* files and --spool).
     #[arg(long, value_name = "URL", requires_all = ["tls_ca", "tls_cert", "tls_key"])]
@@ -151,6 +163,31 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         return Err(format!("{v} is not a power of two of at least 4096"));
     }
     Ok(v)
+}
+
+/// `--probe-window`: the product's duration syntax, whole seconds from 1s
+/// to 1d (findings report the window in seconds).
+fn parse_probe_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = s.parse::<crate::duration::Span>()?.get();
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400) {
+        return Err(format!("{s}: give a window from 1s to 1d"));
+    }
+    if d.subsec_millis() != 0 {
+        return Err(format!("{s}: give whole seconds (e.g. 2s)"));
+    }
+    Ok(d)
+}
+
+/// `--probe-hosts`, `--probe-ports`: 0 (off) or 2 to the distinct
+/// destinations the detector tracks per workload.
+fn parse_probe_threshold(s: &str) -> Result<u32, String> {
+    let max = crate::events::probing::MAX_PAIRS as u32;
+    match s.parse::<u32>() {
+        Ok(n) if n == 0 || (2..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s}: give 0 (off) or a count from 2 to {max} (the distinct denied destinations tracked per workload)"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +301,29 @@ pub fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
         ));
     }
     Ok(addr)
+}
+
+#[cfg(test)]
+mod probe_flag_tests {
+    use std::time::Duration;
+
+    use super::{parse_probe_threshold, parse_probe_window};
+
+    #[test]
+    fn probe_flags() {
+        assert_eq!(parse_probe_window("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_probe_window("3s"), Ok(Duration::from_secs(3)));
+        for bad in ["500ms", "1500ms", "0s", "2d", "5", "five"] {
+            assert!(parse_probe_window(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_probe_threshold("0"), Ok(0));
+        assert_eq!(parse_probe_threshold("25"), Ok(25));
+        assert_eq!(parse_probe_threshold("4096"), Ok(4096));
+        for bad in ["1", "4097", "-1", "x"] {
+            let e = parse_probe_threshold(bad).expect_err(bad);
+            assert!(e.contains("0 (off) or a count from 2 to 4096"), "{e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,14 @@ pub struct EventLabels {
     pub tier: String,
 }
 
+/// Labels of probing findings: `sweep` or `scan`; `create`, `update` or
+/// `close`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub kind: String,
+    pub activity: String,
+}
+
 /// Labels naming a pipeline stage.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
@@ -54,6 +62,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub events: Family<EventLabels, Counter>,
     pub events_lost: Family<StageLabels, Counter>,
+    /// Probing findings written (Detection Finding records).
+    pub findings: Family<FindingLabels, Counter>,
     pub kernel_verdicts: Family<VerdictLabels, Gauge<u64, AtomicU64>>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge>,
@@ -102,6 +112,12 @@ impl Metrics {
             "events_lost",
             "Events lost, by pipeline stage (each loss is also reported as a loss event)",
             events_lost.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "findings",
+            "Probing finding records written, by kind (sweep, scan) and activity (create, update, close)",
+            findings.clone(),
         );
         let kernel_verdicts = Family::<VerdictLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
@@ -263,6 +279,7 @@ impl Metrics {
             pod_watch_relists,
             events,
             events_lost,
+            findings,
             kernel_verdicts,
             policy_reloads,
             policy_info,

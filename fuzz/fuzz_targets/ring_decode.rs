@@ -10,7 +10,7 @@ use tiergate::events::decode::{DecodeError, KernelEvent, comm, decode, destinati
 use tiergate::events::ocsf::{
     Envelope, ProcessInfo, SocketInfo, Verdict, Workload, network_activity,
 };
-use tiergate::events::pipeline::{reason_str, verdict_str};
+use tiergate::events::names::{reason_str, verdict_str};
 
 fn bytes_of<T>(v: &T) -> &[u8] {
     // SAFETY: the event structs are #[repr(C)] integer-only Pod types.

@@ -79,6 +79,11 @@ pub(super) async fn start(
             instance,
             start_seq,
             cgroups,
+            probing: crate::events::probing::Config {
+                window: args.probe_window,
+                hosts: args.probe_hosts,
+                ports: args.probe_ports,
+            },
         },
         WriterIo {
             state: shared.state.clone(),

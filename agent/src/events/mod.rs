@@ -2,8 +2,11 @@
 
 pub mod decode;
 pub mod loss_log;
+pub mod names;
 pub mod ocsf;
 pub mod ocsf_dns;
+pub mod ocsf_finding;
 pub mod ocsf_http;
 pub mod pipeline;
+pub mod probing;
 pub mod sinks;

@@ -16,17 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agent_common::{
-    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, HOOK_CONNECT4, HOOK_CONNECT6,
-    HOOK_SENDMSG4, HOOK_SENDMSG6, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
-    REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE,
-    REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, SocketEvent,
-    VERDICT_ALLOW, VERDICT_AUDIT_DENY,
+    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
+    REASON_FQDN, REASON_METADATA_UNFILTERED, SocketEvent, VERDICT_ALLOW,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::decode::{self, KernelEvent};
+use super::names::{hook_str, reason_str, verdict_str};
 use super::ocsf::{self, Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 use super::sinks::{RecordMeta, Sink};
 use crate::identity::cgroupfs;
@@ -37,6 +35,7 @@ use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
 mod attribution;
+mod findings;
 mod losses;
 mod proxy_records;
 
@@ -181,6 +180,8 @@ pub struct WriterConfig {
     /// The cgroup hierarchy and the watched root, to name a cgroup the
     /// control loop has not reported yet.
     pub cgroups: (cgroupfs::CgroupFs, std::path::PathBuf),
+    /// Probing detection's window and thresholds.
+    pub probing: super::probing::Config,
 }
 
 /// The writer: enrichment, sequence numbers, rendering, loss records.
@@ -196,6 +197,7 @@ pub struct Writer {
     acct: accounting::Accounting,
     /// Which rule allowed a connection.
     rules: attribution::Attribution,
+    probing: findings::Probing,
 }
 
 /// Writer inputs.
@@ -238,6 +240,7 @@ impl Writer {
         let acct = accounting::Accounting::start(&io.kernel, ring, spool.then_some(cfg.start_seq));
         Self {
             acct,
+            probing: findings::Probing::new(&cfg),
             dns: None,
             loss_log: Default::default(),
             seq: cfg.start_seq,
@@ -274,6 +277,7 @@ impl Writer {
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
                 _ = &mut inputs.stop => break,
                 _ = tick.tick() => {
+                    self.probe_tick();
                     self.report_losses();
                     self.flush();
                     continue;
@@ -284,6 +288,7 @@ impl Writer {
         }
         // Stopping: what is queued is written, losses reported, sinks flushed.
         while self.drain(&mut inputs, BATCH) == BATCH {}
+        self.probe_stop();
         self.report_losses();
         self.flush();
     }
@@ -498,6 +503,9 @@ impl Writer {
             time_ms: env.time,
         };
         Self::emit(&mut self.io.sinks, &meta, &self.buf);
+        if let Some(dst) = dst {
+            self.probe(j, dst, &tier, &workload);
+        }
     }
 
     /// Writes an agent-level record (policy loaded or rejected, loss);
@@ -571,41 +579,6 @@ fn process_info(h: &agent_common::EventHeader) -> ProcessInfo {
     }
 }
 
-pub fn verdict_str(v: u8) -> &'static str {
-    match v {
-        VERDICT_ALLOW => "allow",
-        VERDICT_AUDIT_DENY => "audit-deny",
-        _ => "deny",
-    }
-}
-
-pub fn reason_str(r: u8) -> &'static str {
-    match r {
-        REASON_LOOPBACK => "loopback",
-        REASON_EGRESS_RULE => "egress-rule",
-        REASON_NO_MATCHING_RULE => "no-matching-rule",
-        REASON_METADATA_SERVICE => "metadata-service",
-        REASON_HOST => "host",
-        REASON_SOCKET_TYPE => "socket-type",
-        REASON_FQDN => "fqdn",
-        REASON_DNS_UNSERVED => "dns-unserved",
-        REASON_DNS_PROXY_PORT => "dns-proxy-port",
-        REASON_METADATA_PROXY => "metadata-proxy",
-        REASON_METADATA_UNFILTERED => "metadata-unfiltered",
-        _ => "unknown",
-    }
-}
-
-fn hook_str(h: u8) -> &'static str {
-    match h {
-        HOOK_CONNECT4 => "connect4",
-        HOOK_CONNECT6 => "connect6",
-        HOOK_SENDMSG4 => "sendmsg4",
-        HOOK_SENDMSG6 => "sendmsg6",
-        _ => "unknown",
-    }
-}
-
 /// A clock's reading in nanoseconds.
 pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
     // SAFETY: clock_gettime fills the timespec we own.
@@ -628,17 +601,6 @@ pub fn now_epoch_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_the_contract_strings() {
-        assert_eq!(verdict_str(VERDICT_ALLOW), "allow");
-        assert_eq!(verdict_str(agent_common::VERDICT_DENY), "deny");
-        assert_eq!(verdict_str(VERDICT_AUDIT_DENY), "audit-deny");
-        assert_eq!(reason_str(REASON_EGRESS_RULE), "egress-rule");
-        assert_eq!(reason_str(REASON_NO_MATCHING_RULE), "no-matching-rule");
-        assert_eq!(reason_str(REASON_METADATA_SERVICE), "metadata-service");
-        assert_eq!(reason_str(REASON_LOOPBACK), "loopback");
-    }
 
     #[test]
     fn boot_clock_offset_gives_now() {
