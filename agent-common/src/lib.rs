@@ -38,9 +38,10 @@ pub mod map_names {
     pub const LEARNED: &str = "TG_LEARNED";
     pub const FQDN_PORTS: &str = "TG_FQDN_PORTS";
     pub const GUARD: &str = "TG_GUARD";
-    pub const ALL: [&str; 12] = [
+    pub const GRANTS: &str = "TG_GRANTS";
+    pub const ALL: [&str; 13] = [
         CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED, DNS_NETNS, DNS_ORIG, LEARNED,
-        FQDN_PORTS, GUARD,
+        FQDN_PORTS, GUARD, GRANTS,
     ];
 }
 
@@ -75,6 +76,28 @@ pub struct Config {
 /// A policy is loaded; before that every program allows (and reports nothing),
 /// so that loading the object alone never changes the node.
 pub const CONFIG_F_POLICY_LOADED: u32 = 1;
+
+/// Elevation grants exist: the programs look a known cgroup up in
+/// `TG_GRANTS` (a bit test and nothing more while there are none).
+pub const CONFIG_F_GRANTS: u32 = 1 << 1;
+
+/// `TG_GRANTS[cgroup_id]`: a time-boxed elevation. Until `expires_ns` the
+/// cgroup is judged by `tier[generation]` instead of its own tier; after it,
+/// by its own again, whether or not an agent runs to remove the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The tier granted, per generation ([`GRANT_NO_TIER`]: the policy of
+    /// that generation has no such tier, so nothing is granted in it).
+    pub tier: [u32; GENERATIONS],
+    /// `bpf_ktime_get_boot_ns()` at which the grant ends.
+    pub expires_ns: u64,
+    /// The grant's id (user space's), for diagnostics.
+    pub id: u64,
+}
+
+/// `Grant::tier` of a generation whose policy lacks the granted tier.
+pub const GRANT_NO_TIER: u32 = u32::MAX;
 
 /// `TG_CGROUPS[cgroup_id]`: the tier of a known cgroup, per generation.
 #[repr(C)]
@@ -312,6 +335,8 @@ pub const CONNECT_F_METADATA: u32 = 1;
 pub const CONNECT_F_V4MAPPED: u32 = 1 << 1;
 /// The tier came from an ancestor: user space had not learned this cgroup.
 pub const CONNECT_F_INHERITED: u32 = 1 << 2;
+/// The attempt was judged by an elevation grant's tier (`TG_GRANTS`).
+pub const CONNECT_F_ELEVATED: u32 = 1 << 3;
 
 /// A judged connect()/sendmsg() (`EVENT_CONNECT`).
 #[repr(C)]
@@ -535,6 +560,7 @@ mod pod {
     // padding, so every bit pattern is valid and there are no holes.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for CgroupTier {}
+    unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for TierConfig {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for PortRange {}

@@ -4,9 +4,10 @@
 //! independent of the number of rules and of workloads.
 
 use agent_common::{
-    CONFIG_F_POLICY_LOADED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED,
-    CgroupTier, Config, ConnectEvent, DNS_PORT, EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey,
-    GENERATIONS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned, LearnedKey,
+    CONFIG_F_GRANTS, CONFIG_F_POLICY_LOADED, CONNECT_F_ELEVATED, CONNECT_F_INHERITED,
+    CONNECT_F_METADATA, CONNECT_F_V4MAPPED, CgroupTier, Config, ConnectEvent, DNS_PORT,
+    EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey, GENERATIONS, GRANT_NO_TIER, Grant,
+    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned, LearnedKey,
     MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS, OrigDst, PROTO_TCP,
     PROTO_UDP, PortSet, ProxyGuard, ProxyNetns, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED,
     REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY,
@@ -51,6 +52,11 @@ static TG_CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "TG_CGROUPS")]
 static TG_CGROUPS: HashMap<u64, CgroupTier> = HashMap::pinned(65536, 0);
+
+/// Elevations in force (user space writes; pinned, so a grant ends on time
+/// while no agent runs).
+#[map(name = "TG_GRANTS")]
+static TG_GRANTS: HashMap<u64, Grant> = HashMap::pinned(4096, 0);
 
 #[map(name = "TG_TIERS")]
 static TG_TIERS: Array<TierConfig> = Array::pinned(MAX_TIERS * GENERATIONS as u32, 0);
@@ -108,6 +114,8 @@ struct Resolved {
     tier: u32,
     generation: u32,
     inherited: bool,
+    /// The tier is an elevation grant's.
+    elevated: bool,
 }
 
 /// Finds the calling task's tier. `None` when no policy is loaded.
@@ -123,12 +131,27 @@ fn resolve() -> Option<Resolved> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only read; user space writes whole entries.
     if let Some(entry) = unsafe { TG_CGROUPS.get(&cgroup) } {
-        return Some(Resolved {
+        let mut r = Resolved {
             cgroup,
             tier: entry.tier[g],
             generation,
             inherited: false,
-        });
+            elevated: false,
+        };
+        // Only known cgroups are elevated: a cgroup the agent has not seen
+        // yet keeps its inherited (never elevated) tier.
+        if cfg.flags & CONFIG_F_GRANTS != 0 {
+            // SAFETY: read only; user space writes whole entries.
+            if let Some(grant) = unsafe { TG_GRANTS.get(&cgroup) } {
+                let t = grant.tier[g];
+                // SAFETY: plain helper call.
+                if t != GRANT_NO_TIER && unsafe { bpf_ktime_get_boot_ns() } < grant.expires_ns {
+                    r.tier = t;
+                    r.elevated = true;
+                }
+            }
+        }
+        return Some(r);
     }
     // Not known yet (created after user space last looked): take the nearest
     // known ancestor's verdict for unknown descendants. A cgroup with no
@@ -153,6 +176,7 @@ fn resolve() -> Option<Resolved> {
         tier,
         generation,
         inherited: true,
+        elevated: false,
     })
 }
 
@@ -459,6 +483,9 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     if r.inherited {
         flags |= CONNECT_F_INHERITED;
+    }
+    if r.elevated {
+        flags |= CONNECT_F_ELEVATED;
     }
     let port = u16::from_be(port_be as u16);
     let udp = protocol == IPPROTO_UDP || (protocol != IPPROTO_TCP && sock_type == SOCK_DGRAM);

@@ -60,7 +60,9 @@ impl Control {
             described.iter().map(|(id, _, v)| (*id, *v)).collect();
         let describe_us = describing.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let stats = self.sync.swap(compiled, &entries)?;
+        let stats = self.sync.swap(compiled, &entries, |name| {
+            policy.tier_index(name).map(|i| i as u32)
+        })?;
         let swap_us = started.elapsed().as_micros() as u64;
         let old = std::mem::replace(&mut self.policy, policy.clone());
         self.state.activate(stats.generation, policy.clone());

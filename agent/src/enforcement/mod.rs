@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod bpffs;
+pub mod grants;
 pub mod loader;
 pub mod sync;
 pub mod uninstall;

@@ -20,8 +20,8 @@
 use std::collections::HashMap as StdHashMap;
 
 use agent_common::{
-    CONFIG_F_POLICY_LOADED, CgroupTier, Config, FqdnKey, GENERATIONS, MAX_TIERS, PortSet,
-    RULE_KEY_FIXED_BITS, RuleKey, TIER_HOST, TierConfig, map_names, tier_slot,
+    CONFIG_F_GRANTS, CONFIG_F_POLICY_LOADED, CgroupTier, Config, FqdnKey, GENERATIONS, MAX_TIERS,
+    PortSet, RULE_KEY_FIXED_BITS, RuleKey, TIER_HOST, TierConfig, map_names, tier_slot,
 };
 use aya::Ebpf;
 use aya::maps::lpm_trie::Key;
@@ -29,6 +29,7 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError};
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::batch;
+use super::grants::GrantMap;
 
 use crate::policy::names::CompiledName;
 use crate::policy::{Compiled, CompiledRule, TierRef};
@@ -46,7 +47,7 @@ pub enum SyncError {
     },
 }
 
-fn map_err(map: &'static str) -> impl Fn(MapError) -> SyncError {
+pub(super) fn map_err(map: &'static str) -> impl Fn(MapError) -> SyncError {
     move |source| SyncError::Map { map, source }
 }
 
@@ -81,6 +82,8 @@ pub struct MapSync {
     rules_in: [Option<RuleSet>; GENERATIONS],
     /// Tier flags each generation of `TG_TIERS` holds, when known.
     tiers_in: [Option<Vec<u32>>; GENERATIONS],
+    /// `TG_GRANTS`: elevations in force.
+    pub grants: GrantMap,
 }
 
 /// One generation's `TG_RULES`, sorted as the compiler sorts it.
@@ -172,6 +175,7 @@ impl MapSync {
         };
         let rules = take(ebpf, map_names::RULES)?;
         let names = take(ebpf, map_names::FQDN_PORTS)?;
+        let grants = GrantMap::new(take(ebpf, map_names::GRANTS)?);
         // A re-adopted map set carries the previous agent's generation.
         let current = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
         let mut me = Self {
@@ -185,6 +189,7 @@ impl MapSync {
             written: StdHashMap::new(),
             rules_in: [None, None],
             tiers_in: [None, None],
+            grants,
         };
         for (id, entry) in me.cgroups.iter().flatten() {
             me.written.insert(id, entry);
@@ -207,10 +212,13 @@ impl MapSync {
 
     /// Installs a compiled policy and the cgroups' tiers under it atomically.
     /// `cgroups` gives every known cgroup's verdicts under the new policy.
+    /// `tier_of` names the new policy's tiers (for elevation grants, kept
+    /// by tier name).
     pub fn swap(
         &mut self,
         compiled: &Compiled,
         cgroups: &[(u64, CgroupVerdicts)],
+        tier_of: impl Fn(&str) -> Option<u32>,
     ) -> Result<SwapStats, SyncError> {
         let next = 1 - self.active_gen;
         let n = next as usize;
@@ -263,6 +271,7 @@ impl MapSync {
                 self.write_cgroup(*id, entry)?;
             }
         }
+        self.grants.prepare(next, tier_of)?;
         let mut cfg = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
         cfg.default_tier[n] = compiled.default_tier;
         cfg.active_gen = next;
@@ -307,6 +316,24 @@ impl MapSync {
                     .insert(*k, *ports, 0)
                     .map_err(map_err(map_names::FQDN_PORTS))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Sets `CONFIG_F_GRANTS` to whether any elevation is in force: set
+    /// before an entry is first read, cleared after the last is removed.
+    pub fn write_grants_flag(&mut self) -> Result<(), SyncError> {
+        let mut cfg = self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        let want = if self.grants.any() {
+            cfg.flags | CONFIG_F_GRANTS
+        } else {
+            cfg.flags & !CONFIG_F_GRANTS
+        };
+        if want != cfg.flags {
+            cfg.flags = want;
+            self.config
+                .set(0, cfg, 0)
+                .map_err(map_err(map_names::CONFIG))?;
         }
         Ok(())
     }
