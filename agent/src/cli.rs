@@ -27,6 +27,8 @@ pub enum Command {
     Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
+    /// Time-boxed tier elevation: grant (to a pod, cgroup or SPIFFE ID), list, revoke.
+    Elevate(Box<crate::commands::elevate::ElevateArgs>),
     /// Least privilege from evidence: granted vs used per identity, and a proposed tighter policy.
     Advise(Box<crate::commands::advise::AdviseArgs>),
 }
@@ -67,6 +69,16 @@ pub struct AgentArgs {
     /// Tier policy file; re-read on change and on SIGHUP.
     #[arg(long)]
     pub policy: PathBuf,
+    /// Unix socket (mode 0600) on which the agent takes elevation grants.
+    #[arg(long, value_name = "PATH", default_value = crate::commands::elevate::DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+    /// Where elevation grants are kept across restarts.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/tiergate/grants.json"
+    )]
+    pub grants_file: PathBuf,
     /// Also write every event as one JSON object per line to FILE (`-` = stdout).
     #[arg(long, value_name = "FILE")]
     pub events: Option<String>,

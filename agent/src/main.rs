@@ -62,6 +62,7 @@ fn main() {
         Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),
         Command::Advise(args) => commands::advise::run(&args),
+        Command::Elevate(args) => commands::elevate::run(&args),
     };
     std::process::exit(code);
 }

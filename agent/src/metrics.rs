@@ -69,6 +69,8 @@ pub struct Metrics {
     pub policy_info: Family<PolicyLabels, Gauge>,
     pub policy_rules: Gauge,
     pub cgroups_known: Gauge,
+    /// Elevation grants in force on this node.
+    pub elevations_active: Gauge,
     pub decode_errors: Counter,
     pub programs_attached: Gauge,
     /// 1 when every program is attached and a policy is in force (what
@@ -148,6 +150,12 @@ impl Metrics {
             "cgroups_known",
             "Cgroups in the kernel's cgroup → tier map",
             cgroups_known.clone(),
+        );
+        let elevations_active = Gauge::default();
+        registry.register(
+            "elevations_active",
+            "Elevation grants in force on this node",
+            elevations_active.clone(),
         );
         let decode_errors = Counter::default();
         registry.register(
@@ -285,6 +293,7 @@ impl Metrics {
             policy_info,
             policy_rules,
             cgroups_known,
+            elevations_active,
             decode_errors,
             programs_attached,
             ready,

@@ -53,6 +53,9 @@ pub struct NodeState {
     slots: RwLock<HashMap<u32, Vec<u64>>>,
     generations: RwLock<[Option<Arc<Policy>>; GENERATIONS]>,
     active: AtomicU32,
+    /// Elevation grants in force, per cgroup (what records made under one
+    /// carry).
+    elevations: RwLock<HashMap<u64, Arc<crate::elevation::grant::Tag>>>,
 }
 
 impl NodeState {
@@ -129,6 +132,16 @@ impl NodeState {
             .collect();
         v.sort_by(|a, b| a.1.path.cmp(&b.1.path));
         v
+    }
+
+    /// Replaces the grants in force per cgroup.
+    pub fn set_elevations(&self, m: HashMap<u64, Arc<crate::elevation::grant::Tag>>) {
+        *self.elevations.write().expect("lock") = m;
+    }
+
+    /// The grant `cgroup` is elevated by, if any.
+    pub fn elevation(&self, cgroup: u64) -> Option<Arc<crate::elevation::grant::Tag>> {
+        self.elevations.read().expect("lock").get(&cgroup).cloned()
     }
 
     /// Records the policy written to `generation` and that it is now active.

@@ -287,6 +287,11 @@ impl Fixture {
         p
     }
 
+    /// The agent's `--admin-socket` (elevation grants).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// Where [`Fixture::write_policy`] writes (the agent's `--policy`).
     pub fn policy_path(&self) -> PathBuf {
         self.dir.join("policy.yaml")
@@ -315,6 +320,17 @@ impl Fixture {
         } else {
             &["--admin-addr", &default_admin]
         };
+        // This test's own admin socket and grants file (tests run in
+        // parallel; the defaults are the node's).
+        let socket = format!("--admin-socket={}", self.admin_socket().display());
+        let grants = format!("--grants-file={}", self.dir.join("grants.json").display());
+        let mut own: Vec<&str> = Vec::new();
+        if !extra.iter().any(|a| a.starts_with("--admin-socket")) {
+            own.push(&socket);
+        }
+        if !extra.iter().any(|a| a.starts_with("--grants-file")) {
+            own.push(&grants);
+        }
         let log = std::fs::File::create(self.dir.join("agent.log")).expect("log");
         let child = Command::new(tiergate_bin())
             .arg("agent")
@@ -328,6 +344,7 @@ impl Fixture {
             .arg(self.events_path())
             .args(admin)
             .args(["--node-name", "test-node"])
+            .args(&own)
             .args(extra)
             .env("TIERGATE_LOG", "info,tiergate=debug")
             .stdout(Stdio::null())

@@ -325,6 +325,7 @@ impl World {
             format!("--cgroup-root=/sys/fs/cgroup/{}", rel.display()),
             format!("--bpffs={}", f.bpffs.display()),
             format!("--admin-addr=127.0.0.1:{port}"),
+            "--grants-file=/var/lib/tiergate/grants/grants.json".into(),
             "--log-format=json".into(),
             "--node-name=test-node".into(),
         ];
@@ -346,7 +347,20 @@ impl World {
             ),
             "--volume=/sys/fs/bpf:/sys/fs/bpf:rslave".into(),
             format!("--volume={}:/sys/fs/cgroup:ro", cgroup2_mount().display()),
+            // The admin socket and the grants, as the DaemonSet mounts them.
+            format!("--volume={}:/run/tiergate", self.dir("run").display()),
+            format!(
+                "--volume={}:/var/lib/tiergate/grants",
+                self.dir("grants").display()
+            ),
         ]
+    }
+
+    /// A directory of this test's, created.
+    fn dir(&self, name: &str) -> std::path::PathBuf {
+        let d = self.f.dir.join(name);
+        std::fs::create_dir_all(&d).expect("test dir");
+        d
     }
 
     /// `podman run` arguments: security flags, mounts, image, agent args.

@@ -18,6 +18,8 @@ use crate::identity::watch::CgroupChange;
 pub(super) struct Inputs {
     pub cgroups: mpsc::UnboundedReceiver<CgroupChange>,
     pub pods: mpsc::UnboundedReceiver<PodChange>,
+    /// Elevation requests from the admin socket.
+    pub admin: mpsc::Receiver<crate::elevation::admin::AdminRequest>,
 }
 
 /// Watches the policy file and the signals, then hands every input to
@@ -34,6 +36,9 @@ pub(super) async fn run(
     let mut int = signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_interval.max(1)));
     rescan.tick().await;
+    // Grants ending: the kernel stops honouring them on its own; this
+    // removes the entries, reports the end and closes what they opened.
+    let mut expiry = tokio::time::interval(Duration::from_millis(250));
     // When to hand memory freed by reloads back to the kernel.
     let mut trim_at: Option<Instant> = None;
     loop {
@@ -53,6 +58,10 @@ pub(super) async fn run(
                 control::release_freed_memory();
             }
             _ = rescan.tick() => control.scan(),
+            Some((op, by, reply)) = inputs.admin.recv() => {
+                let _ = reply.send(control.admin(op, by));
+            }
+            _ = expiry.tick() => control.expire_grants(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -108,6 +108,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shared.metrics.clone(),
         event_path.records.clone(),
         args.policy.clone(),
+        args.grants_file.clone(),
     );
     let pods = watch_pods(&args, &hostname, &shared.metrics).await?;
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
@@ -118,17 +119,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shared.metrics.clone(),
     );
 
+    control.load_grants();
+    let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
+    let admin = crate::elevation::admin::bind(&args.admin_socket)?;
+    let _admin_task = AbortOnDrop(tokio::spawn(crate::elevation::admin::serve(
+        admin,
+        args.admin_socket.clone(),
+        admin_tx,
+    )));
+
     control_loop::run(
         &mut control,
         &args,
         control_loop::Inputs {
             cgroups: cgroup_changes,
             pods: pods.changes,
+            admin: admin_rx,
         },
     )
     .await?;
     shutdown(event_path, control).await;
     Ok(())
+}
+
+/// Aborts a task when dropped (the admin socket stops with the agent).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The start's policy, read and compiled before anything is loaded.

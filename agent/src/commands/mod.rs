@@ -3,6 +3,7 @@
 
 pub mod advise;
 pub mod agent_client;
+pub mod elevate;
 pub mod explain;
 pub mod inventory;
 pub mod policy_check;

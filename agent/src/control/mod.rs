@@ -7,6 +7,7 @@
 //! watch), `reload.rs` (policy files).
 
 mod cgroups;
+pub mod elevation;
 mod pods;
 mod reload;
 
@@ -77,6 +78,8 @@ pub struct Control {
     pub pods: PodStore,
     /// Pod cgroup uid → its cgroup directories.
     pub by_pod: HashMap<String, HashSet<PathBuf>>,
+    /// Elevation grants.
+    pub elevation: elevation::Elevations,
 }
 
 impl Control {
@@ -90,6 +93,7 @@ impl Control {
         metrics: Arc<Metrics>,
         records: mpsc::UnboundedSender<AgentRecord>,
         policy_path: PathBuf,
+        grants_file: PathBuf,
     ) -> Self {
         Self {
             cgfs,
@@ -104,6 +108,7 @@ impl Control {
             last_rejected: None,
             pods: PodStore::default(),
             by_pod: HashMap::new(),
+            elevation: elevation::Elevations::new(grants_file),
         }
     }
 }

@@ -26,5 +26,6 @@ impl Control {
                 self.add(d);
             }
         }
+        self.apply_grants();
     }
 }

@@ -69,6 +69,10 @@ impl Control {
         for (id, info, _) in described {
             self.state.set_workload(id, info);
         }
+        // Grants the new policy no longer allows end; the rest follow the
+        // workloads' new tiers.
+        self.recheck_grants("policy");
+        self.apply_grants();
         self.metrics.policy_info.clear();
         self.metrics
             .policy_info

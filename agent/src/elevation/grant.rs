@@ -102,6 +102,34 @@ pub struct Grant {
     pub granted_by: Principal,
 }
 
+/// What every event made under a grant carries
+/// (`unmapped.tiergate.elevation`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tag {
+    pub id: String,
+    pub ticket: String,
+    pub reason: String,
+    pub granted_by: String,
+    /// Epoch milliseconds.
+    pub expires: u64,
+    pub from: String,
+    pub to: String,
+}
+
+impl Tag {
+    pub fn of(g: &Grant) -> Tag {
+        Tag {
+            id: g.id.clone(),
+            ticket: g.ticket.clone(),
+            reason: g.reason.clone(),
+            granted_by: g.granted_by.id.clone(),
+            expires: g.expires_ms,
+            from: g.from.clone(),
+            to: g.to.clone(),
+        }
+    }
+}
+
 /// What a caller asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {

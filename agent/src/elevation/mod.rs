@@ -3,5 +3,7 @@
 //! opened when it ends. The kernel side is `enforcement/grants.rs`; the
 //! control task applies grants to cgroups (`control/elevation.rs`).
 
+pub mod admin;
 pub mod grant;
+pub mod protocol;
 pub mod store;
