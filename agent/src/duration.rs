@@ -26,7 +26,7 @@ impl Span {
     }
 
     /// From whole milliseconds.
-    pub fn from_millis(ms: u64) -> Span {
+    pub const fn from_millis(ms: u64) -> Span {
         Span(Duration::from_millis(ms))
     }
 }

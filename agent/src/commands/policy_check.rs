@@ -66,6 +66,14 @@ pub fn run(file: &Path) -> i32 {
         );
     }
     println!("bindings: {}", p.bindings.len());
+    if p.elevation.is_empty() {
+        println!("elevations: none");
+    } else {
+        println!("elevations ({}):", p.elevation.len());
+        for e in &p.elevation {
+            println!("  {}", p.describe_elevation(e));
+        }
+    }
     println!("kernel prefix entries: {}", compiled.rules.len());
     if let Some(dns) = &p.dns {
         let resolvers: Vec<String> = dns.resolvers.iter().map(|r| r.to_string()).collect();

@@ -616,6 +616,7 @@ mod tests {
             tiers: Vec::new(),
             bindings: Vec::new(),
             dns: None,
+            elevation: Vec::new(),
             version: String::new(),
         };
         for t in 0..tiers {

@@ -8,6 +8,7 @@
 // Submodules are public for path imports; the re-exports below are the API.
 pub mod assign;
 pub mod compile;
+pub mod elevation;
 pub mod explain;
 pub mod explain_names;
 pub mod fqdn;
@@ -27,8 +28,9 @@ pub use compile::{CompileError, Compiled, CompiledRule, MAX_RULES};
 pub use explain::{Decision, Proto, Reason, Verdict, is_loopback, is_metadata_endpoint};
 pub use glob::{Coverage, Glob, MAX_GLOB_SEGMENTS};
 pub use model::{
-    API_VERSION, Binding, DEFAULT_TRUST_DOMAIN, EgressRule, HOST_TIER_NAME, KIND, Match,
-    MetadataAccess, Mode, Policy, Protocols, Tier, normalize_addr, normalize_net,
+    API_VERSION, Binding, DEFAULT_TRUST_DOMAIN, EgressRule, Elevation, HOST_TIER_NAME, KIND,
+    MAX_ELEVATION, Match, MetadataAccess, Mode, Policy, Protocols, Tier, normalize_addr,
+    normalize_net,
 };
 pub use parse::{PolicyError, PolicyErrors, load, parse_str};
 pub use rule_id::{RuleRef, rule_uid};

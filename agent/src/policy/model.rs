@@ -27,6 +27,9 @@ pub const KIND: &str = "TierPolicy";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Name events use for cgroups that are not enforced; no tier may take it.
 pub const HOST_TIER_NAME: &str = "host";
+/// The longest `maxDuration` of an elevation: access needed for longer than
+/// a week is a policy edit (a binding), not a break-glass grant.
+pub const MAX_ELEVATION: Span = Span::from_millis(7 * 86_400_000);
 
 /// A validated tier policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +51,11 @@ pub struct Policy {
     /// policies without it did not change when it was added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsSettings>,
+    /// `spec.elevation`: the elevations that may be granted. Absent from
+    /// the canonical form when empty, so versions of policies without it
+    /// did not change when it was added.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub elevation: Vec<Elevation>,
     /// `sha256:` + hex of the canonical form. Derived from the other fields,
     /// so it is not part of the canonical form itself.
     #[serde(skip)]
@@ -199,6 +207,20 @@ impl Default for Protocols {
             udp: true,
         }
     }
+}
+
+/// One entry of `spec.elevation`: a workload in tier `from` may be granted
+/// tier `to` for at most `max_duration`. Tiers are indexes into
+/// `Policy::tiers`, like a binding's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Elevation {
+    /// The tier the workload is in without the grant.
+    pub from: usize,
+    /// The tier it is judged by while the grant lasts.
+    pub to: usize,
+    /// The longest grant: more than 0s, at most [`MAX_ELEVATION`].
+    #[serde(rename = "maxDuration")]
+    pub max_duration: Span,
 }
 
 /// A binding: workloads matching `matcher` are in tier `tier`.

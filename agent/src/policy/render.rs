@@ -179,6 +179,14 @@ pub fn to_yaml(p: &Policy, c: &Comments) -> String {
             let _ = writeln!(out, "        spiffeId: {}", q(s.as_str()));
         }
     }
+    if !p.elevation.is_empty() {
+        let _ = writeln!(out, "  elevation:");
+    }
+    for e in &p.elevation {
+        let _ = writeln!(out, "    - from: {}", q(&p.tiers[e.from].name));
+        let _ = writeln!(out, "      to: {}", q(&p.tiers[e.to].name));
+        let _ = writeln!(out, "      maxDuration: {}", e.max_duration);
+    }
     out
 }
 
@@ -230,6 +238,11 @@ spec:
     - tier: t0
       match:
         cgroupPath: "/system.slice/*.service"
+  elevation:
+    - from: t0
+      to: t1
+      maxDuration: 90m
+    - {from: t1, to: t0, maxDuration: 7d}
 "#;
 
     #[test]
@@ -243,6 +256,11 @@ spec:
         let back = parse_str(&text, "back.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(back, p, "{text}");
         assert_eq!(back.version, p.version);
+        assert_eq!(back.elevation.len(), 2);
+        assert!(
+            text.ends_with("  elevation:\n    - from: \"t0\"\n      to: \"t1\"\n      maxDuration: 90m\n    - from: \"t1\"\n      to: \"t0\"\n      maxDuration: 7d\n"),
+            "{text}"
+        );
         assert!(
             text.contains("        # used 3 times\n        - fqdns:"),
             "{text}"
@@ -254,7 +272,9 @@ spec:
     fn minimal_policy_reads_back() {
         let src = "apiVersion: tiergate.io/v1alpha1\nkind: TierPolicy\nmetadata:\n  name: m\nspec:\n  defaultTier: a\n  tiers:\n    - name: a\n";
         let p = parse_str(src, "m.yaml").unwrap();
-        let back = parse_str(&to_yaml(&p, &Comments::default()), "b.yaml").unwrap();
+        let text = to_yaml(&p, &Comments::default());
+        let back = parse_str(&text, "b.yaml").unwrap();
         assert_eq!(back.version, p.version);
+        assert!(!text.contains("elevation"), "{text}");
     }
 }

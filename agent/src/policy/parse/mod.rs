@@ -9,7 +9,7 @@
 //! The walk follows the document, one file per part: `document` (apiVersion,
 //! kind, metadata) hands `spec` to `spec`, which reads its own keys and hands
 //! its lists to `tiers` (each tier's `egress` list to `egress`) and
-//! `bindings`, and `spec.dns` to `dns`; a tier's `metadata` goes to
+//! `bindings`, `spec.dns` to `dns` and `spec.elevation` to `elevation`; a tier's `metadata` goes to
 //! `metadata`. `fields` holds the typed readers every part uses, `walker` the
 //! error collection they all report to.
 
@@ -23,6 +23,7 @@ mod bindings;
 mod dns;
 mod document;
 mod egress;
+mod elevation;
 mod errors;
 mod fields;
 mod metadata;
@@ -145,5 +146,7 @@ fn keep_inside(src: &str, errors: &mut [PolicyError]) {
 
 #[cfg(test)]
 mod dns_tests;
+#[cfg(test)]
+mod elevation_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! `spec`: its keys, trustDomain, mode and defaultTier, with the tiers and bindings handed to their readers.
+//! `spec`: its keys, trustDomain, mode and defaultTier, with the tiers, bindings, dns and elevation handed to their readers.
 
 use super::dns::first_fqdns_key;
 use super::tiers::TierNames;
@@ -13,6 +13,7 @@ const SPEC_KEYS: &[&str] = &[
     "tiers",
     "bindings",
     "dns",
+    "elevation",
 ];
 
 fn is_trust_domain(s: &str) -> bool {
@@ -68,6 +69,11 @@ impl Walker<'_> {
             Some(n) => self.bindings(n, KeyPath::At("spec.bindings"), &names),
         };
 
+        let elevation = match f.get("elevation") {
+            None => Some(Vec::new()),
+            Some(n) => self.elevation(n, &names),
+        };
+
         let dns = match f.get("dns") {
             Some(n) => self.dns(n).map(Some),
             None => match f.get("tiers").and_then(first_fqdns_key) {
@@ -90,6 +96,7 @@ impl Walker<'_> {
             tiers: tiers?,
             bindings: bindings?,
             dns: dns?,
+            elevation: elevation?,
             version: String::new(),
         })
     }

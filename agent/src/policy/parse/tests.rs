@@ -239,7 +239,7 @@ fn malformed_inputs_report_position_and_fix() {
             "unknown spec key with suggestion",
             with_spec("  defaultTier: a\n", "  defaultTier: a\n  defaultTeir: a\n"),
             vec![
-                "policy.yaml:7:3: spec.defaultTeir: unknown key (did you mean \"defaultTier\"? allowed keys: trustDomain, mode, defaultTier, tiers, bindings, dns)",
+                "policy.yaml:7:3: spec.defaultTeir: unknown key (did you mean \"defaultTier\"? allowed keys: trustDomain, mode, defaultTier, tiers, bindings, dns, elevation)",
             ],
         ),
         (
