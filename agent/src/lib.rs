@@ -9,6 +9,7 @@ pub mod commands;
 pub mod control;
 pub mod dns;
 pub mod duration;
+pub mod elevation;
 pub mod enforcement;
 pub mod events;
 pub mod export;

@@ -1,0 +1,3 @@
+//! Time-boxed tier elevation (issue 14).
+
+pub mod sockets;
