@@ -312,7 +312,9 @@ impl DiagSocket {
             if e.kind() == io::ErrorKind::WouldBlock {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("the kernel did not answer a sock_diag request within {RECV_TIMEOUT:?}"),
+                    format!(
+                        "the kernel did not answer a sock_diag request within {RECV_TIMEOUT:?}"
+                    ),
                 ));
             }
             return Err(e);
@@ -327,7 +329,9 @@ impl DiagSocket {
             for family in [libc::AF_INET, libc::AF_INET6] {
                 let what = format!("{proto}/{}", family_name(family));
                 self.send(&dump_request(seq, family as u8, proto))
-                    .map_err(|e| annotate(e, &format!("sending the sock_diag dump of {what} sockets")))?;
+                    .map_err(|e| {
+                        annotate(e, &format!("sending the sock_diag dump of {what} sockets"))
+                    })?;
                 let full = self
                     .collect(seq, proto, cgroups, &mut out)
                     .map_err(|e| annotate(e, &format!("the sock_diag dump of {what} sockets")))?;
@@ -401,9 +405,9 @@ impl DiagSocket {
                     libc::EPERM => Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
                         format!(
-                            "SOCK_DESTROY of {s} was refused (EPERM): closing another process's \
-                             socket needs CAP_NET_ADMIN in the user namespace that owns its network \
-                             namespace; give the agent CAP_NET_ADMIN"
+                            "SOCK_DESTROY of {s} was refused (EPERM): closing a socket needs \
+                             CAP_NET_ADMIN in the user namespace that owns its network namespace \
+                             (CAP_SYS_ADMIN does not stand in for it); give the agent CAP_NET_ADMIN"
                         ),
                     )),
                     libc::EOPNOTSUPP => Err(io::Error::new(
@@ -415,7 +419,10 @@ impl DiagSocket {
                     )),
                     errno => {
                         let e = io::Error::from_raw_os_error(errno);
-                        Err(io::Error::new(e.kind(), format!("SOCK_DESTROY of {s} failed: {e}")))
+                        Err(io::Error::new(
+                            e.kind(),
+                            format!("SOCK_DESTROY of {s} failed: {e}"),
+                        ))
                     }
                 };
             }
