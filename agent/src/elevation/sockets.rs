@@ -10,16 +10,17 @@
 //! It lists the namespace's TCP and connected UDP sockets with a
 //! `SOCK_DIAG_BY_FAMILY` dump (one per address family and protocol) and
 //! closes each one it must with `SOCK_DESTROY` naming the socket's exact
-//! 4-tuple and cookie (`CONFIG_INET_DIAG_DESTROY`, Linux 4.5 for TCP, 4.9 for UDP; TCP through
-//! `tcp_abort`, UDP through `udp_abort`). The alternative, a BPF socket
-//! iterator calling the `bpf_sock_destroy` kfunc (6.5), is not open to us:
-//! aya-ebpf cannot declare or call kfuncs, and the iterator would add a
-//! program type, a load and an attach for an event that happens once per
-//! grant. sock_diag needs nothing loaded, is what `ss -K` uses, and returns
-//! per socket what the agent reports (5-tuple, state, inode, cookie).
+//! 4-tuple and cookie (`CONFIG_INET_DIAG_DESTROY`, Linux 4.5 for TCP, 4.9 for
+//! UDP; TCP through `tcp_abort`, UDP through `udp_abort`). The alternative, a
+//! BPF socket iterator calling the `bpf_sock_destroy` kfunc (6.5), is not
+//! open to us: aya-ebpf cannot declare or call kfuncs, and the iterator would
+//! add a program type, a load and an attach for an event that happens once
+//! per grant. sock_diag needs nothing loaded, is what `ss -K` uses, and
+//! returns per socket what the agent reports (5-tuple, state, inode, cookie).
 //!
 //! The cgroup of each socket comes from the `INET_DIAG_CGROUP_ID` attribute
-//! (Linux 5.9, 2020; checked on this project's 6.18 by the e2e test): the kernel adds it to every inet_diag message when built with
+//! (Linux 5.9, 2020; checked on this project's 6.18 by the e2e test): the
+//! kernel adds it to every inet_diag message when built with
 //! `CONFIG_SOCK_CGROUP_DATA` (every cgroup-v2 kernel); it cannot be asked for
 //! through `idiag_ext`, whose 8 bits end at `INET_DIAG_SHUTDOWN`. A kernel
 //! that does not send it is reported as an error, never read as "no match".
