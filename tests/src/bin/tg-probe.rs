@@ -6,6 +6,7 @@
 //!   tg-probe [--cgroup DIR] [--netns NAME] socket raw|packet|ping|sctp
 //!   tg-probe [--cgroup DIR] [--netns NAME] serve ADDR:PORT...
 //!   tg-probe [--cgroup DIR] hold
+//!   tg-probe [--cgroup DIR] [--netns NAME] hold-conns [udp:]ADDR:PORT...
 //!   tg-probe [--netns NAME] dns-serve ADDR:PORT ZONEFILE LOGFILE
 //!   tg-probe [--netns NAME] imds-serve ADDR:PORT [--log FILE]
 //!   tg-probe [--cgroup DIR] [--netns NAME] exec CMD ARGS...
@@ -29,6 +30,12 @@
 //! connect right after its lookup, and prints `ok N eperm N other N`.
 //!
 //! `connect` prints one line per target: `ok` or the errno name (EPERM, ...).
+//!
+//! `hold-conns` opens a TCP connection (a connected UDP socket with `udp:`)
+//! to each target, prints `ready` and keeps them open; for each line read
+//! on stdin it checks every one in order and prints one line of results,
+//! `ok` or an errno name: TCP sends a byte and reads its echo, UDP reads
+//! the socket's pending error (`SO_ERROR`). It exits when stdin closes.
 //!
 //!   tg-probe [--cgroup DIR] [--netns NAME] loop RATE SECS MODE:ADDR:PORT...
 //!
@@ -56,6 +63,10 @@ fn errno_name(e: &std::io::Error) -> String {
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::ENOTCONN) => "ENOTCONN".into(),
         Some(libc::EPROTONOSUPPORT) => "errno93".into(),
         Some(n) => format!("errno{n}"),
         None => format!("{e}"),
@@ -128,6 +139,71 @@ fn attempt_loop(args: &[String]) {
     }
     for (t, [ok, eperm, other]) in args[2..].iter().zip(tally) {
         println!("{t} ok {ok} eperm {eperm} other {other}");
+    }
+}
+
+/// A held connection of `hold-conns`.
+enum Held {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+impl Held {
+    fn open(target: &str) -> std::io::Result<Held> {
+        if let Some(t) = target.strip_prefix("udp:") {
+            let addr: SocketAddr = t.parse().expect("udp:ADDR:PORT");
+            let bind = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.connect(addr)?;
+            Ok(Held::Udp(s))
+        } else {
+            let addr: SocketAddr = target.parse().expect("ADDR:PORT");
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(Held::Tcp(s))
+        }
+    }
+
+    fn check(&mut self) -> String {
+        let r = match self {
+            Held::Tcp(s) => s.write_all(b"p").and_then(|()| {
+                let mut b = [0u8; 1];
+                match s.read(&mut b)? {
+                    1 => Ok(()),
+                    _ => Err(std::io::Error::from_raw_os_error(libc::EPIPE)),
+                }
+            }),
+            Held::Udp(s) => match s.take_error() {
+                Ok(None) => s.peer_addr().map(drop),
+                Ok(Some(e)) | Err(e) => Err(e),
+            },
+        };
+        match r {
+            Ok(()) => "ok".into(),
+            Err(e) => errno_name(&e),
+        }
+    }
+}
+
+/// `hold-conns TARGET...`: see the module doc.
+fn hold_conns(targets: &[String]) {
+    let mut held: Vec<Held> = targets
+        .iter()
+        .map(|t| Held::open(t).unwrap_or_else(|e| panic!("hold-conns {t}: {e}")))
+        .collect();
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for line in std::io::stdin().lines() {
+        if line.is_err() {
+            break;
+        }
+        let r: Vec<String> = held.iter_mut().map(Held::check).collect();
+        println!("{}", r.join(" "));
+        let _ = std::io::stdout().flush();
     }
 }
 
@@ -420,6 +496,7 @@ fn main() {
                 }
             }
         }
+        Some("hold-conns") => hold_conns(&args[1..]),
         Some("hold") => {
             println!("ready");
             let _ = std::io::stdout().flush();

@@ -250,7 +250,7 @@ fn tier_report(
         })
         .map(|o| dest(o))
         .collect();
-    outside.sort_by(|a, b| b.count.cmp(&a.count));
+    outside.sort_by_key(|d| std::cmp::Reverse(d.count));
     TierReport {
         tier: name.to_string(),
         identities: members.len(),

@@ -54,6 +54,8 @@ fn window(days: u64) -> Window {
     }
 }
 
+// One argument per column of the row the fixtures spell out.
+#[allow(clippy::too_many_arguments)]
 fn obs(
     identity: &str,
     tier: &str,
