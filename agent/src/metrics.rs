@@ -71,6 +71,8 @@ pub struct Metrics {
     pub cgroups_known: Gauge,
     /// Elevation grants in force on this node.
     pub elevations_active: Gauge,
+    /// Connections closed when the grant they were opened under ended.
+    pub elevation_sockets_closed: Counter,
     pub decode_errors: Counter,
     pub programs_attached: Gauge,
     /// 1 when every program is attached and a policy is in force (what
@@ -156,6 +158,12 @@ impl Metrics {
             "elevations_active",
             "Elevation grants in force on this node",
             elevations_active.clone(),
+        );
+        let elevation_sockets_closed = Counter::default();
+        registry.register(
+            "elevation_sockets_closed",
+            "Connections closed when the elevation grant they were opened under ended",
+            elevation_sockets_closed.clone(),
         );
         let decode_errors = Counter::default();
         registry.register(
@@ -294,6 +302,7 @@ impl Metrics {
             policy_rules,
             cgroups_known,
             elevations_active,
+            elevation_sockets_closed,
             decode_errors,
             programs_attached,
             ready,

@@ -21,6 +21,11 @@
 //!
 //! Both also let the agent leave a container's own cgroup namespace for the
 //! node's (`identity::cgroupfs::join_node_cgroup_namespace`).
+//! - `CAP_NET_ADMIN`: when an elevation grant ends, the connections it
+//!   opened to destinations the workload's own tier does not allow are
+//!   closed with sock_diag `SOCK_DESTROY` (`elevation/sockets.rs`), which the
+//!   kernel allows only with CAP_NET_ADMIN (`sock_diag_destroy`);
+//!   CAP_SYS_ADMIN does not stand in for it there.
 //! - `CAP_SYS_RESOURCE`, only before Linux 5.11 and only when the hard
 //!   `RLIMIT_MEMLOCK` is not already unlimited: BPF maps and programs were
 //!   charged to that limit until 5.11 (memory cgroup since), and the agent
@@ -28,6 +33,7 @@
 
 use std::path::Path;
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -50,6 +56,11 @@ pub const SYS_PTRACE: Capability = Capability {
     bit: CAP_SYS_PTRACE,
     name: "CAP_SYS_PTRACE",
     why: "to open other processes' /proc/<pid>/ns/*: workloads' network namespaces for the DNS and metadata proxies, the node's cgroup namespace",
+};
+pub const NET_ADMIN: Capability = Capability {
+    bit: CAP_NET_ADMIN,
+    name: "CAP_NET_ADMIN",
+    why: "to close the connections an elevation grant opened when it ends (sock_diag SOCK_DESTROY)",
 };
 pub const SYS_RESOURCE: Capability = Capability {
     bit: CAP_SYS_RESOURCE,
@@ -127,7 +138,7 @@ pub enum PreflightError {
 /// The capabilities `tiergate agent` needs on `kernel` (unknown: a current
 /// kernel), given the hard RLIMIT_MEMLOCK (`None`: unlimited).
 pub fn needed_capabilities(kernel: Option<Kernel>, memlock_hard: Option<u64>) -> Vec<Capability> {
-    let mut needed = vec![SYS_ADMIN, SYS_PTRACE];
+    let mut needed = vec![SYS_ADMIN, SYS_PTRACE, NET_ADMIN];
     if needs_memlock(kernel) && memlock_hard.is_some() {
         needed.push(SYS_RESOURCE);
     }
@@ -290,24 +301,27 @@ mod tests {
     fn the_set_per_kernel() {
         assert_eq!(
             needed_capabilities(K618, Some(8 << 20)),
-            vec![SYS_ADMIN, SYS_PTRACE]
+            vec![SYS_ADMIN, SYS_PTRACE, NET_ADMIN]
         );
         // An unreadable release is taken for a current kernel.
         assert_eq!(
             needed_capabilities(None, Some(0)),
-            vec![SYS_ADMIN, SYS_PTRACE]
+            vec![SYS_ADMIN, SYS_PTRACE, NET_ADMIN]
         );
         assert_eq!(
             needed_capabilities(K510, Some(64 << 10)),
-            vec![SYS_ADMIN, SYS_PTRACE, SYS_RESOURCE]
+            vec![SYS_ADMIN, SYS_PTRACE, NET_ADMIN, SYS_RESOURCE]
         );
         // Before 5.11 with an unlimited hard limit, raising needs nothing.
-        assert_eq!(needed_capabilities(K510, None), vec![SYS_ADMIN, SYS_PTRACE]);
+        assert_eq!(
+            needed_capabilities(K510, None),
+            vec![SYS_ADMIN, SYS_PTRACE, NET_ADMIN]
+        );
     }
 
     #[test]
     fn exactly_the_set_passes() {
-        let set = mask(&[SYS_ADMIN, SYS_PTRACE]);
+        let set = mask(&[SYS_ADMIN, SYS_PTRACE, NET_ADMIN]);
         assert!(check_caps(set, K618, Some(0)).is_ok());
         assert!(check_caps(ALL, K618, Some(0)).is_ok());
         assert!(check_caps(set | mask(&[SYS_RESOURCE]), K510, Some(0)).is_ok());
@@ -316,7 +330,7 @@ mod tests {
 
     #[test]
     fn each_missing_capability_is_named_in_one_sentence() {
-        let set = [SYS_ADMIN, SYS_PTRACE];
+        let set = [SYS_ADMIN, SYS_PTRACE, NET_ADMIN];
         for gone in set {
             let caps = mask(&set) & !(1 << gone.bit);
             let msg = check_caps(caps, K618, Some(0)).unwrap_err().to_string();
@@ -324,7 +338,7 @@ mod tests {
                 msg,
                 format!(
                     "tiergate agent lacks {} ({}): on Linux 6.18 it needs exactly \
-                     CAP_SYS_ADMIN and CAP_SYS_PTRACE (README, Least privilege)",
+                     CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_NET_ADMIN (README, Least privilege)",
                     gone.name, gone.why
                 )
             );
@@ -339,8 +353,8 @@ mod tests {
         );
         assert!(
             msg.ends_with(
-                "on Linux 5.10 it needs exactly CAP_SYS_ADMIN, CAP_SYS_PTRACE and \
-                 CAP_SYS_RESOURCE (README, Least privilege)"
+                "on Linux 5.10 it needs exactly CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_NET_ADMIN \
+                 and CAP_SYS_RESOURCE (README, Least privilege)"
             ),
             "{msg}"
         );

@@ -11,7 +11,7 @@
 //! Checked: the agent starts with exactly that set and becomes ready; a deny
 //! is enforced in a test cgroup while an allowed destination connects; the
 //! DNS proxy serves a workload's network namespace (the reason for
-//! CAP_SYS_ADMIN and CAP_SYS_PTRACE); enforcement holds while the container
+//! CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_NET_ADMIN); enforcement holds while the container
 //! is stopped and the restarted container re-adopts the pins; and without
 //! any one capability of the set the agent exits 1 with its one sentence.
 //!

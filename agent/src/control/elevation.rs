@@ -16,9 +16,11 @@ use std::sync::Arc;
 use super::Control;
 use crate::elevation::grant::{self, Grant, Principal, Tag};
 use crate::elevation::protocol::{Op, Reply};
+use crate::elevation::sockets;
 use crate::elevation::store::{self, Loaded};
 use crate::enforcement::grants::GrantEntry;
 use crate::events::pipeline::{AgentRecord, clock_ns, now_epoch_ms};
+use crate::policy::{Proto, TierRef, Verdict};
 
 /// Grants in force and where they are kept.
 pub struct Elevations {
@@ -38,6 +40,14 @@ impl Elevations {
             next_seq: 1,
         }
     }
+}
+
+/// A process in the cgroup directory `dir`.
+fn first_pid(dir: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
 }
 
 /// `CLOCK_BOOTTIME` nanoseconds at the wall-clock time `epoch_ms`.
@@ -200,13 +210,23 @@ impl Control {
             tracing::error!(file = %self.elevation.file.display(), error = %e,
                 "cannot record the end of a grant; the kernel entry is removed anyway");
         }
+        // Every cgroup the grant covered (also when no agent applied it:
+        // an expiry found at start).
         let cgroups: HashSet<u64> = self
-            .elevation
-            .applied
-            .iter()
-            .filter(|(_, gid)| gid.as_str() == id)
-            .map(|(c, _)| *c)
+            .state
+            .workloads()
+            .into_iter()
+            .filter(|(_, w)| w.tier == g.from && g.target.matches(w))
+            .map(|(c, _)| c)
+            .chain(
+                self.elevation
+                    .applied
+                    .iter()
+                    .filter(|(_, gid)| gid.as_str() == id)
+                    .map(|(c, _)| *c),
+            )
             .collect();
+        // Out of the kernel first: no new socket can appear under it.
         self.apply_grants();
         tracing::info!(id = %g.id, %end, ticket = %g.ticket, "elevation ended");
         self.grant_record(
@@ -218,9 +238,69 @@ impl Control {
         Some(g)
     }
 
-    /// Sockets the workload opened under `g` that its own tier does not
-    /// allow are closed (elevation/sockets.rs); see README "Elevation".
-    fn close_opened(&mut self, _g: &Grant, _cgroups: &HashSet<u64>) {}
+    /// Closes the sockets of `cgroups` whose destination their own tier
+    /// does not allow (they were opened under `g`, or could only have
+    /// been): one sock_diag pass per network namespace.
+    fn close_opened(&mut self, g: &Grant, cgroups: &HashSet<u64>) {
+        if cgroups.is_empty() {
+            return;
+        }
+        // A process of each cgroup, one per network namespace.
+        let by_id: HashMap<u64, &std::path::PathBuf> =
+            self.known.iter().map(|(d, id)| (*id, d)).collect();
+        let mut netns: BTreeMap<u64, (u32, HashSet<u64>)> = BTreeMap::new();
+        for c in cgroups {
+            let Some(pid) = by_id.get(c).and_then(|d| first_pid(d)) else {
+                continue; // no process left: no socket left
+            };
+            let Ok(ino) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            else {
+                continue;
+            };
+            netns
+                .entry(ino)
+                .or_insert((pid, HashSet::new()))
+                .1
+                .insert(*c);
+        }
+        let policy = self.policy.clone();
+        let state = self.state.clone();
+        let keep = |s: &sockets::WorkloadSocket| {
+            let Some(t) = state
+                .workload(s.cgroup_id)
+                .and_then(|w| policy.tier_index(&w.tier))
+            else {
+                return false;
+            };
+            let proto = match s.protocol {
+                sockets::Proto::Tcp => Proto::Tcp,
+                sockets::Proto::Udp => Proto::Udp,
+            };
+            policy
+                .evaluate(TierRef::Tier(t), s.dst.ip(), s.dst.port(), proto)
+                .verdict
+                != Verdict::Deny
+        };
+        for (pid, cgs) in netns.values() {
+            match sockets::close_where(*pid, cgs, keep) {
+                Ok(closed) if closed.is_empty() => {}
+                Ok(closed) => {
+                    let list: Vec<String> = closed
+                        .iter()
+                        .map(|s| format!("{:?} {}", s.protocol, s.dst))
+                        .collect();
+                    tracing::info!(grant = %g.id, closed = closed.len(), sockets = ?list,
+                        "closed connections the grant had opened");
+                    self.metrics
+                        .elevation_sockets_closed
+                        .inc_by(closed.len() as u64);
+                }
+                Err(e) => tracing::error!(grant = %g.id, pid, error = %e,
+                    "cannot close the connections the grant opened"),
+            }
+        }
+    }
 
     /// Brings `TG_GRANTS` and the writer's view to the grants in force.
     pub fn apply_grants(&mut self) {
