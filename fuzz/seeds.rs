@@ -372,6 +372,8 @@ spec:
           allowPrivate: true
           ports: ["8200"]
     - name: closed
+  elevation:
+    - {from: closed, to: retrieval, maxDuration: 30m}
 "#;
 
 const POLICY_ERRORS: &str = r#"apiVersion: tiergate.io/v1alpha2
@@ -392,4 +394,7 @@ spec:
   bindings:
     - tier: missing
       match: {cgroupPath: "/a/**/b", serviceAccount: x}
+  elevation:
+    - {from: a, to: a, maxDuration: 8d}
+    - {from: host, to: nowhere, maxDuration: 1 hour, until: never}
 "#;

@@ -99,6 +99,8 @@ fuzz_target!(|data: &[u8]| {
         metadata_service: flags & agent_common::CONNECT_F_METADATA != 0,
         inherited: flags & agent_common::CONNECT_F_INHERITED != 0,
         fqdn: None,
+        rule: None,
+        elevation: None,
     };
     let mut out = Vec::new();
     network_activity(

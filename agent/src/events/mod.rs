@@ -4,6 +4,7 @@ pub mod decode;
 pub mod loss_log;
 pub mod names;
 pub mod ocsf;
+pub mod ocsf_access;
 pub mod ocsf_dns;
 pub mod ocsf_finding;
 pub mod ocsf_http;

@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+pub use super::ocsf_access::ElevationTag;
 use crate::identity::pods::PodFields;
 
 pub const PRODUCT: &str = "tiergate";
@@ -36,6 +37,18 @@ pub(super) struct Metadata<'a> {
     uid: &'a str,
     version: &'a str,
     product: Product<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_uid: Option<&'a str>,
+}
+
+impl<'a> Metadata<'a> {
+    /// With `correlation_uid`: the id records about one thing share.
+    pub(super) fn correlated(self, id: &'a str) -> Metadata<'a> {
+        Metadata {
+            correlation_uid: Some(id),
+            ..self
+        }
+    }
 }
 
 pub(super) fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
@@ -47,6 +60,7 @@ pub(super) fn metadata<'a>(uid: &'a str) -> Metadata<'a> {
             vendor_name: PRODUCT,
             version: env!("CARGO_PKG_VERSION"),
         },
+        correlation_uid: None,
     }
 }
 
@@ -124,6 +138,8 @@ pub struct Verdict<'a> {
     pub fqdn: Option<&'a str>,
     /// The rule that allowed the attempt: (id, index in the tier).
     pub rule: Option<(&'a str, usize)>,
+    /// The grant the workload was judged under (its tier is the grant's).
+    pub elevation: Option<&'a ElevationTag>,
 }
 
 /// `unmapped.tiergate.rule`.
@@ -154,6 +170,8 @@ struct TiergateConn<'a> {
     fqdn: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<RuleOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elevation: Option<&'a ElevationTag>,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,6 +350,7 @@ pub fn network_activity(
                 tier_inherited: v.inherited,
                 fqdn: v.fqdn,
                 rule: v.rule.map(|(uid, index)| RuleOut { uid, index }),
+                elevation: v.elevation,
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,
@@ -418,6 +437,7 @@ mod tests {
             inherited: false,
             fqdn: None,
             rule: None,
+            elevation: None,
         };
         let p = ProcessInfo {
             pid: 42,
@@ -496,6 +516,22 @@ mod tests {
             t["workload"].get("systemd_unit").is_none(),
             "absent fields are left out"
         );
+        assert!(t.get("elevation").is_none(), "no grant, no elevation block");
+        assert!(j["metadata"].get("correlation_uid").is_none());
+    }
+
+    /// An attempt by an unnamed workload's process to 10.0.0.1:443 over TCP.
+    fn render_tcp_443(v: &Verdict<'_>) -> Value {
+        let p = ProcessInfo {
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            name: "x".into(),
+        };
+        let mut out = Vec::new();
+        let dst = Some(("10.0.0.1".parse().unwrap(), 443));
+        network_activity(&env(), v, 6, dst, None, &p, &Workload::default(), &mut out);
+        serde_json::from_slice(&out).unwrap()
     }
 
     #[test]
@@ -509,21 +545,50 @@ mod tests {
             inherited: false,
             fqdn: None,
             rule: Some(("r-0123456789ab", 2)),
+            elevation: None,
         };
-        let p = ProcessInfo {
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            name: "x".into(),
-        };
-        let mut out = Vec::new();
-        let dst = Some(("10.0.0.1".parse().unwrap(), 443));
-        network_activity(&env(), &v, 6, dst, None, &p, &Workload::default(), &mut out);
-        let j: Value = serde_json::from_slice(&out).unwrap();
+        let j = render_tcp_443(&v);
         assert_eq!(j["firewall_rule"]["uid"], "r-0123456789ab");
         assert_eq!(j["firewall_rule"]["name"], "retrieval:egress[2]");
         assert_eq!(j["unmapped"]["tiergate"]["rule"]["uid"], "r-0123456789ab");
         assert_eq!(j["unmapped"]["tiergate"]["rule"]["index"], 2);
+    }
+
+    #[test]
+    fn a_record_made_under_a_grant_names_it() {
+        let grant = ElevationTag {
+            id: "el-7f3a".into(),
+            ticket: "INC-42".into(),
+            reason: "restore the index".into(),
+            granted_by: crate::events::ocsf_access::Operator::Unix {
+                uid: 1000,
+                name: Some("alice".into()),
+            },
+            expires: 1_700_000_900_000,
+        };
+        let v = Verdict {
+            verdict: "allow",
+            reason: "egress-rule",
+            tier: "tier1",
+            hook: "connect4",
+            metadata_service: false,
+            inherited: false,
+            fqdn: None,
+            rule: Some(("r-0123456789ab", 0)),
+            elevation: Some(&grant),
+        };
+        let j = render_tcp_443(&v);
+        assert_eq!(
+            j["unmapped"]["tiergate"]["elevation"],
+            serde_json::json!({
+                "id": "el-7f3a",
+                "ticket": "INC-42",
+                "reason": "restore the index",
+                "granted_by": {"type": "unix", "uid": "1000", "name": "alice"},
+                "expires": 1_700_000_900_000u64,
+            })
+        );
+        assert_eq!(j["unmapped"]["tiergate"]["tier"], "tier1");
     }
 
     #[test]
@@ -537,6 +602,7 @@ mod tests {
             inherited: false,
             fqdn: None,
             rule: None,
+            elevation: None,
         };
         let p = ProcessInfo {
             pid: 1,

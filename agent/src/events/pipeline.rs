@@ -454,6 +454,8 @@ impl Writer {
             inherited: j.flags & CONNECT_F_INHERITED != 0,
             fqdn,
             rule: rule.as_ref().map(|r| (&*r.uid, r.index)),
+            // Grants are the admin socket's (issue 14); none yet.
+            elevation: None,
         };
         self.io
             .metrics
