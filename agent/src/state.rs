@@ -55,7 +55,7 @@ pub struct NodeState {
     active: AtomicU32,
     /// Elevation grants in force, per cgroup (what records made under one
     /// carry).
-    elevations: RwLock<HashMap<u64, Arc<crate::elevation::grant::Tag>>>,
+    elevations: RwLock<HashMap<u64, Arc<crate::events::ocsf_access::ElevationTag>>>,
 }
 
 impl NodeState {
@@ -135,12 +135,12 @@ impl NodeState {
     }
 
     /// Replaces the grants in force per cgroup.
-    pub fn set_elevations(&self, m: HashMap<u64, Arc<crate::elevation::grant::Tag>>) {
+    pub fn set_elevations(&self, m: HashMap<u64, Arc<crate::events::ocsf_access::ElevationTag>>) {
         *self.elevations.write().expect("lock") = m;
     }
 
     /// The grant `cgroup` is elevated by, if any.
-    pub fn elevation(&self, cgroup: u64) -> Option<Arc<crate::elevation::grant::Tag>> {
+    pub fn elevation(&self, cgroup: u64) -> Option<Arc<crate::events::ocsf_access::ElevationTag>> {
         self.elevations.read().expect("lock").get(&cgroup).cloned()
     }
 

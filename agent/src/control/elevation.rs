@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Control;
-use crate::elevation::grant::{self, Grant, Principal, Tag};
+use crate::elevation::grant::{self, Grant, Principal};
 use crate::elevation::protocol::{Op, Reply};
 use crate::elevation::sockets;
 use crate::elevation::store::{self, Loaded};
@@ -334,7 +334,7 @@ impl Control {
                 tracing::error!(cgroup_id = cgroup, grant = %g.id, error = %e, "cannot write a grant entry");
                 continue;
             }
-            tags.insert(*cgroup, Arc::new(Tag::of(g)));
+            tags.insert(*cgroup, Arc::new(g.tag()));
         }
         let stale: Vec<u64> = self
             .elevation

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::ocsf_access::{ElevationTag, Operator};
 use crate::state::WorkloadInfo;
 
 /// Longest ticket and reason accepted (they travel in every event made
@@ -102,30 +103,30 @@ pub struct Grant {
     pub granted_by: Principal,
 }
 
-/// What every event made under a grant carries
-/// (`unmapped.tiergate.elevation`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Tag {
-    pub id: String,
-    pub ticket: String,
-    pub reason: String,
-    pub granted_by: String,
-    /// Epoch milliseconds.
-    pub expires: u64,
-    pub from: String,
-    pub to: String,
+impl Principal {
+    /// The OCSF form of who granted.
+    pub fn operator(&self) -> Operator {
+        match self.id.strip_prefix("uid:").and_then(|u| u.parse().ok()) {
+            Some(uid) => Operator::Unix {
+                uid,
+                name: self.name.clone(),
+            },
+            None => Operator::Kubernetes {
+                username: self.id.trim_start_matches("kubernetes:").to_string(),
+            },
+        }
+    }
 }
 
-impl Tag {
-    pub fn of(g: &Grant) -> Tag {
-        Tag {
-            id: g.id.clone(),
-            ticket: g.ticket.clone(),
-            reason: g.reason.clone(),
-            granted_by: g.granted_by.id.clone(),
-            expires: g.expires_ms,
-            from: g.from.clone(),
-            to: g.to.clone(),
+impl Grant {
+    /// What every record made under the grant carries.
+    pub fn tag(&self) -> ElevationTag {
+        ElevationTag {
+            id: self.id.clone(),
+            ticket: self.ticket.clone(),
+            reason: self.reason.clone(),
+            granted_by: self.granted_by.operator(),
+            expires: self.expires_ms,
         }
     }
 }

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agent_common::{
-    CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, REASON_DNS_UNSERVED, REASON_EGRESS_RULE,
-    REASON_FQDN, REASON_METADATA_UNFILTERED, SocketEvent, VERDICT_ALLOW,
+    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, REASON_DNS_UNSERVED,
+    REASON_EGRESS_RULE, REASON_FQDN, REASON_METADATA_UNFILTERED, SocketEvent, VERDICT_ALLOW,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -35,6 +35,7 @@ use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
 mod attribution;
+mod elevation_records;
 mod findings;
 mod losses;
 mod proxy_records;
@@ -445,6 +446,10 @@ impl Writer {
             }
             _ => None,
         };
+        // The grant the kernel judged it under.
+        let elevation = (j.flags & CONNECT_F_ELEVATED != 0)
+            .then(|| self.io.state.elevation(h.cgroup_id))
+            .flatten();
         let verdict = Verdict {
             verdict: verdict_str(j.verdict),
             reason: reason_str(j.reason),
@@ -455,7 +460,7 @@ impl Writer {
             fqdn,
             rule: rule.as_ref().map(|r| (&*r.uid, r.index)),
             // Grants are the admin socket's (issue 14); none yet.
-            elevation: None,
+            elevation: elevation.as_deref(),
         };
         self.io
             .metrics
@@ -513,6 +518,9 @@ impl Writer {
     /// Writes an agent-level record (policy loaded or rejected, loss);
     /// returns its seq.
     pub fn agent_record(&mut self, rec: AgentRecord) -> u64 {
+        if rec.detail.get("kind").and_then(|k| k.as_str()) == Some("elevation") {
+            return self.elevation_record(&rec);
+        }
         let seq = self.next_seq();
         let uid = format!("{}-{seq}", self.cfg.instance);
         let policy = self.io.state.active_policy();

@@ -1,0 +1,90 @@
+//! The writer's side of elevation grants: the control task reports a grant
+//! made or ended as an agent record (`kind: elevation`, the grant as JSON);
+//! here it becomes an OCSF 3005 User Access Management record, numbered and
+//! delivered like every other record.
+
+use super::{AgentRecord, Writer, now_epoch_ms};
+use crate::elevation::grant::{Grant, Principal, Target};
+use crate::events::ocsf::{Envelope, Workload};
+use crate::events::ocsf_access::{ElevationEnd, ElevationRecord, user_access};
+use crate::events::sinks::RecordMeta;
+
+/// The workload a grant names, as records name workloads.
+fn target_workload(t: &Target) -> Workload {
+    let mut w = Workload::default();
+    match t {
+        Target::Cgroup(p) => w.cgroup_path = Some(p.clone()),
+        Target::Pod {
+            namespace,
+            name,
+            container,
+        } => {
+            w.pod.namespace = Some(namespace.clone());
+            w.pod.pod = Some(name.clone());
+            w.pod.container = container.clone();
+        }
+        Target::SpiffeId(id) => w.spiffe_id = Some(id.clone()),
+    }
+    w
+}
+
+impl Writer {
+    /// Writes a grant or the end of one; returns its seq.
+    pub(super) fn elevation_record(&mut self, rec: &AgentRecord) -> u64 {
+        let d = &rec.detail;
+        let Some(g) = d
+            .get("grant")
+            .and_then(|g| serde_json::from_value::<Grant>(g.clone()).ok())
+        else {
+            // Written by this binary; cannot happen. Say so rather than drop.
+            tracing::error!(detail = %d, "elevation record without a grant");
+            return self.seq;
+        };
+        let end = match d.get("end").and_then(|e| e.as_str()) {
+            None => None,
+            Some("expired") => Some(ElevationEnd::Expired),
+            Some("policy") => Some(ElevationEnd::Policy),
+            Some(_) => Some(ElevationEnd::Revoked {
+                by: d.get("ended_by").and_then(|b| b.as_str()).map_or_else(
+                    || g.granted_by.operator(),
+                    |id| {
+                        Principal {
+                            id: id.to_string(),
+                            name: None,
+                        }
+                        .operator()
+                    },
+                ),
+            }),
+        };
+        let tag = g.tag();
+        let r = ElevationRecord {
+            grant: &tag,
+            from_tier: &g.from,
+            to_tier: &g.to,
+            end,
+        };
+        let seq = self.next_seq();
+        let uid = format!("{}-{seq}", self.cfg.instance);
+        let policy = self.io.state.active_policy();
+        let env = Envelope {
+            time: now_epoch_ms(),
+            seq,
+            uid: &uid,
+            hostname: &self.cfg.hostname,
+            policy_name: policy.as_deref().map(|p| p.name.as_str()),
+            policy_version: policy.as_deref().map(|p| p.version.as_str()),
+        };
+        self.buf.clear();
+        user_access(&env, &r, &target_workload(&g.target), &mut self.buf);
+        let meta = RecordMeta {
+            seq,
+            uid: &uid,
+            kind: "elevation",
+            priority: true,
+            time_ms: env.time,
+        };
+        Self::emit(&mut self.io.sinks, &meta, &self.buf);
+        seq
+    }
+}
