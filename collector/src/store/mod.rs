@@ -120,6 +120,21 @@ impl Store {
         Self::open_bounded(url, DEFAULT_MAX_ROWS)
     }
 
+    /// [`Store::open`] for reading (`tiergate advise`): a SQLite file that
+    /// does not exist is an error rather than a new empty store.
+    pub fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.is_empty() && !std::path::Path::new(path).exists() {
+                return Err(StoreError::Url {
+                    url: url.to_string(),
+                    reason: "no such file (a collector with this --store creates it)".into(),
+                });
+            }
+        }
+        Self::open(url)
+    }
+
     /// [`Store::open`] keeping at most `max_rows` observation rows.
     pub fn open_bounded(url: &str, max_rows: u64) -> Result<Store, StoreError> {
         let bad = |reason: &str| StoreError::Url {
@@ -251,6 +266,13 @@ mod tests {
         );
         assert!(open_err("/var/lib/x.db").contains("not a store URL"));
         assert!(open_err("sqlite:").contains("no file after sqlite:"));
+        assert_eq!(
+            Store::open_existing("sqlite:/nonexistent/store.db")
+                .err()
+                .unwrap()
+                .to_string(),
+            "--store sqlite:/nonexistent/store.db: no such file (a collector with this --store creates it) (use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE)"
+        );
         assert!(
             open_err("postgres://u:secret@127.0.0.1:1/db").contains("u:***@127.0.0.1:1/db"),
             "the password is not shown"
