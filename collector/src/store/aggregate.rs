@@ -328,11 +328,11 @@ pub fn from_jsonl<P: AsRef<Path>>(paths: &[P]) -> Result<(Aggregate, JsonlReport
                 continue;
             }
             report.lines += 1;
-            if let Some(uid) = metadata_uid(&line) {
-                if !uids.insert(hasher.hash_one(&uid)) {
-                    report.duplicates += 1;
-                    continue;
-                }
+            if let Some(uid) = metadata_uid(&line)
+                && !uids.insert(hasher.hash_one(&uid))
+            {
+                report.duplicates += 1;
+                continue;
             }
             match observe(&line) {
                 Ok(Some(u)) => agg.add(u),

@@ -110,9 +110,8 @@ pub async fn start(
 fn lower_priority() {
     // SAFETY: gettid has no preconditions; setpriority on our own thread id
     // changes only this thread's nice value (Linux: per thread).
-    let rc = unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, STORE_NICE)
-    };
+    let rc =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, STORE_NICE) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the store thread's priority");
     }

@@ -109,7 +109,8 @@ pub struct Written {
 /// An open store.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    // Boxed: the client is large, and a Store is moved around by value.
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {
@@ -155,7 +156,9 @@ impl Store {
             )?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Store::Postgres(postgres::PgStore::open(url, max_rows)?));
+            return Ok(Store::Postgres(Box::new(postgres::PgStore::open(
+                url, max_rows,
+            )?)));
         }
         Err(bad(match url.split_once(':') {
             Some((scheme, _)) if !scheme.is_empty() => "unknown kind of store",
