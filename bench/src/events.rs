@@ -219,33 +219,47 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
-    let pki = w.dir.join("pki");
-    let root = std::env::current_dir()?;
-    let st = Command::new("cargo")
-        .current_dir(root)
-        .args(["xtask", "certs"])
-        .arg(&pki)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !st.success() {
-        rep.notes
-            .push("collector: `cargo xtask certs` failed; collector not measured".into());
-        return Ok(());
-    }
+/// The row of the collector with `--store sqlite:…`, beside `collector`.
+pub(crate) const STORE_ROW: &str = "collector + sqlite store";
+
+/// One collector of the comparison: where it listens and writes.
+struct Col {
+    row: &'static str,
+    tag: &'static str,
+    pid: u32,
+    listen: u16,
+    admin: u16,
+    sink: std::path::PathBuf,
+    cg: usize,
+}
+
+/// Starts a collector over mTLS with a file sink; for the store's row also
+/// with `--store sqlite:…` in the bench's directory.
+fn spawn_collector(w: &mut World, pki: &Path, store: bool) -> Result<Col> {
     let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let (row, tag, cg) = if store {
+        (STORE_ROW, "s", 22)
+    } else {
+        ("collector", "c", 21)
+    };
     let listen = free_port();
-    let cadmin = free_port();
-    let sink = w.dir.join("collected.jsonl");
-    let log = std::fs::File::create(w.dir.join("collector.log"))?;
-    let c = Command::new(&w.bin)
-        .arg("collector")
+    let admin = free_port();
+    let sink = w.dir.join(format!("collected-{tag}.jsonl"));
+    let log = std::fs::File::create(w.dir.join(format!("collector-{tag}.log")))?;
+    let mut cmd = Command::new(&w.bin);
+    cmd.arg("collector");
+    if store {
+        cmd.args([
+            "--store",
+            &format!("sqlite:{}", w.dir.join("store.db").display()),
+        ]);
+    }
+    let c = cmd
         .args([
             "--listen",
             &format!("127.0.0.1:{listen}"),
             "--admin-addr",
-            &format!("127.0.0.1:{cadmin}"),
+            &format!("127.0.0.1:{admin}"),
         ])
         .args([
             "--tls-ca",
@@ -263,10 +277,97 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
+    let pid = c.id();
     w.children.push(c);
+    Ok(Col {
+        row,
+        tag,
+        pid,
+        listen,
+        admin,
+        sink,
+        cg,
+    })
+}
+
+/// The two collector rows, measured in turn in every rep so that the
+/// machine's load drifts alike for both: without and with the store.
+fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
+    let pki = w.dir.join("pki");
+    let root = std::env::current_dir()?;
+    let st = Command::new("cargo")
+        .current_dir(root)
+        .args(["xtask", "certs"])
+        .arg(&pki)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        rep.notes
+            .push("collector: `cargo xtask certs` failed; collector not measured".into());
+        return Ok(());
+    }
+    let cols = [
+        spawn_collector(w, &pki, false)?,
+        spawn_collector(w, &pki, true)?,
+    ];
+    w.write_policy(&w.policy(10, true))?;
+    for r in 0..rep.reps.min(3) {
+        for c in &cols {
+            collector_rep(w, rep, load_s, &pki, c, r)?;
+        }
+    }
+    // CPU per record is the store's cost independent of the machine's
+    // other load (rates move with it; this does not).
+    let per_record: Vec<f64> = cols
+        .iter()
+        .map(|c| {
+            cpu_seconds(c.pid) / metric(c.admin, "tiergate_collector_records_total").max(1.0) * 1e6
+        })
+        .collect();
+    rep.notes.push(format!(
+        "collector CPU (user + system) per record delivered, over all reps: {:.2} µs without the store, {:.2} µs with the sqlite store ({:.2}×)",
+        per_record[0],
+        per_record[1],
+        per_record[1] / per_record[0]
+    ));
+    for c in &cols {
+        if let Some(i) = w.children.iter().position(|ch| ch.id() == c.pid) {
+            let mut ch = w.children.remove(i);
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds a process has used (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// One rep of one collector row: an agent streaming to it (started for the
+/// rep, so only one agent and one load run at a time).
+fn collector_rep(
+    w: &mut World,
+    rep: &mut Report,
+    load_s: f64,
+    pki: &Path,
+    c: &Col,
+    r: usize,
+) -> Result<()> {
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
     let extra: Vec<String> = [
         "--collector",
-        &format!("https://127.0.0.1:{listen}"),
+        &format!("https://127.0.0.1:{}", c.listen),
         "--collector-spiffe-id",
         "spiffe://corp.example/tiergate/collector",
         "--tls-ca",
@@ -276,47 +377,55 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         "--tls-key",
         &p("agent-key.pem"),
         "--spool",
-        &w.dir.join("spool").to_string_lossy(),
+        &w.dir.join(format!("spool-{}", c.tag)).to_string_lossy(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    w.write_policy(&w.policy(10, true))?;
-    let ms = w.start_agent("c", Path::new("/dev/null"), &extra)?;
+    let ms = w.start_agent(c.tag, Path::new("/dev/null"), &extra)?;
     rep.start_ms.push(ms);
     let port = w.agent.as_ref().expect("agent").port;
-    let cg = w.cg("enf", 21);
-    let recs = |_: ()| metric(cadmin, "tiergate_collector_records_total");
-    for r in 0..rep.reps.min(3) {
-        say(&format!("event path rep {}: collector over mTLS", r + 1));
-        let mut last = -1.0;
-        for _ in 0..300 {
-            let cur = recs(()) + metric(port, "tiergate_events_lost_total");
-            if cur == last && metric(port, "tiergate_spool_pending") == 0.0 {
-                break;
-            }
-            last = cur;
-            std::thread::sleep(Duration::from_millis(100));
+    let cg = w.cg("enf", c.cg);
+    let cadmin = c.admin;
+    let recs = || metric(cadmin, "tiergate_collector_records_total");
+    say(&format!("event path rep {}: {} over mTLS", r + 1, c.row));
+    let mut last = -1.0;
+    for _ in 0..300 {
+        let cur = recs() + metric(port, "tiergate_events_lost_total");
+        if cur == last && metric(port, "tiergate_spool_pending") == 0.0 {
+            break;
         }
-        let p0 = produced(port);
-        let off = std::fs::metadata(&sink).map(|m| m.len()).unwrap_or(0);
-        let t0 = Instant::now();
-        let (v, _, _) = event_load(w, &cg, load_s)?;
-        let limit = Some(Duration::from_secs(60));
-        let (t_end, cut) = last_move(t0, Duration::from_millis(1500), limit, || recs(()));
-        if cut {
-            rep.notes
-                .push("collector: still receiving after 60 s".into());
-        }
-        let prod = produced(port) - p0;
-        let figures = delivered(rep, "collector", prod, &sink, off, t_end);
-        rep.accounting.push(format!(
-            "collector rep {}: attempts {} · {figures} · collector duplicates so far {}",
-            r + 1,
-            v["n"],
-            metric(cadmin, "tiergate_collector_duplicates_total")
-        ));
+        last = cur;
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let p0 = produced(port);
+    let off = std::fs::metadata(&c.sink).map(|m| m.len()).unwrap_or(0);
+    let t0 = Instant::now();
+    let (v, _, _) = event_load(w, &cg, load_s)?;
+    let limit = Some(Duration::from_secs(60));
+    let (t_end, cut) = last_move(t0, Duration::from_millis(1500), limit, recs);
+    if cut {
+        rep.notes
+            .push(format!("{}: still receiving after 60 s", c.row));
+    }
+    let prod = produced(port) - p0;
+    let figures = delivered(rep, c.row, prod, &c.sink, off, t_end);
+    let stored = if c.row == STORE_ROW {
+        format!(
+            " · store so far: records written {}, dropped {}",
+            metric(cadmin, "tiergate_collector_store_records_total"),
+            metric(cadmin, "tiergate_collector_store_dropped_total")
+        )
+    } else {
+        String::new()
+    };
+    rep.accounting.push(format!(
+        "{} rep {}: attempts {} · {figures} · collector duplicates so far {}{stored}",
+        c.row,
+        r + 1,
+        v["n"],
+        metric(cadmin, "tiergate_collector_duplicates_total")
+    ));
     w.stop_agent();
     Ok(())
 }

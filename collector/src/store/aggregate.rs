@@ -5,7 +5,7 @@
 //! reads JSON-lines files into one (see [`from_jsonl`]).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
@@ -103,14 +103,18 @@ impl Aggregate {
     }
 
     fn see_policy(&mut self, version: &str, name: &str, seen: Seen) {
-        let p = self
-            .policies
-            .entry(version.to_string())
-            .or_insert(PolicySeen {
-                name: String::new(),
-                first_ms: seen.first_ms,
-                last_ms: seen.last_ms,
-            });
+        // Looked up before an owned key is made: nearly always there.
+        if !self.policies.contains_key(version) {
+            self.policies.insert(
+                version.to_string(),
+                PolicySeen {
+                    name: String::new(),
+                    first_ms: seen.first_ms,
+                    last_ms: seen.last_ms,
+                },
+            );
+        }
+        let p = self.policies.get_mut(version).expect("inserted above");
         if p.name.is_empty() {
             p.name = name.to_string();
         }
@@ -324,13 +328,11 @@ pub fn from_jsonl<P: AsRef<Path>>(paths: &[P]) -> Result<(Aggregate, JsonlReport
                 continue;
             }
             report.lines += 1;
-            if let Some(uid) = metadata_uid(&line) {
-                let mut h = hasher.build_hasher();
-                uid.hash(&mut h);
-                if !uids.insert(h.finish()) {
-                    report.duplicates += 1;
-                    continue;
-                }
+            if let Some(uid) = metadata_uid(&line)
+                && !uids.insert(hasher.hash_one(&uid))
+            {
+                report.duplicates += 1;
+                continue;
             }
             match observe(&line) {
                 Ok(Some(u)) => agg.add(u),

@@ -9,7 +9,8 @@
 //! readable, and an aggregate thrown away after the store failed for so
 //! long that it held [`MAX_HELD_KEYS`] keys. A failing store is logged
 //! once when it starts failing and once when it writes again; meanwhile
-//! the aggregate is kept and written at the next success.
+//! the aggregate is kept and written at the next success. The store's
+//! thread runs at nice 10, below the delivery path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use super::{Aggregate, Store, StoreError, observe};
 use crate::metrics::CollectorMetrics;
 
 /// Records waiting for the store's thread, at most.
-pub const MAX_PENDING: usize = 200_000;
+pub const MAX_PENDING: usize = 100_000;
 /// Updates that make the aggregate written before its second is up.
 pub const FLUSH_UPDATES: u64 = 50_000;
 /// How often the aggregate is written.
@@ -80,6 +81,7 @@ pub async fn start(
     std::thread::Builder::new()
         .name("tiergate-store".into())
         .spawn(move || {
+            lower_priority();
             let store = match Store::open_bounded(&url, max_rows) {
                 Ok(s) => {
                     let _ = opened_tx.send(Ok(()));
@@ -101,6 +103,22 @@ pub async fn start(
         Err(_) => unreachable!("the store thread answers before it ends"),
     }
 }
+
+/// Nice 10 for the store's thread: when the cores are busy, delivery to
+/// the sinks goes first and the store's queue takes up the slack (what
+/// overflows it is counted, never waited for).
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // changes only this thread's nice value (Linux: per thread).
+    let rc =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, STORE_NICE) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the store thread's priority");
+    }
+}
+
+/// The store thread's nice value.
+const STORE_NICE: libc::c_int = 10;
 
 impl Feed {
     /// Hands over records the sinks have taken; never blocks.

@@ -56,30 +56,33 @@ fn is_separator(c: char) -> bool {
 /// separators `- _ . : @`, one that is all decimal digits (`session-12`,
 /// `user-1000`, pids) becomes `*`, and one that is at least 8 hex digits
 /// with a decimal digit among them, whole or after 1 to 3 leading letters
-/// (as many as possible)
-/// (container ids, `pod<uid>`, systemd's `run-r<hex>`), keeps its letters
-/// and the rest becomes `*`. Everything else (`kubepods`, `burstable`,
+/// (as many as possible: container ids, `pod<uid>`, systemd's `run-r<hex>`),
+/// keeps its letters and the rest becomes `*`. Everything else (`kubepods`, `burstable`,
 /// `tier0`, `nginx.service`) is kept as it is.
 pub fn pattern_segment(segment: &str) -> String {
+    // Every volatile part holds a decimal digit: most names have none.
+    if !segment.bytes().any(|b| b.is_ascii_digit()) {
+        return segment.to_string();
+    }
     let segment = replace_uuids(segment);
     let mut out = String::with_capacity(segment.len());
-    let mut part = String::new();
-    for c in segment.chars() {
+    let mut start = 0;
+    for (i, c) in segment.char_indices() {
         if is_separator(c) {
-            out.push_str(&pattern_part(&part));
-            part.clear();
+            push_part(&mut out, &segment[start..i]);
             out.push(c);
-        } else {
-            part.push(c);
+            start = i + c.len_utf8();
         }
     }
-    out.push_str(&pattern_part(&part));
+    push_part(&mut out, &segment[start..]);
     out
 }
 
-fn pattern_part(part: &str) -> String {
+/// Appends `part`, or its pattern when it is volatile.
+fn push_part(out: &mut String, part: &str) {
     if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-        return "*".to_string();
+        out.push('*');
+        return;
     }
     let letters = part
         .bytes()
@@ -94,10 +97,12 @@ fn pattern_part(part: &str) -> String {
             && rest.bytes().all(|b| b.is_ascii_hexdigit())
             && rest.bytes().any(|b| b.is_ascii_digit())
         {
-            return format!("{}*", &part[..split]);
+            out.push_str(&part[..split]);
+            out.push('*');
+            return;
         }
     }
-    part.to_string()
+    out.push_str(part);
 }
 
 /// Replaces every UUID (hex groups of 8-4-4-4-12 joined by one kind of

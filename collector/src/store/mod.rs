@@ -109,7 +109,8 @@ pub struct Written {
 /// An open store.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    // Boxed: the client is large, and a Store is moved around by value.
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {
@@ -118,6 +119,21 @@ impl Store {
     /// PostgreSQL store must not be opened on an async runtime's thread.
     pub fn open(url: &str) -> Result<Store, StoreError> {
         Self::open_bounded(url, DEFAULT_MAX_ROWS)
+    }
+
+    /// [`Store::open`] for reading (`tiergate advise`): a SQLite file that
+    /// does not exist is an error rather than a new empty store.
+    pub fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.is_empty() && !std::path::Path::new(path).exists() {
+                return Err(StoreError::Url {
+                    url: url.to_string(),
+                    reason: "no such file (a collector with this --store creates it)".into(),
+                });
+            }
+        }
+        Self::open(url)
     }
 
     /// [`Store::open`] keeping at most `max_rows` observation rows.
@@ -140,7 +156,9 @@ impl Store {
             )?));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Store::Postgres(postgres::PgStore::open(url, max_rows)?));
+            return Ok(Store::Postgres(Box::new(postgres::PgStore::open(
+                url, max_rows,
+            )?)));
         }
         Err(bad(match url.split_once(':') {
             Some((scheme, _)) if !scheme.is_empty() => "unknown kind of store",
@@ -251,6 +269,13 @@ mod tests {
         );
         assert!(open_err("/var/lib/x.db").contains("not a store URL"));
         assert!(open_err("sqlite:").contains("no file after sqlite:"));
+        assert_eq!(
+            Store::open_existing("sqlite:/nonexistent/store.db")
+                .err()
+                .unwrap()
+                .to_string(),
+            "--store sqlite:/nonexistent/store.db: no such file (a collector with this --store creates it) (use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE)"
+        );
         assert!(
             open_err("postgres://u:secret@127.0.0.1:1/db").contains("u:***@127.0.0.1:1/db"),
             "the password is not shown"

@@ -138,26 +138,26 @@ struct Rec<'a> {
 #[derive(Deserialize)]
 struct ConnInfo<'a> {
     #[serde(borrow)]
-    protocol_name: Option<Cow<'a, str>>,
+    protocol_name: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Endpoint<'a> {
     #[serde(borrow)]
-    ip: Option<Cow<'a, str>>,
+    ip: Option<Text<'a>>,
     port: Option<u16>,
 }
 
 #[derive(Deserialize)]
 struct Device<'a> {
     #[serde(borrow)]
-    hostname: Option<Cow<'a, str>>,
+    hostname: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Query<'a> {
     #[serde(borrow)]
-    hostname: Option<Cow<'a, str>>,
+    hostname: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -169,15 +169,15 @@ struct Unmapped<'a> {
 #[derive(Deserialize)]
 struct Tiergate<'a> {
     #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
-    action: Option<Cow<'a, str>>,
+    action: Option<Text<'a>>,
     #[serde(borrow)]
-    verdict: Option<Cow<'a, str>>,
+    verdict: Option<Text<'a>>,
     #[serde(borrow)]
-    tier: Option<Cow<'a, str>>,
+    tier: Option<Text<'a>>,
     #[serde(borrow)]
-    fqdn: Option<Cow<'a, str>>,
+    fqdn: Option<Text<'a>>,
     #[serde(borrow)]
     rule: Option<Rule<'a>>,
     #[serde(borrow)]
@@ -190,34 +190,57 @@ struct Tiergate<'a> {
 #[derive(Deserialize)]
 struct Rule<'a> {
     #[serde(borrow)]
-    uid: Option<Cow<'a, str>>,
+    uid: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Policy<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Text<'a>>,
     #[serde(borrow)]
-    version: Option<Cow<'a, str>>,
+    version: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Workload<'a> {
     #[serde(borrow)]
-    spiffe_id: Option<Cow<'a, str>>,
+    spiffe_id: Option<Text<'a>>,
     #[serde(borrow)]
-    namespace: Option<Cow<'a, str>>,
+    namespace: Option<Text<'a>>,
     #[serde(borrow)]
-    service_account: Option<Cow<'a, str>>,
+    service_account: Option<Text<'a>>,
     #[serde(borrow)]
-    systemd_unit: Option<Cow<'a, str>>,
+    systemd_unit: Option<Text<'a>>,
     #[serde(borrow)]
-    cgroup_path: Option<Cow<'a, str>>,
+    cgroup_path: Option<Text<'a>>,
     owner: Option<serde_json::Value>,
 }
 
-fn text<'a>(v: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
-    v.as_deref()
+/// A JSON string, borrowed from the line unless it has escapes (serde
+/// borrows a `Cow` only when it is a field itself, not inside an `Option`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+fn text<'a>(v: &'a Option<Text<'_>>) -> Option<&'a str> {
+    v.as_ref().map(|t| t.0.as_ref())
 }
 
 /// Reads one record (one OCSF JSON object) and says what it adds.
@@ -543,6 +566,15 @@ pub(crate) mod tests {
         for v in [socket, loss, gap, http, foreign] {
             assert_eq!(obs(&v), None, "{v}");
         }
+    }
+
+    #[test]
+    fn strings_with_escapes_are_read_too() {
+        let mut v = connection("allow", "10.0.0.1", 443);
+        v["unmapped"]["tiergate"]["workload"]["cgroup_path"] = json!("/a\"b/\u{e9}\n");
+        let line = v.to_string();
+        assert!(line.contains("\\\"b"), "{line}");
+        assert_eq!(key(&v).identity, "cgroup:/a\"b/\u{e9}\n");
     }
 
     #[test]

@@ -185,103 +185,95 @@ impl SqliteStore {
         Ok(Written { evicted })
     }
 
+    fn read<T>(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<T>> {
+            let mut st = self.conn.prepare_cached(sql)?;
+            st.query_map(params, row)?.collect()
+        };
+        run().map_err(self.err(action))
+    }
+
     pub fn observations(&mut self, since_ms: u64) -> Result<Vec<ObservationRow>, StoreError> {
-        let e = self.err("cannot read observations");
-        let mut st = self
-            .conn
-            .prepare_cached(&D.sql(sql::SELECT_OBSERVATIONS))
-            .map_err(self.err("cannot read observations"))?;
-        let rows = st
-            .query_map([db_int(since_ms)], |r| {
-                Ok(ObservationRow {
-                    key: ObservationKey {
-                        identity: r.get(0)?,
-                        tier: r.get(1)?,
-                        policy_version: r.get(2)?,
-                        destination: r.get(3)?,
-                        port: u16::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                        protocol: r.get(5)?,
-                        verdict: r.get(6)?,
-                        rule_uid: r.get(7)?,
-                    },
-                    seen: Seen {
-                        count: from_db(r.get(8)?),
-                        first_ms: from_db(r.get(9)?),
-                        last_ms: from_db(r.get(10)?),
-                    },
-                })
+        let sql = D.sql(sql::SELECT_OBSERVATIONS);
+        self.read("cannot read observations", &sql, [db_int(since_ms)], |r| {
+            Ok(ObservationRow {
+                key: ObservationKey {
+                    identity: r.get(0)?,
+                    tier: r.get(1)?,
+                    policy_version: r.get(2)?,
+                    destination: r.get(3)?,
+                    port: u16::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                    protocol: r.get(5)?,
+                    verdict: r.get(6)?,
+                    rule_uid: r.get(7)?,
+                },
+                seen: Seen {
+                    count: from_db(r.get(8)?),
+                    first_ms: from_db(r.get(9)?),
+                    last_ms: from_db(r.get(10)?),
+                },
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-        rows.map_err(e)
+        })
     }
 
     pub fn rules(&mut self) -> Result<Vec<RuleRow>, StoreError> {
-        let e = self.err("cannot read rules");
-        let mut st = self
-            .conn
-            .prepare_cached(&D.sql(sql::SELECT_RULES))
-            .map_err(self.err("cannot read rules"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(RuleRow {
-                    uid: r.get(0)?,
-                    tier: r.get(1)?,
-                    index: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                    policy_version: r.get(3)?,
-                    first_seen_ms: from_db(r.get(4)?),
-                    last_seen_ms: from_db(r.get(5)?),
-                })
+        let sql = D.sql(sql::SELECT_RULES);
+        self.read("cannot read rules", &sql, [], |r| {
+            Ok(RuleRow {
+                uid: r.get(0)?,
+                tier: r.get(1)?,
+                index: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                policy_version: r.get(3)?,
+                first_seen_ms: from_db(r.get(4)?),
+                last_seen_ms: from_db(r.get(5)?),
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-        rows.map_err(e)
+        })
     }
 
     pub fn identities(&mut self) -> Result<Vec<IdentityRow>, StoreError> {
-        let e = self.err("cannot read identities");
-        let read = || -> rusqlite::Result<_> {
-            let mut st = self.conn.prepare_cached(sql::SELECT_IDENTITIES)?;
-            let mut rows = st
-                .query_map([], |r| {
-                    let last_attempt = from_db(r.get(6)?);
-                    Ok(IdentityRow {
-                        identity: r.get(0)?,
-                        node: r.get(1)?,
-                        owner: r.get(2)?,
-                        tiers: Vec::new(),
-                        first_seen_ms: from_db(r.get(3)?),
-                        last_seen_ms: from_db(r.get(4)?),
-                        attempts: from_db(r.get(5)?),
-                        last_attempt_ms: (last_attempt > 0).then_some(last_attempt),
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut st = self.conn.prepare_cached(sql::SELECT_IDENTITY_TIERS)?;
-            let tiers = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            attach_tiers(&mut rows, tiers);
-            Ok(rows)
-        };
-        read().map_err(e)
+        let mut rows = self.read("cannot read identities", sql::SELECT_IDENTITIES, [], |r| {
+            let last_attempt = from_db(r.get(6)?);
+            Ok(IdentityRow {
+                identity: r.get(0)?,
+                node: r.get(1)?,
+                owner: r.get(2)?,
+                tiers: Vec::new(),
+                first_seen_ms: from_db(r.get(3)?),
+                last_seen_ms: from_db(r.get(4)?),
+                attempts: from_db(r.get(5)?),
+                last_attempt_ms: (last_attempt > 0).then_some(last_attempt),
+            })
+        })?;
+        let tiers = self.read(
+            "cannot read identities",
+            sql::SELECT_IDENTITY_TIERS,
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        attach_tiers(&mut rows, tiers);
+        Ok(rows)
     }
 
     pub fn policy_versions(&mut self) -> Result<Vec<PolicyVersionRow>, StoreError> {
-        let e = self.err("cannot read policy versions");
-        let mut st = self
-            .conn
-            .prepare_cached(sql::SELECT_POLICIES)
-            .map_err(self.err("cannot read policy versions"))?;
-        let rows = st
-            .query_map([], |r| {
+        self.read(
+            "cannot read policy versions",
+            sql::SELECT_POLICIES,
+            [],
+            |r| {
                 Ok(PolicyVersionRow {
                     version: r.get(0)?,
                     name: r.get(1)?,
                     first_seen_ms: from_db(r.get(2)?),
                     last_seen_ms: from_db(r.get(3)?),
                 })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-        rows.map_err(e)
+            },
+        )
     }
 }
 
