@@ -1,5 +1,8 @@
 //! `tiergate inventory`: the running agent's workloads, identities, tiers
-//! and last attempts.
+//! and last attempts; with `--store`, every node's identities merged from
+//! the collector's observation store (`merged.rs`).
+
+mod merged;
 
 use crate::cli::InventoryArgs;
 use crate::inventory::Document;
@@ -9,6 +12,9 @@ use super::advise::when;
 use super::agent_client;
 
 pub fn run(args: &InventoryArgs) -> i32 {
+    if let Some(url) = &args.store {
+        return merged::run(url, args.enforced, args.json);
+    }
     let path = if args.enforced {
         "/inventory?enforced=true"
     } else {
@@ -79,7 +85,10 @@ fn attempts(u: &Usage) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+    use crate::cli::{Cli, Command};
 
     const DOC: &str = r#"{"node":"node-1","policy":{"name":"p","version":"sha256:1"},"workloads":[
         {"cgroup_id":1,"cgroup_path":"/t0/a","tier":"t0","enforced":true,"binding":0,
@@ -148,5 +157,27 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["host", "no", "none", "-", "0/0", "/x"]
         );
+    }
+
+    fn parse(args: &[&str]) -> Result<InventoryArgs, clap::Error> {
+        let cli = Cli::try_parse_from([&["tiergate", "inventory"], args].concat())?;
+        match cli.command {
+            Command::Inventory(a) => Ok(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn store_and_admin_addr_are_exclusive() {
+        let a = parse(&["--store", "sqlite:/x.db"]).unwrap();
+        assert_eq!(a.store.as_deref(), Some("sqlite:/x.db"));
+        assert!(
+            parse(&["--admin-addr", "127.0.0.1:1"])
+                .unwrap()
+                .store
+                .is_none()
+        );
+        let e = parse(&["--store", "sqlite:/x.db", "--admin-addr", "127.0.0.1:1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
     }
 }
