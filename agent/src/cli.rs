@@ -23,7 +23,7 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Receive event streams from agents (gRPC + mTLS) and write them to sinks.
     Collector(CollectorCommand),
-    /// List the workloads the running agent has seen: identity, tier, enforced.
+    /// List the workloads the running agent has seen (identity, tier, enforced, last attempt), or every node's from the collector's store.
     Inventory(InventoryArgs),
     /// Detach and remove every pinned program, link and map.
     Uninstall(UninstallArgs),
@@ -45,14 +45,19 @@ pub struct CollectorCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").args(["admin_addr", "store"])))]
 pub struct InventoryArgs {
     /// The agent's --admin-addr.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
-    /// Only enforced workloads.
+    /// Instead of one agent: the collector's observation store
+    /// (sqlite:PATH or postgres://...), every node's identities merged.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Only enforced workloads (with --store: identities seen in a tier other than host).
     #[arg(long)]
     pub enforced: bool,
-    /// Print the agent's JSON document.
+    /// Print JSON: the agent's document, or with --store the merged rows.
     #[arg(long)]
     pub json: bool,
 }

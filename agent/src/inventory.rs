@@ -1,6 +1,7 @@
-//! The inventory document: every workload with its identity, tier and
-//! whether it is enforced, as the admin endpoint serves it and the CLI
-//! (`tiergate inventory`, `policy explain --agent`) reads it.
+//! The inventory document: every workload with its identity, tier,
+//! whether it is enforced and its reported connection attempts, as the
+//! admin endpoint serves it and the CLI (`tiergate inventory`, `policy
+//! explain --agent`) reads it.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::pods::PodFields;
 use crate::policy::PodIdentity;
-use crate::state::PodState;
+use crate::state::{PodState, Usage};
 
 /// One workload row.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +29,9 @@ pub struct Row {
     pub spiffe_id: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub labels: BTreeMap<String, String>,
+    /// `attempts` and the last-attempt times.
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 impl Row {

@@ -1,7 +1,10 @@
 //! What the control loop knows and the event writer and the inventory read:
 //! each cgroup's workload identity, and the policy of each kernel generation
 //! (events name the generation that judged them, so a record is labelled
-//! with the policy that decided it, even across a swap).
+//! with the policy that decided it, even across a swap); and what the event
+//! writer counts per workload for the inventory (`attempts.rs`).
+
+mod attempts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,6 +14,7 @@ use agent_common::{GENERATIONS, TIER_HOST, dns_slot};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{PodIdentity, Policy};
+pub use attempts::{Attempts, Usage};
 
 /// Pod resolution state of a workload, for the inventory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,10 +49,17 @@ impl WorkloadInfo {
     }
 }
 
+/// A workload and its attempt counters, which outlive re-evaluations of
+/// the workload (a policy reload) and go with its cgroup.
+struct Entry {
+    info: Arc<WorkloadInfo>,
+    counters: attempts::Counters,
+}
+
 /// Shared, read-mostly node state.
 #[derive(Default)]
 pub struct NodeState {
-    workloads: RwLock<HashMap<u64, Arc<WorkloadInfo>>>,
+    workloads: RwLock<HashMap<u64, Entry>>,
     /// DNS proxy slot → cgroup ids with that slot (see `agent_common::dns_slot`).
     slots: RwLock<HashMap<u32, Vec<u64>>>,
     generations: RwLock<[Option<Arc<Policy>>; GENERATIONS]>,
@@ -60,12 +71,19 @@ pub struct NodeState {
 
 impl NodeState {
     pub fn set_workload(&self, id: u64, w: WorkloadInfo) {
-        let new = self
-            .workloads
-            .write()
-            .expect("lock")
-            .insert(id, Arc::new(w))
-            .is_none();
+        let new = match self.workloads.write().expect("lock").entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().info = Arc::new(w);
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Entry {
+                    info: Arc::new(w),
+                    counters: Default::default(),
+                });
+                true
+            }
+        };
         if new {
             let mut slots = self.slots.write().expect("lock");
             slots.entry(dns_slot(id)).or_default().push(id);
@@ -118,17 +136,38 @@ impl NodeState {
     }
 
     pub fn workload(&self, id: u64) -> Option<Arc<WorkloadInfo>> {
-        self.workloads.read().expect("lock").get(&id).cloned()
+        self.workloads
+            .read()
+            .expect("lock")
+            .get(&id)
+            .map(|e| e.info.clone())
+    }
+
+    /// Counts a reported attempt of cgroup `id` judged `verdict`
+    /// (`VERDICT_*`) at `time_ms` (the record's time); one of a cgroup the
+    /// agent has not learned (yet) is not counted.
+    pub fn count_attempt(&self, id: u64, verdict: u8, time_ms: u64) {
+        if let Some(e) = self.workloads.read().expect("lock").get(&id) {
+            e.counters.record(verdict, time_ms);
+        }
     }
 
     /// Every workload, sorted by cgroup path.
     pub fn workloads(&self) -> Vec<(u64, Arc<WorkloadInfo>)> {
+        self.workloads_with_usage()
+            .into_iter()
+            .map(|(id, w, _)| (id, w))
+            .collect()
+    }
+
+    /// Every workload with its reported attempts, sorted by cgroup path.
+    pub fn workloads_with_usage(&self) -> Vec<(u64, Arc<WorkloadInfo>, Usage)> {
         let mut v: Vec<_> = self
             .workloads
             .read()
             .expect("lock")
             .iter()
-            .map(|(k, w)| (*k, w.clone()))
+            .map(|(k, e)| (*k, e.info.clone(), e.counters.usage()))
             .collect();
         v.sort_by(|a, b| a.1.path.cmp(&b.1.path));
         v
@@ -169,4 +208,54 @@ pub fn tier_name(policy: Option<&Policy>, tier: u32) -> String {
         .and_then(|p| p.tiers.get(tier as usize))
         .map(|t| t.name.clone())
         .unwrap_or_else(|| format!("tier-{tier}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{VERDICT_ALLOW, VERDICT_DENY};
+
+    use super::*;
+
+    fn info(path: &str, tier: &str) -> WorkloadInfo {
+        WorkloadInfo {
+            path: path.into(),
+            pod: None,
+            pod_state: PodState::None,
+            spiffe_id: None,
+            tier: tier.into(),
+            binding: None,
+        }
+    }
+
+    fn usage(s: &NodeState, id: u64) -> Option<Usage> {
+        s.workloads_with_usage()
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, _, u)| u)
+    }
+
+    #[test]
+    fn attempts_are_kept_per_workload_across_reevaluation_and_go_with_it() {
+        let s = NodeState::default();
+        s.set_workload(7, info("/a", "t0"));
+        s.set_workload(8, info("/b", "host"));
+        s.count_attempt(7, VERDICT_ALLOW, 1_000);
+        s.count_attempt(7, VERDICT_DENY, 2_000);
+        s.count_attempt(8, VERDICT_ALLOW, 3_000);
+        // A cgroup the agent has not learned: not counted, not created.
+        s.count_attempt(9, VERDICT_DENY, 4_000);
+        assert!(usage(&s, 9).is_none());
+        // A policy reload re-evaluates the workload: its counts stay.
+        s.set_workload(7, info("/a", "t1"));
+        let a = usage(&s, 7).unwrap();
+        assert_eq!((a.attempts.allowed, a.attempts.denied), (1, 1));
+        assert_eq!(a.last_attempt_ms, Some(2_000));
+        assert_eq!(s.workload(7).unwrap().tier, "t1");
+        assert_eq!(usage(&s, 8).unwrap().attempts.allowed, 1);
+        // The cgroup goes, and its counts with it; a new one starts at 0.
+        s.remove_workload(7);
+        assert!(usage(&s, 7).is_none());
+        s.set_workload(7, info("/a", "t0"));
+        assert_eq!(usage(&s, 7).unwrap(), Usage::default());
+    }
 }

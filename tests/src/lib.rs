@@ -399,15 +399,7 @@ impl Fixture {
 
     /// Runs `tiergate` with arguments; returns (exit code, stdout, stderr).
     pub fn tiergate(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(tiergate_bin())
-            .args(args)
-            .output()
-            .expect("run tiergate");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run_tiergate(args)
     }
 
     pub fn uninstall(&self) -> (i32, String, String) {
@@ -514,6 +506,19 @@ fn walk(d: &Path, out: &mut Vec<PathBuf>) {
             }
         }
     }
+}
+
+/// Runs `tiergate` with arguments; returns (exit code, stdout, stderr).
+pub fn run_tiergate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tiergate_bin())
+        .args(args)
+        .output()
+        .expect("run tiergate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A running agent.

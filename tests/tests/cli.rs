@@ -3,19 +3,7 @@
 
 use std::process::Command;
 
-use tiergate_tests::{Fixture, policy, tiergate_bin};
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(tiergate_bin())
-        .args(args)
-        .output()
-        .expect("run tiergate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tiergate_tests::{Fixture, policy, run_tiergate as run, tiergate_bin};
 
 fn repo_file(rel: &str) -> String {
     format!("{}/../{rel}", env!("CARGO_MANIFEST_DIR"))

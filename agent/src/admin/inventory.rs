@@ -1,6 +1,7 @@
-//! `/inventory`: every workload the agent has seen, with its identity, tier
-//! and whether it is enforced — the node's machine-identity inventory,
-//! rendered from the node state as a [`Document`].
+//! `/inventory`: every workload the agent has seen, with its identity, tier,
+//! whether it is enforced and its reported attempts — the node's
+//! machine-identity inventory with last use, rendered from the node state
+//! as a [`Document`].
 
 use std::sync::Arc;
 
@@ -30,11 +31,11 @@ impl Inventory {
     pub fn document(&self, f: &Filter) -> Document {
         let workloads = self
             .state
-            .workloads()
+            .workloads_with_usage()
             .into_iter()
-            .filter(|(_, w)| f.cgroup.as_deref().is_none_or(|c| *w.path == *c))
-            .filter(|(_, w)| f.enforced.is_none_or(|e| w.enforced() == e))
-            .map(|(id, w)| {
+            .filter(|(_, w, _)| f.cgroup.as_deref().is_none_or(|c| *w.path == *c))
+            .filter(|(_, w, _)| f.enforced.is_none_or(|e| w.enforced() == e))
+            .map(|(id, w, usage)| {
                 let pod = w.pod.as_ref();
                 Row {
                     cgroup_id: id,
@@ -47,6 +48,7 @@ impl Inventory {
                     pod: PodFields::of(pod),
                     spiffe_id: w.spiffe_id.clone(),
                     labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+                    usage,
                 }
             })
             .collect();

@@ -487,6 +487,9 @@ impl Writer {
             policy_name: policy.as_deref().map(|p| p.name.as_str()),
             policy_version: policy.as_deref().map(|p| p.version.as_str()),
         };
+        self.io
+            .state
+            .count_attempt(h.cgroup_id, j.verdict, env.time);
         self.buf.clear();
         ocsf::network_activity(
             &env,
