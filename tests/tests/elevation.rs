@@ -116,7 +116,7 @@ fn grant_allows_until_expiry_even_with_the_agent_killed() {
     assert_eq!(tg(&ev)["tier"], "t2");
     assert_eq!(tg(&ev)["elevation"]["id"], id.as_str());
     assert_eq!(tg(&ev)["elevation"]["ticket"], "INC-1234");
-    assert_eq!(tg(&ev)["elevation"]["granted_by"], "uid:0");
+    assert_eq!(tg(&ev)["elevation"]["granted_by"]["uid"], "0");
     let rec = f.wait_event("grant record", |e| {
         e["class_uid"] == 3005 && e["activity_id"] == 1
     });

@@ -13,7 +13,7 @@ use crate::elevation::protocol::{Op, Reply};
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/tiergate/admin.sock";
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(subcommand_negates_reqs = true)]
 pub struct ElevateArgs {
     /// The agent's --admin-socket.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
