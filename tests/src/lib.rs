@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub mod collector;
 pub mod dnsserver;
+pub mod held;
 pub mod httpprobe;
 pub mod imds;
 mod resolv;

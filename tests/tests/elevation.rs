@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tiergate_tests::held::{Client, start_echo_on};
 use tiergate_tests::{Fixture, tg};
 
 const T0_PORT: &str = "10.20.0.1:80";
@@ -251,4 +252,40 @@ fn refusals_revoke_restart_and_reload() {
             .metric("tiergate_elevations_active")
             .is_some_and(|v| v == 0.0)
     );
+}
+
+/// A connection opened under the grant to a destination only the granted
+/// tier allows is closed when the grant ends; one its own tier allows stays.
+#[test]
+fn connections_opened_under_a_grant_are_closed_at_its_end() {
+    let mut f = Fixture::new("elevate-conns");
+    let p =
+        policy(&f.cg_path.clone(), "1m").replace("ports: [\"80\"]", "ports: [\"80\", \"9101\"]");
+    start_echo_on(&f.netns, "10.30.0.1:9100 10.20.0.1:9101");
+    f.start_agent(&p);
+    let cg = f.cg("t0/a");
+    let dir = f.known_cgroup("t0/a");
+    let (code, r, err) = grant(&f, &cg, "t2", "3s");
+    assert_eq!(code, 0, "{err} {r}");
+    let mut held = Client::start_with(&f, &dir, &["10.30.0.1:9100", "10.20.0.1:9101"]);
+    assert_eq!(held.check(), "ok ok");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = held.check();
+        if got == "ECONNABORTED ok" {
+            break;
+        }
+        assert_eq!(got, "ok ok", "only the granted tier's connection may go");
+        assert!(
+            Instant::now() < deadline,
+            "the grant's connection outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = f
+        .agent
+        .as_ref()
+        .unwrap()
+        .metric("tiergate_elevation_sockets_closed_total");
+    assert_eq!(m, Some(1.0));
 }

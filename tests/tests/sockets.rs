@@ -11,7 +11,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use tiergate::dns::netns::Netns;
 use tiergate::elevation::sockets::{self, Proto, WorkloadSocket};
-use tiergate_tests::{Fixture, probe_bin};
+use tiergate_tests::Fixture;
+use tiergate_tests::held::{Client, start_echo_on};
 
 /// What each client holds: the port 9000 ones are to be closed.
 const TARGETS: &[&str] = &[
@@ -35,88 +36,6 @@ fn start_echo(netns: &str) {
         netns,
         "10.20.0.1:9000 10.20.0.1:9001 [fd00:20::1]:9000 [fd00:20::1]:9001",
     );
-}
-
-/// Echo servers on each of the space-separated `addrs` in `netns`.
-fn start_echo_on(netns: &str, addrs: &'static str) {
-    let ns = Netns::open(&format!("/run/netns/{netns}")).expect("open test netns");
-    let listeners = ns
-        .run(move || {
-            addrs
-                .split(' ')
-                .map(|a| TcpListener::bind(a.parse::<SocketAddr>().expect("addr")))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .expect("echo listeners in the test netns");
-    for l in listeners {
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut s = s;
-                    let mut b = [0u8; 64];
-                    while let Ok(n @ 1..) = s.read(&mut b) {
-                        if s.write_all(&b[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-    }
-}
-
-/// A `tg-probe hold-conns` client in a cgroup of the test namespace.
-struct Client {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Client {
-    fn start(f: &Fixture, cgroup: &Path) -> Client {
-        Self::start_with(f, cgroup, TARGETS)
-    }
-
-    fn start_with(f: &Fixture, cgroup: &Path, targets: &[&str]) -> Client {
-        let mut child = Command::new(probe_bin())
-            .arg("--cgroup")
-            .arg(cgroup)
-            .args(["--netns", &f.netns, "hold-conns"])
-            .args(targets)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn hold-conns");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), "ready", "hold-conns did not connect");
-        Client {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// One result per held socket, in the order of [`TARGETS`].
-    fn check(&mut self) -> String {
-        writeln!(self.stdin, "check").expect("ask for a check");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read check");
-        line.trim().to_string()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn cgroup_id(dir: &Path) -> u64 {
@@ -146,8 +65,8 @@ fn close_where_aborts_only_the_rejected_sockets_of_the_given_cgroups() {
     start_echo(&f.netns);
     let (cg_a, cg_b) = (f.cgroup("t0/a"), f.cgroup("t0/b"));
     let (id_a, id_b) = (cgroup_id(&cg_a), cgroup_id(&cg_b));
-    let mut a = Client::start(&f, &cg_a);
-    let mut b = Client::start(&f, &cg_b);
+    let mut a = Client::start_with(&f, &cg_a, TARGETS);
+    let mut b = Client::start_with(&f, &cg_b, TARGETS);
     assert_eq!(a.check(), ALL_OK);
     assert_eq!(b.check(), ALL_OK);
 
