@@ -3,11 +3,9 @@
 //! `tg-probe hold-conns` keeps open from two cgroups in the test namespace.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 
 use tiergate::dns::netns::Netns;
 use tiergate::elevation::sockets::{self, Proto, WorkloadSocket};
