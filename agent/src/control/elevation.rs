@@ -184,13 +184,16 @@ impl Control {
     /// Ends the grants the policy in force no longer allows (`end`).
     pub fn recheck_grants(&mut self, end: &str) {
         let policy = self.policy.clone();
+        let now = now_epoch_ms();
         let gone: Vec<String> = self
             .elevation
             .grants
             .values()
+            // Already over: the expiry reports those.
+            .filter(|g| g.expires_ms > now)
             .filter(|g| {
-                let rest =
-                    std::time::Duration::from_millis(g.expires_ms.saturating_sub(g.granted_ms));
+                // What is left must fit the pair's maximum now.
+                let rest = std::time::Duration::from_millis(g.expires_ms - now);
                 match (policy.tier_index(&g.from), policy.tier_index(&g.to)) {
                     (Some(f), Some(t)) => policy.elevation_allowed(f, t, rest).is_err(),
                     _ => true,
