@@ -210,7 +210,8 @@ fn agent_refuses_to_start_with_one_clear_sentence() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("tiergate agent lacks CAP_SYS_ADMIN (")
-            && err.contains("and CAP_SYS_PTRACE ("),
+            && err.contains(", CAP_SYS_PTRACE (")
+            && err.contains("and CAP_NET_ADMIN ("),
         "{err}"
     );
     assert_eq!(
