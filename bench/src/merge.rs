@@ -78,7 +78,25 @@ pub(crate) fn merge(old: &str, new: &str, ran: &[String]) -> String {
                 let row = |l: &str| {
                     !l.starts_with("| target") && !l.starts_with(DNS_ROW) && !l.starts_with(MD_ROW)
                 };
-                let rest = lines_where(pick(others_ran), "| ", row);
+                // Rows of a section this run did not measure (connect,
+                // events and reload share the table) read NaN or inf:
+                // those keep the row already written for that target.
+                let unmeasured = |l: &str| l.contains("NaN") || l.contains("inf×");
+                let target = |l: &str| l.split('|').nth(1).map(str::trim).map(str::to_string);
+                let old_rows = lines_where(o, "| ", row);
+                let rest: String = lines_where(pick(others_ran), "| ", row)
+                    .split_inclusive('\n')
+                    .map(|l| {
+                        let kept = unmeasured(l)
+                            .then(|| {
+                                old_rows
+                                    .split_inclusive('\n')
+                                    .find(|o| target(o) == target(l))
+                            })
+                            .flatten();
+                        kept.unwrap_or(l).to_string()
+                    })
+                    .collect();
                 let dns = lines_where(pick(ran("dns")), DNS_ROW, |_| true);
                 let md = lines_where(pick(ran("metadata")), MD_ROW, |_| true);
                 format!("{head}{rest}{dns}{md}\n")
@@ -133,6 +151,17 @@ mod tests {
         );
         // Run again: the DNS block, rows and notes are replaced, not repeated.
         assert_eq!(merge(&m, NEW, &["dns".into()]), m);
+    }
+
+    #[test]
+    fn an_events_run_keeps_the_rows_it_did_not_measure() {
+        let old = "# t\n\n## Targets\n\n| target | measured | |\n|---|---|---|\n| TCP | 1.0 | met |\n| nft | 7.2× | met |\n| events | 150000/s | met |\n";
+        let new = "# t\n\n## Targets\n\n| target | measured | |\n|---|---|---|\n| TCP | allow NaN | **missed** |\n| nft | inf× | met |\n| events | 140000/s | met |\n| store | 0.85× | **missed** |\n";
+        let m = merge(old, new, &["events".into()]);
+        assert!(
+            m.contains("| TCP | 1.0 | met |\n| nft | 7.2× | met |\n| events | 140000/s | met |\n| store | 0.85× | **missed** |\n"),
+            "{m}"
+        );
     }
 
     #[test]
