@@ -63,7 +63,8 @@ pub fn when(ms: u64) -> String {
 
 fn load_evidence(args: &AdviseArgs) -> anyhow::Result<Evidence> {
     if let Some(url) = &args.store {
-        let mut store = Store::open(url)?;
+        // A store that is not there is an error, not an empty one.
+        let mut store = Store::open_existing(url)?;
         return Ok(Evidence {
             observations: store.observations(0)?,
             rules: store.rules()?,

@@ -48,17 +48,9 @@ pub fn run(url: &str, enforced: bool, json: bool) -> i32 {
 }
 
 fn read(url: &str) -> Result<Vec<IdentityRow>, String> {
-    // Opening creates a store that is not there: a typo would read as an
-    // empty inventory.
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        if !path.is_empty() && !std::path::Path::new(path).exists() {
-            return Err(format!(
-                "--store {url}: no such file (give the collector's --store)"
-            ));
-        }
-    }
-    Store::open(url)
+    // Not `Store::open`: it creates a store that is not there, and a typo
+    // would read as an empty inventory.
+    Store::open_existing(url)
         .and_then(|mut s| s.identities())
         .map_err(|e| e.to_string())
 }
