@@ -34,6 +34,7 @@ use crate::policy::Proto;
 use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
+mod agent_records;
 mod attribution;
 mod elevation_records;
 mod findings;
@@ -516,42 +517,6 @@ impl Writer {
         if let Some(dst) = dst {
             self.probe(j, dst, &tier, &workload);
         }
-    }
-
-    /// Writes an agent-level record (policy loaded or rejected, loss);
-    /// returns its seq.
-    pub fn agent_record(&mut self, rec: AgentRecord) -> u64 {
-        if rec.detail.get("kind").and_then(|k| k.as_str()) == Some("elevation") {
-            return self.elevation_record(&rec);
-        }
-        let seq = self.next_seq();
-        let uid = format!("{}-{seq}", self.cfg.instance);
-        let policy = self.io.state.active_policy();
-        let env = Envelope {
-            time: now_epoch_ms(),
-            seq,
-            uid: &uid,
-            hostname: &self.cfg.hostname,
-            policy_name: policy.as_deref().map(|p| p.name.as_str()),
-            policy_version: policy.as_deref().map(|p| p.version.as_str()),
-        };
-        let kind = rec
-            .detail
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("agent")
-            .to_string();
-        self.buf.clear();
-        ocsf::base_event(&env, &rec.message, rec.failure, rec.detail, &mut self.buf);
-        let meta = RecordMeta {
-            seq,
-            uid: &uid,
-            kind: &kind,
-            priority: true,
-            time_ms: env.time,
-        };
-        Self::emit(&mut self.io.sinks, &meta, &self.buf);
-        seq
     }
 
     /// Hands one rendered record to every sink; a sink that cannot take it

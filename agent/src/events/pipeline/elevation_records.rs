@@ -3,11 +3,10 @@
 //! here it becomes an OCSF 3005 User Access Management record, numbered and
 //! delivered like every other record.
 
-use super::{AgentRecord, Writer, now_epoch_ms};
+use super::{AgentRecord, Writer};
 use crate::elevation::grant::{Grant, Principal, Target};
-use crate::events::ocsf::{Envelope, Workload};
+use crate::events::ocsf::Workload;
 use crate::events::ocsf_access::{ElevationEnd, ElevationRecord, user_access};
-use crate::events::sinks::RecordMeta;
 
 /// The workload a grant names, as records name workloads.
 fn target_workload(t: &Target) -> Workload {
@@ -64,27 +63,7 @@ impl Writer {
             to_tier: &g.to,
             end,
         };
-        let seq = self.next_seq();
-        let uid = format!("{}-{seq}", self.cfg.instance);
-        let policy = self.io.state.active_policy();
-        let env = Envelope {
-            time: now_epoch_ms(),
-            seq,
-            uid: &uid,
-            hostname: &self.cfg.hostname,
-            policy_name: policy.as_deref().map(|p| p.name.as_str()),
-            policy_version: policy.as_deref().map(|p| p.version.as_str()),
-        };
-        self.buf.clear();
-        user_access(&env, &r, &target_workload(&g.target), &mut self.buf);
-        let meta = RecordMeta {
-            seq,
-            uid: &uid,
-            kind: "elevation",
-            priority: true,
-            time_ms: env.time,
-        };
-        Self::emit(&mut self.io.sinks, &meta, &self.buf);
-        seq
+        let workload = target_workload(&g.target);
+        self.write_agent_line("elevation", |env, out| user_access(env, &r, &workload, out))
     }
 }
