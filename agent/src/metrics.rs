@@ -80,6 +80,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub pods_known: Gauge,
     pub pod_watch_errors: Counter,
+    pub elevation_watch_errors: Counter,
     pub pod_watch_relists: Counter,
     pub export_connected: Gauge,
     pub export_errors: Family<StageLabels, Counter>,
@@ -195,6 +196,12 @@ impl Metrics {
             "Errors of the Kubernetes pod watch (each retried with backoff)",
             pod_watch_errors.clone(),
         );
+        let elevation_watch_errors = Counter::default();
+        registry.register(
+            "elevation_watch_errors",
+            "Errors of the Kubernetes TierElevation watch (each retried with backoff)",
+            elevation_watch_errors.clone(),
+        );
         let pod_watch_relists = Counter::default();
         registry.register(
             "pod_watch_relists",
@@ -292,6 +299,7 @@ impl Metrics {
             spool_write_failing,
             pods_known,
             pod_watch_errors,
+            elevation_watch_errors,
             pod_watch_relists,
             events,
             events_lost,

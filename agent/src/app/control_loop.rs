@@ -1,5 +1,5 @@
 //! The control loop: feeds the control task its inputs (cgroup changes, pod
-//! changes, policy file changes, SIGHUP, the rescan tick) until SIGTERM or
+//! changes, elevation objects and requests, policy file changes, SIGHUP, the rescan tick) until SIGTERM or
 //! SIGINT.
 
 use std::time::Duration;
@@ -18,6 +18,8 @@ use crate::identity::watch::CgroupChange;
 pub(super) struct Inputs {
     pub cgroups: mpsc::UnboundedReceiver<CgroupChange>,
     pub pods: mpsc::UnboundedReceiver<PodChange>,
+    /// `TierElevation` objects.
+    pub objects: mpsc::UnboundedReceiver<crate::elevation::kube::ObjectChange>,
     /// Elevation requests from the admin socket.
     pub admin: mpsc::Receiver<crate::elevation::admin::AdminRequest>,
 }
@@ -45,6 +47,7 @@ pub(super) async fn run(
         tokio::select! {
             Some(change) = inputs.cgroups.recv() => control.cgroup_change(change),
             Some(change) = inputs.pods.recv() => control.pod_change(change),
+            Some(change) = inputs.objects.recv() => control.elevation_object(change),
             Some(what) = reload_rx.recv() => {
                 policy_watch::settle(&mut reload_rx, what).await;
                 trim_at = Some(reload(control));

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::admin::{self, Readiness};
 use crate::cli::AgentArgs;
 use crate::control::Control;
+use crate::elevation::kube::{self as elevation_kube, ObjectChange, StatusUpdate};
 use crate::enforcement::loader::{self, LoadOptions, Loaded};
 use crate::enforcement::sync::MapSync;
 use crate::identity::cgroupfs::{self, CgroupFs};
@@ -110,7 +111,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.policy.clone(),
         args.grants_file.clone(),
     );
-    let pods = watch_pods(&args, &hostname, &shared.metrics).await?;
+    let kube = watch_kubernetes(&args, &hostname, &shared.metrics).await?;
+    control.elevation.status = kube.status.clone();
+    control.elevation.node = hostname.clone();
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
     let _dns_tasks = dns::start(
         &mut dns_path,
@@ -133,7 +136,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &args,
         control_loop::Inputs {
             cgroups: cgroup_changes,
-            pods: pods.changes,
+            pods: kube.pods,
+            objects: kube.objects,
             admin: admin_rx,
         },
     )
@@ -259,39 +263,66 @@ fn watch_cgroups(
     Ok((rx, watch))
 }
 
-/// The pod watch, if there is a Kubernetes.
-struct PodWatch {
-    changes: mpsc::UnboundedReceiver<PodChange>,
-    _task: Option<tokio::task::JoinHandle<()>>,
-    /// Without Kubernetes the sender is kept: the control loop waits on an
-    /// open channel that never delivers.
-    _idle: Option<mpsc::UnboundedSender<PodChange>>,
+/// The Kubernetes watches (pods of this node, `TierElevation` objects), if
+/// there is a Kubernetes.
+struct KubeWatch {
+    pods: mpsc::UnboundedReceiver<PodChange>,
+    objects: mpsc::UnboundedReceiver<ObjectChange>,
+    /// Where the control task sends the objects' statuses.
+    status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    _tasks: Vec<AbortOnDrop>,
+    /// Without Kubernetes the senders are kept: the control loop waits on
+    /// open channels that never deliver.
+    _idle: Option<(
+        mpsc::UnboundedSender<PodChange>,
+        mpsc::UnboundedSender<ObjectChange>,
+    )>,
 }
 
 /// Pod metadata: the watch starts now; until it has listed, pod cgroups
-/// stay in defaultTier (fail closed).
-async fn watch_pods(
+/// stay in defaultTier (fail closed). Elevation objects: likewise, nothing
+/// is elevated by an object before the watch has seen it.
+async fn watch_kubernetes(
     args: &AgentArgs,
     hostname: &str,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<PodWatch> {
-    let (tx, changes) = mpsc::unbounded_channel();
+) -> anyhow::Result<KubeWatch> {
+    let (pods_tx, pods) = mpsc::unbounded_channel();
+    let (objects_tx, objects) = mpsc::unbounded_channel();
     Ok(match kubernetes::source(args.kubeconfig.as_deref())? {
-        Some(source) => PodWatch {
-            changes,
-            _task: Some(
-                kubernetes::spawn(source, hostname.to_string(), tx, metrics.clone()).await?,
-            ),
-            _idle: None,
-        },
+        Some(source) => {
+            let client = kubernetes::client(&source).await?;
+            let pod_task = kubernetes::spawn(
+                client.clone(),
+                hostname.to_string(),
+                pods_tx,
+                metrics.clone(),
+            );
+            let (status_tx, status_rx) = mpsc::unbounded_channel();
+            let (watch, writer) =
+                elevation_kube::spawn(client, objects_tx, status_rx, metrics.clone());
+            KubeWatch {
+                pods,
+                objects,
+                status: Some(status_tx),
+                _tasks: vec![
+                    AbortOnDrop(pod_task),
+                    AbortOnDrop(watch),
+                    AbortOnDrop(writer),
+                ],
+                _idle: None,
+            }
+        }
         None => {
             tracing::info!(
                 "no Kubernetes (no --kubeconfig and not in a cluster): host identity only"
             );
-            PodWatch {
-                changes,
-                _task: None,
-                _idle: Some(tx),
+            KubeWatch {
+                pods,
+                objects,
+                status: None,
+                _tasks: Vec::new(),
+                _idle: Some((pods_tx, objects_tx)),
             }
         }
     })

@@ -67,7 +67,7 @@ impl Control {
             }
             CgroupChange::Rescan => self.scan(),
         }
-        self.apply_grants();
+        self.refresh_grants();
     }
 
     /// Full walk: adds what is new, drops what is gone (also entries an
@@ -96,6 +96,6 @@ impl Control {
             Err(e) => tracing::error!(error = %e, "cannot prune cgroup entries"),
         }
         self.count_cgroups();
-        self.apply_grants();
+        self.refresh_grants();
     }
 }

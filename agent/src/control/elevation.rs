@@ -14,8 +14,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Control;
+use tokio::sync::mpsc;
+
 use crate::elevation::grant::{self, Grant, Principal};
+use crate::elevation::kube::StatusUpdate;
 use crate::elevation::protocol::{Op, Reply};
+use crate::elevation::resource::ElevationObject;
 use crate::elevation::sockets;
 use crate::elevation::store::{self, Loaded};
 use crate::enforcement::grants::GrantEntry;
@@ -29,6 +33,15 @@ pub struct Elevations {
     /// cgroup id → grant id written to the kernel for it.
     applied: HashMap<u64, String>,
     next_seq: u64,
+    /// `TierElevation` objects not (yet) granted here, by uid, with the
+    /// last refusal reported for each.
+    pub objects: BTreeMap<String, (ElevationObject, Option<String>)>,
+    /// Objects whose grant ended on this agent: never granted again.
+    pub ended_objects: HashSet<String>,
+    /// Where the statuses of objects go (None without Kubernetes), and the
+    /// node name they carry.
+    pub status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    pub node: String,
 }
 
 impl Elevations {
@@ -38,6 +51,10 @@ impl Elevations {
             file,
             applied: HashMap::new(),
             next_seq: 1,
+            objects: BTreeMap::new(),
+            ended_objects: HashSet::new(),
+            status: None,
+            node: String::new(),
         }
     }
 }
@@ -112,6 +129,27 @@ impl Control {
     }
 
     fn grant(&mut self, req: grant::Request, by: Principal) -> Reply {
+        let target = req.target.to_string();
+        let to = req.to.clone();
+        match self.admit(req, by.clone(), None) {
+            Ok(g) => Reply::grant(g),
+            Err(e) => {
+                tracing::warn!(by = %by.id, %target, %to, error = %e, "grant refused");
+                Reply::error(e)
+            }
+        }
+    }
+
+    /// Checks `req` against the policy and the workloads it matches and
+    /// takes the grant: recorded, written to the kernel, reported. A grant
+    /// from an object ends at the object's end, any other `duration_ms`
+    /// from now.
+    pub(super) fn admit(
+        &mut self,
+        req: grant::Request,
+        by: Principal,
+        object: Option<&ElevationObject>,
+    ) -> Result<Grant, String> {
         let workloads = self.state.workloads();
         let matched: Vec<&crate::state::WorkloadInfo> = workloads
             .iter()
@@ -125,13 +163,7 @@ impl Control {
             };
             policy.elevation_allowed(f, t, d).map(|_| ())
         };
-        let (from, d) = match grant::check(&req, &matched, allowed) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(by = %by.id, target = %req.target, to = %req.to, error = %e, "grant refused");
-                return Reply::error(e);
-            }
-        };
+        let (from, d) = grant::check(&req, &matched, allowed)?;
         let now = now_epoch_ms();
         let g = Grant {
             id: random_id(),
@@ -140,16 +172,17 @@ impl Control {
             from,
             to: req.to,
             granted_ms: now,
-            expires_ms: now + d.as_millis() as u64,
+            expires_ms: object.map_or(now + d.as_millis() as u64, ElevationObject::expires_ms),
             ticket: req.ticket,
             reason: req.reason,
             granted_by: by,
+            object: object.map(|o| o.object.clone()),
         };
         self.elevation.next_seq += 1;
         self.elevation.grants.insert(g.id.clone(), g.clone());
         if let Err(e) = self.persist() {
             self.elevation.grants.remove(&g.id);
-            return Reply::error(format!(
+            return Err(format!(
                 "cannot record the grant in {}: {e}; nothing was granted",
                 self.elevation.file.display()
             ));
@@ -158,7 +191,7 @@ impl Control {
         tracing::info!(id = %g.id, target = %g.target, from = %g.from, to = %g.to,
             expires_ms = g.expires_ms, ticket = %g.ticket, by = %g.granted_by.id, "elevation granted");
         self.grant_record(&g, "grant", None);
-        Reply::grant(g)
+        Ok(g)
     }
 
     fn persist(&self) -> std::io::Result<()> {
@@ -207,7 +240,12 @@ impl Control {
     }
 
     /// Removes a grant, reports its end and closes what it opened.
-    fn end_grant(&mut self, id: &str, end: &str, by: Option<&Principal>) -> Option<Grant> {
+    pub(super) fn end_grant(
+        &mut self,
+        id: &str,
+        end: &str,
+        by: Option<&Principal>,
+    ) -> Option<Grant> {
         let g = self.elevation.grants.remove(id)?;
         if let Err(e) = self.persist() {
             tracing::error!(file = %self.elevation.file.display(), error = %e,
@@ -238,6 +276,9 @@ impl Control {
             Some((end, by)),
         );
         self.close_opened(&g, &cgroups);
+        if let Some(o) = &g.object {
+            self.object_ended(o, &g, end);
+        }
         Some(g)
     }
 
@@ -303,6 +344,14 @@ impl Control {
                     "cannot close the connections the grant opened"),
             }
         }
+    }
+
+    /// After workloads or the policy changed: objects waiting for their
+    /// pod or for a policy that allows them are tried, then the kernel
+    /// brought to the grants in force.
+    pub fn refresh_grants(&mut self) {
+        self.admit_objects();
+        self.apply_grants();
     }
 
     /// Brings `TG_GRANTS` and the writer's view to the grants in force.

@@ -8,6 +8,7 @@
 
 mod cgroups;
 pub mod elevation;
+mod elevation_objects;
 mod pods;
 mod reload;
 

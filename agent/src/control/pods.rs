@@ -26,6 +26,6 @@ impl Control {
                 self.add(d);
             }
         }
-        self.apply_grants();
+        self.refresh_grants();
     }
 }

@@ -72,7 +72,7 @@ impl Control {
         // Grants the new policy no longer allows end; the rest follow the
         // workloads' new tiers.
         self.recheck_grants("policy");
-        self.apply_grants();
+        self.refresh_grants();
         self.metrics.policy_info.clear();
         self.metrics
             .policy_info

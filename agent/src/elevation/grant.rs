@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::resource::ObjectRef;
 use crate::events::ocsf_access::{ElevationTag, Operator};
 use crate::state::WorkloadInfo;
 
@@ -101,6 +102,9 @@ pub struct Grant {
     pub ticket: String,
     pub reason: String,
     pub granted_by: Principal,
+    /// The `TierElevation` object the grant came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
 }
 
 impl Principal {

@@ -102,6 +102,7 @@ mod tests {
                 id: "uid:0".into(),
                 name: Some("root".into()),
             },
+            object: None,
         }
     }
 

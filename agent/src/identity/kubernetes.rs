@@ -49,7 +49,8 @@ pub fn source(kubeconfig: Option<&Path>) -> Result<Option<Source>, KubeError> {
     })
 }
 
-async fn client(source: &Source) -> Result<kube::Client, KubeError> {
+/// A client for the API server at `source`.
+pub async fn client(source: &Source) -> Result<kube::Client, KubeError> {
     let config = match source {
         Source::Kubeconfig(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -71,16 +72,15 @@ async fn client(source: &Source) -> Result<kube::Client, KubeError> {
 }
 
 /// Starts the watch of `node`'s pods.
-pub async fn spawn(
-    source: Source,
+pub fn spawn(
+    client: kube::Client,
     node: String,
     tx: mpsc::UnboundedSender<PodChange>,
     metrics: Arc<Metrics>,
-) -> Result<tokio::task::JoinHandle<()>, KubeError> {
-    let client = client(&source).await?;
+) -> tokio::task::JoinHandle<()> {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
         // A relist arrives as Init, InitApply*, InitDone; it replaces the
         // store only when complete, so a half-done relist removes nothing.
@@ -113,7 +113,7 @@ pub async fn spawn(
                 return;
             }
         }
-    }))
+    })
 }
 
 /// The fields of a pod object identity needs; None without name or uid.
