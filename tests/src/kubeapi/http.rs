@@ -1,5 +1,5 @@
-//! The HTTP side: accepting connections, reading requests, routing them and
-//! writing responses (plain and chunked).
+//! The HTTP side: accepting connections, reading requests and writing
+//! responses (plain and chunked).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::objects::TIMESTAMP;
-use super::watch::pods;
+use super::routes::handle;
 use super::{Inner, POLL, lock};
 
 pub(super) fn accept_loop(inner: &Arc<Inner>) {
@@ -70,10 +69,13 @@ pub(super) fn accept_loop(inner: &Arc<Inner>) {
 }
 
 pub(super) struct Request {
-    method: String,
+    pub(super) method: String,
     target: String,
-    path: String,
+    pub(super) path: String,
     query: Vec<(String, String)>,
+    /// The `Content-Type` header, lowercased; empty when absent.
+    pub(super) content_type: String,
+    pub(super) body: Vec<u8>,
     close: bool,
 }
 
@@ -98,8 +100,8 @@ fn serve_conn(inner: &Inner, mut stream: TcpStream, generation: u64) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Reads one request head (and skips its body); None when the peer closed,
-/// the server stops or the request is malformed.
+/// Reads one request (head and `Content-Length` body); None when the peer
+/// closed, the server stops or the request is malformed.
 fn read_request(
     inner: &Inner,
     stream: &mut TcpStream,
@@ -135,6 +137,7 @@ fn read_request(
     let version = first.next().unwrap_or("HTTP/1.0");
     let mut close = version == "HTTP/1.0";
     let mut body_len = 0usize;
+    let mut content_type = String::new();
     for line in lines {
         let Some((k, v)) = line.split_once(':') else {
             continue;
@@ -142,9 +145,11 @@ fn read_request(
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
         match k.as_str() {
             "content-length" => body_len = v.parse().ok()?,
+            "content-type" => content_type = v,
             "connection" if v.contains("close") => close = true,
             "connection" if v.contains("keep-alive") => close = false,
-            // Chunked request bodies are not supported (the watcher sends none).
+            // Chunked request bodies are not supported (kube sends a
+            // Content-Length with its patches).
             "transfer-encoding" => return None,
             _ => {}
         }
@@ -162,7 +167,7 @@ fn read_request(
             Err(_) => return None,
         }
     }
-    buf.drain(..body_len);
+    let body = buf.drain(..body_len).collect();
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), parse_query(q)),
         None => (target.clone(), Vec::new()),
@@ -172,6 +177,8 @@ fn read_request(
         target,
         path,
         query,
+        content_type,
+        body,
         close,
     })
 }
@@ -214,12 +221,14 @@ fn reason_phrase(code: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         410 => "Gone",
+        415 => "Unsupported Media Type",
         _ => "Internal Server Error",
     }
 }
 
-fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &[u8]) -> bool {
+pub(super) fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &[u8]) -> bool {
     let head = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\n\r\n",
         reason_phrase(code),
@@ -254,90 +263,6 @@ pub(super) fn respond_status(
     message: &str,
 ) -> bool {
     respond_json(stream, code, &status(code, reason, message))
-}
-
-fn handle(inner: &Inner, stream: &mut TcpStream, req: &Request, generation: u64) -> bool {
-    if req.method != "GET" {
-        return respond_status(
-            stream,
-            405,
-            "MethodNotAllowed",
-            &format!("the fake API server only serves GET, not {}", req.method),
-        );
-    }
-    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-    match segs.as_slice() {
-        ["version"] => respond_json(
-            stream,
-            200,
-            &json!({
-                "major": "1",
-                "minor": "34",
-                "gitVersion": "v1.34.0-fake",
-                "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean",
-                "buildDate": TIMESTAMP,
-                "goVersion": "go1.24.0",
-                "compiler": "gc",
-                "platform": "linux/amd64",
-            }),
-        ),
-        ["api"] => respond_json(
-            stream,
-            200,
-            &json!({
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": format!("127.0.0.1:{}", inner.port)}
-                ],
-            }),
-        ),
-        ["apis"] => respond_json(
-            stream,
-            200,
-            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        ),
-        ["api", "v1"] => respond_json(
-            stream,
-            200,
-            &json!({
-                "kind": "APIResourceList",
-                "groupVersion": "v1",
-                "resources": [{
-                    "name": "pods",
-                    "singularName": "pod",
-                    "namespaced": true,
-                    "kind": "Pod",
-                    "verbs": ["get", "list", "watch"],
-                    "shortNames": ["po"],
-                }],
-            }),
-        ),
-        ["healthz"] | ["livez"] | ["readyz"] => respond(stream, 200, "text/plain", b"ok"),
-        ["api", "v1", "pods"] => pods(inner, stream, req, None, generation),
-        ["api", "v1", "namespaces", ns, "pods"] => pods(inner, stream, req, Some(ns), generation),
-        ["api", "v1", "namespaces", ns, "pods", name] => {
-            let pod = lock(&inner.store)
-                .pods
-                .get(&(ns.to_string(), name.to_string()))
-                .cloned();
-            match pod {
-                Some(p) => respond_json(stream, 200, &p),
-                None => {
-                    let mut st = status(404, "NotFound", &format!("pods \"{name}\" not found"));
-                    st["details"] = json!({"name": name, "kind": "pods"});
-                    respond_json(stream, 404, &st)
-                }
-            }
-        }
-        _ => respond_status(
-            stream,
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
-    }
 }
 
 fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> bool {

@@ -1,33 +1,45 @@
-//! A fake Kubernetes API server for the agent's pod watch.
+//! A fake Kubernetes API server for the agent's pod and TierElevation watches.
 //!
 //! [`FakeKube`] speaks just enough of the real API over plain HTTP/1.1 on
-//! `127.0.0.1` for `kube::runtime::watcher` (kube 5.x) to list and watch pods:
+//! `127.0.0.1` for kube 5.x clients (`kube::runtime::watcher`, `Api::get`,
+//! `Api::patch_status`) to list and watch pods and the `TierElevation`
+//! custom resource (`tierelevations.tiergate.io/v1alpha1`, namespaced):
 //!
-//! * `GET /api/v1/pods` and `GET /api/v1/namespaces/{ns}/pods`: a `PodList`
-//!   (`limit`/`continue` paging, `fieldSelector`, `labelSelector`), or with
-//!   `watch=true` a chunked stream of newline-separated watch events
+//! * `GET /api/v1/pods`, `GET /api/v1/namespaces/{ns}/pods`,
+//!   `GET /apis/tiergate.io/v1alpha1/tierelevations` and
+//!   `GET /apis/tiergate.io/v1alpha1/namespaces/{ns}/tierelevations`: a
+//!   `PodList`/`TierElevationList` (`limit`/`continue` paging,
+//!   `fieldSelector`, `labelSelector`), or with `watch=true` a chunked stream
+//!   of newline-separated watch events
 //!   (`ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK`/`ERROR`) that resumes from
 //!   `resourceVersion` by replaying its change history, sends synthetic
 //!   `ADDED` events for `resourceVersion` `""`/`"0"` (plus the
 //!   `k8s.io/initial-events-end` bookmark when `sendInitialEvents=true`) and
 //!   ends after `timeoutSeconds` (with a bookmark when
 //!   `allowWatchBookmarks=true`);
-//! * `GET /api/v1/namespaces/{ns}/pods/{name}`, `/version`, `/api`,
-//!   `/api/v1`, `/apis`, `/healthz`, `/livez`, `/readyz`.
+//! * `GET` of one pod or TierElevation (and of a TierElevation's `/status`);
+//! * `PATCH /apis/tiergate.io/v1alpha1/namespaces/{ns}/tierelevations/{name}/status`
+//!   with `Content-Type: application/merge-patch+json` (RFC 7386), which
+//!   changes only `status`, as the status subresource does;
+//! * `/version`, `/api`, `/api/v1`, `/apis`, `/apis/tiergate.io`,
+//!   `/apis/tiergate.io/v1alpha1`, `/healthz`, `/livez`, `/readyz`.
 //!
-//! As on a real API server, field selectors turn a pod that starts or stops
-//! matching into `ADDED`/`DELETED`, list items carry no `kind`/`apiVersion`,
-//! an expired `resourceVersion` on a watch answers HTTP 200 with an `ERROR`
-//! event holding a `Status` of code 410 (reason `Expired`), and errors are
-//! `Status` objects. Everything else (auth, writes, other resources, paging
-//! snapshots) is left out. Pods the tests upsert without `spec.nodeName` are
-//! put on the server's node.
+//! As on a real API server, resourceVersions are global (one counter for
+//! every resource; a watch skips the other resources' changes), field
+//! selectors turn an object that starts or stops matching into
+//! `ADDED`/`DELETED`, pod list items carry no `kind`/`apiVersion` (custom
+//! resource list items do), an expired `resourceVersion` on a watch answers
+//! HTTP 200 with an `ERROR` event holding a `Status` of code 410 (reason
+//! `Expired`), a no-op patch writes nothing (same resourceVersion, no event)
+//! and errors are `Status` objects. Everything else (auth, other writes and
+//! resources, paging snapshots) is left out. Pods the tests upsert without
+//! `spec.nodeName` are put on the server's node.
 //!
 //! Every thread stops when the [`FakeKube`] is dropped: the accept loop polls
 //! a stop flag, connections read with a short timeout and watches wait on a
 //! condition variable with one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,21 +47,26 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+mod elevations;
 mod http;
 mod objects;
+mod routes;
 mod select;
+mod store;
+#[cfg(test)]
+mod tests;
 mod watch;
 
+pub use elevations::rfc3339_seconds;
 pub use objects::{add_ephemeral_container, add_init_container, on_node, pod};
 
 use http::accept_loop;
+use store::{Resource, Store};
 
 /// How often blocked threads look at the stop flag and their peer.
 const POLL: Duration = Duration::from_millis(50);
-/// Changes kept for resuming watches; older ones are compacted away.
-const HISTORY_MAX: usize = 10_000;
 
 /// A fake API server on `127.0.0.1`; see the module docs.
 pub struct FakeKube {
@@ -72,43 +89,13 @@ struct Inner {
     changed: Condvar,
 }
 
-#[derive(Default)]
-struct Store {
-    rv: u64,
-    pods: BTreeMap<(String, String), Value>,
-    history: VecDeque<Change>,
-    /// Watches from a resourceVersion below this one get 410 Gone.
-    floor: u64,
-    /// Bumped by `expire_watches`: open watches end with 410 Gone.
-    expire_epoch: u64,
-    /// Set by `expire_watches` when no watch was open: the next watch gets 410.
-    expire_next: bool,
-    /// Bumped by `send_bookmarks`.
-    bookmark_epoch: u64,
-    open_watches: usize,
-    next_uid: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ChangeKind {
-    Added,
-    Modified,
-    Deleted,
-}
-
-struct Change {
-    rv: u64,
-    kind: ChangeKind,
-    old: Option<Value>,
-    new: Value,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FakeKube {
-    /// Starts on `127.0.0.1:0` serving pods for `node`; returns once listening.
+    /// Starts on `127.0.0.1:0` serving pods for `node` (and TierElevations);
+    /// returns once listening.
     pub fn start(node: &str) -> FakeKube {
         let listener = TcpListener::bind("127.0.0.1:0").expect("fake kube: bind 127.0.0.1:0");
         listener
@@ -125,11 +112,7 @@ impl FakeKube {
             next_conn: AtomicU64::new(0),
             workers: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
-            store: Mutex::new(Store {
-                rv: 1,
-                floor: 1,
-                ..Store::default()
-            }),
+            store: Mutex::new(Store::new()),
             changed: Condvar::new(),
         });
         let for_thread = Arc::clone(&inner);
@@ -185,93 +168,29 @@ impl FakeKube {
     /// DELETED when the change makes it start or stop matching). Fills in
     /// `kind`, `apiVersion`, `metadata.uid` and `spec.nodeName` (this
     /// server's node) when absent. Returns the pod as stored.
-    pub fn upsert_pod(&self, mut pod: Value) -> Value {
-        let obj = pod
-            .as_object_mut()
-            .expect("fake kube: a pod is a JSON object");
-        obj.insert("apiVersion".into(), "v1".into());
-        obj.insert("kind".into(), "Pod".into());
-        let meta = obj
-            .entry("metadata")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("fake kube: metadata is an object");
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .expect("fake kube: a pod needs metadata.name")
-            .to_string();
-        let namespace = match meta.get("namespace").and_then(Value::as_str) {
-            Some(ns) => ns.to_string(),
-            None => {
-                meta.insert("namespace".into(), "default".into());
-                "default".into()
+    pub fn upsert_pod(&self, pod: Value) -> Value {
+        let node = self.inner.node.clone();
+        self.inner.upsert(Resource::Pods, pod, |obj, _| {
+            let spec = obj
+                .entry("spec")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("fake kube: spec is an object");
+            if spec.get("nodeName").is_none_or(Value::is_null) {
+                spec.insert("nodeName".into(), node.into());
             }
-        };
-        let spec = obj
-            .entry("spec")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("fake kube: spec is an object");
-        if spec.get("nodeName").is_none_or(Value::is_null) {
-            spec.insert("nodeName".into(), self.inner.node.clone().into());
-        }
-        let stored = {
-            let mut st = lock(&self.inner.store);
-            st.rv += 1;
-            let rv = st.rv;
-            let key = (namespace, name);
-            let old = st.pods.get(&key).cloned();
-            let meta = pod["metadata"].as_object_mut().expect("metadata");
-            meta.insert("resourceVersion".into(), rv.to_string().into());
-            if meta.get("uid").is_none_or(Value::is_null) {
-                let uid = match old.as_ref().and_then(|o| o["metadata"]["uid"].as_str()) {
-                    Some(uid) => uid.to_string(),
-                    None => {
-                        st.next_uid += 1;
-                        format!("00000000-0000-4000-8000-{:012x}", st.next_uid)
-                    }
-                };
-                meta.insert("uid".into(), uid.into());
-            }
-            let kind = if old.is_some() {
-                ChangeKind::Modified
-            } else {
-                ChangeKind::Added
-            };
-            st.pods.insert(key, pod.clone());
-            push_change(&mut st, rv, kind, old, pod.clone());
-            pod
-        };
-        self.inner.changed.notify_all();
-        stored
+        })
     }
 
     /// Deletes a pod, sending DELETED (its last state at a new
     /// resourceVersion) to the watches it matched. Returns whether it existed.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
-        {
-            let mut st = lock(&self.inner.store);
-            let key = (namespace.to_string(), name.to_string());
-            let Some(old) = st.pods.remove(&key) else {
-                return false;
-            };
-            st.rv += 1;
-            let rv = st.rv;
-            let mut last = old.clone();
-            last["metadata"]["resourceVersion"] = rv.to_string().into();
-            push_change(&mut st, rv, ChangeKind::Deleted, Some(old), last);
-        }
-        self.inner.changed.notify_all();
-        true
+        self.inner.delete(Resource::Pods, namespace, name)
     }
 
     /// The stored pod, if any.
     pub fn get_pod(&self, namespace: &str, name: &str) -> Option<Value> {
-        let st = lock(&self.inner.store);
-        st.pods
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        self.inner.get(Resource::Pods, namespace, name)
     }
 
     /// The current (global) resourceVersion.
@@ -279,10 +198,11 @@ impl FakeKube {
         lock(&self.inner.store).rv
     }
 
-    /// Forces a relist: every open watch gets an `ERROR` event with a 410
-    /// `Status` (reason `Expired`) and ends; when none is open, the next watch
-    /// request gets it instead. Watches resuming from a resourceVersion older
-    /// than the current one get it too (the history is compacted).
+    /// Forces a relist: every open watch (of any resource) gets an `ERROR`
+    /// event with a 410 `Status` (reason `Expired`) and ends; when none is
+    /// open, the next watch request gets it instead. Watches resuming from a
+    /// resourceVersion older than the current one get it too (the history is
+    /// compacted).
     pub fn expire_watches(&self) {
         {
             let mut st = lock(&self.inner.store);
@@ -331,7 +251,7 @@ impl FakeKube {
     }
 
     /// Stops answering: closes the listener (connections are refused) and
-    /// drops every open connection without a clean end. The pods and their
+    /// drops every open connection without a clean end. The objects and their
     /// history are kept, as on an API server restart.
     pub fn go_down(&self) {
         self.inner.go_down();
@@ -406,13 +326,55 @@ impl Inner {
         drop(listener);
         self.changed.notify_all();
     }
-}
 
-fn push_change(st: &mut Store, rv: u64, kind: ChangeKind, old: Option<Value>, new: Value) {
-    st.history.push_back(Change { rv, kind, old, new });
-    while st.history.len() > HISTORY_MAX {
-        if let Some(c) = st.history.pop_front() {
-            st.floor = st.floor.max(c.rv);
+    /// Adds or replaces an object of `resource`: sets `apiVersion` and
+    /// `kind`, `metadata.namespace` `default` when absent, lets `prepare`
+    /// finish it with the stored object (if any) in hand, then stores it.
+    fn upsert(
+        &self,
+        resource: Resource,
+        mut obj: Value,
+        prepare: impl FnOnce(&mut Map<String, Value>, Option<&Value>),
+    ) -> Value {
+        let what = resource.kind();
+        let o = obj
+            .as_object_mut()
+            .unwrap_or_else(|| panic!("fake kube: a {what} is a JSON object"));
+        o.insert("apiVersion".into(), resource.api_version().into());
+        o.insert("kind".into(), what.into());
+        let meta = o
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("fake kube: metadata is an object");
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("fake kube: a {what} needs metadata.name"))
+            .to_string();
+        let namespace = meta.entry("namespace").or_insert_with(|| "default".into());
+        if !namespace.is_string() {
+            *namespace = "default".into();
         }
+        let namespace = namespace.as_str().unwrap_or_default().to_string();
+        let stored = {
+            let mut st = lock(&self.store);
+            prepare(o, st.get(resource, &namespace, &name));
+            st.put(resource, obj)
+        };
+        self.changed.notify_all();
+        stored
+    }
+
+    fn delete(&self, resource: Resource, namespace: &str, name: &str) -> bool {
+        let existed = lock(&self.store).remove(resource, namespace, name);
+        if existed {
+            self.changed.notify_all();
+        }
+        existed
+    }
+
+    fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        lock(&self.store).get(resource, namespace, name).cloned()
     }
 }

@@ -3,23 +3,11 @@
 use serde_json::Value;
 
 use super::http::Request;
-
-/// Field labels the pod field selector supports (as the real server does).
-const POD_FIELDS: &[&str] = &[
-    "metadata.name",
-    "metadata.namespace",
-    "spec.nodeName",
-    "spec.restartPolicy",
-    "spec.schedulerName",
-    "spec.serviceAccountName",
-    "spec.hostNetwork",
-    "status.phase",
-    "status.podIP",
-    "status.nominatedNodeName",
-];
+use super::store::Resource;
 
 /// What a list or watch asks for.
 pub(super) struct Filter {
+    pub(super) resource: Resource,
     namespace: Option<String>,
     fields: Vec<(String, bool, String)>,
     labels: Vec<LabelReq>,
@@ -35,7 +23,11 @@ enum LabelReq {
 }
 
 impl Filter {
-    pub(super) fn parse(namespace: Option<&str>, req: &Request) -> Result<Filter, String> {
+    pub(super) fn parse(
+        resource: Resource,
+        namespace: Option<&str>,
+        req: &Request,
+    ) -> Result<Filter, String> {
         let mut fields = Vec::new();
         for term in req
             .param("fieldSelector")
@@ -56,7 +48,7 @@ impl Filter {
                 ));
             };
             let k = k.trim();
-            if !POD_FIELDS.contains(&k) {
+            if !resource.field_labels().contains(&k) {
                 return Err(format!("field label not supported: {k}"));
             }
             fields.push((k.to_string(), eq, v.trim().to_string()));
@@ -66,14 +58,16 @@ impl Filter {
             labels.push(parse_label_term(&term)?);
         }
         Ok(Filter {
+            resource,
             namespace: namespace.map(str::to_string),
             fields,
             labels,
         })
     }
 
-    pub(super) fn matches(&self, pod: &Value) -> bool {
-        let meta = &pod["metadata"];
+    /// Whether `obj` (of the filter's resource) matches.
+    pub(super) fn matches(&self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
         if let Some(ns) = &self.namespace
             && meta["namespace"].as_str() != Some(ns)
         {
@@ -82,7 +76,7 @@ impl Filter {
         let fields_ok = self
             .fields
             .iter()
-            .all(|(k, eq, v)| (field_value(pod, k) == *v) == *eq);
+            .all(|(k, eq, v)| (field_value(obj, k) == *v) == *eq);
         let label = |k: &str| meta["labels"][k].as_str();
         fields_ok
             && self.labels.iter().all(|r| match r {
@@ -96,8 +90,8 @@ impl Filter {
     }
 }
 
-fn field_value(pod: &Value, field: &str) -> String {
-    let v = field.split('.').fold(pod, |v, part| &v[part]);
+fn field_value(obj: &Value, field: &str) -> String {
+    let v = field.split('.').fold(obj, |v, part| &v[part]);
     match v {
         Value::String(s) => s.clone(),
         Value::Bool(b) => b.to_string(),

@@ -10,19 +10,23 @@ use super::http::{
     write_event,
 };
 use super::select::Filter;
-use super::{Change, ChangeKind, Inner, POLL, Store, lock};
+use super::store::{Change, ChangeKind, Resource, Store};
+use super::{Inner, POLL, lock};
 
 /// Watch length when the request names no `timeoutSeconds`.
 const DEFAULT_WATCH_SECS: u64 = 1800;
 
-pub(super) fn pods(
+/// A list, or a watch with `watch=true`, of `resource` in `namespace` (all
+/// namespaces when None).
+pub(super) fn collection(
     inner: &Inner,
     stream: &mut TcpStream,
     req: &Request,
+    resource: Resource,
     namespace: Option<&str>,
     generation: u64,
 ) -> bool {
-    let filter = match Filter::parse(namespace, req) {
+    let filter = match Filter::parse(resource, namespace, req) {
         Ok(f) => f,
         Err(msg) => return respond_status(stream, 400, "BadRequest", &msg),
     };
@@ -51,8 +55,7 @@ fn list(inner: &Inner, stream: &mut TcpStream, req: &Request, filter: &Filter) -
     let (items, rv, more) = {
         let st = lock(&inner.store);
         let matching: Vec<_> = st
-            .pods
-            .iter()
+            .objects(filter.resource)
             .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
             .filter(|(_, p)| filter.matches(p))
             .collect();
@@ -64,9 +67,12 @@ fn list(inner: &Inner, stream: &mut TcpStream, req: &Request, filter: &Filter) -
         let items: Vec<Value> = matching[..page]
             .iter()
             .map(|(_, p)| {
-                let mut item = (*p).clone();
-                if let Some(o) = item.as_object_mut() {
-                    // A real server leaves these out of list items.
+                let mut item = with_type(filter.resource, p);
+                if !filter.resource.typed_list_items()
+                    && let Some(o) = item.as_object_mut()
+                {
+                    // A real server leaves these out of built-in types' list
+                    // items.
                     o.remove("kind");
                     o.remove("apiVersion");
                 }
@@ -85,10 +91,16 @@ fn list(inner: &Inner, stream: &mut TcpStream, req: &Request, filter: &Filter) -
         metadata["continue"] = tok.into();
         metadata["remainingItemCount"] = remaining.into();
     }
+    let resource = filter.resource;
     respond_json(
         stream,
         200,
-        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": items}),
+        &json!({
+            "kind": resource.list_kind(),
+            "apiVersion": resource.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }),
     )
 }
 
@@ -112,21 +124,25 @@ fn decode_continue(tok: &str) -> Option<(String, String)> {
     Some((ns.to_string(), name.to_string()))
 }
 
-fn with_type(pod: &Value) -> Value {
-    let mut p = pod.clone();
-    if let Some(o) = p.as_object_mut() {
-        o.insert("apiVersion".into(), "v1".into());
-        o.insert("kind".into(), "Pod".into());
+fn with_type(resource: Resource, obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.insert("apiVersion".into(), resource.api_version().into());
+        m.insert("kind".into(), resource.kind().into());
     }
-    p
+    o
 }
 
-fn bookmark(rv: u64, initial_end: bool) -> Value {
+fn bookmark(resource: Resource, rv: u64, initial_end: bool) -> Value {
     let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": meta}})
+    json!({"type": "BOOKMARK", "object": {
+        "kind": resource.kind(),
+        "apiVersion": resource.api_version(),
+        "metadata": meta,
+    }})
 }
 
 fn gone(requested: &str, current: u64) -> Value {
@@ -142,6 +158,9 @@ fn gone(requested: &str, current: u64) -> Value {
 
 /// The watch event a change makes for `filter`, if any.
 fn event_for(change: &Change, filter: &Filter) -> Option<Value> {
+    if change.resource != filter.resource {
+        return None;
+    }
     let was = change.old.as_ref().is_some_and(|o| filter.matches(o));
     let is = filter.matches(&change.new);
     let kind = match change.kind {
@@ -154,7 +173,7 @@ fn event_for(change: &Change, filter: &Filter) -> Option<Value> {
             (false, false) => return None,
         },
     };
-    Some(json!({"type": kind, "object": with_type(&change.new)}))
+    Some(json!({"type": kind, "object": with_type(change.resource, &change.new)}))
 }
 
 /// Decrements the open-watch count however the watch ends.
@@ -215,10 +234,10 @@ fn watch(
             Start::Gone(requested.clone(), st.rv)
         } else {
             let initial = if from.is_none() && send_initial != Some("false") {
-                st.pods
-                    .values()
-                    .filter(|p| filter.matches(p))
-                    .map(|p| json!({"type": "ADDED", "object": with_type(p)}))
+                st.objects(filter.resource)
+                    .map(|(_, o)| o)
+                    .filter(|o| filter.matches(o))
+                    .map(|o| json!({"type": "ADDED", "object": with_type(filter.resource, o)}))
                     .collect()
             } else {
                 Vec::new()
@@ -255,7 +274,10 @@ fn watch(
             return false;
         }
     }
-    if send_initial == Some("true") && bookmarks && !write_event(stream, &bookmark(cursor, true)) {
+    if send_initial == Some("true")
+        && bookmarks
+        && !write_event(stream, &bookmark(filter.resource, cursor, true))
+    {
         return false;
     }
     let deadline = Instant::now() + timeout;
@@ -326,13 +348,17 @@ fn watch(
             }
             Next::Bookmark(rv, epoch) => {
                 my_bookmark = epoch;
-                if bookmarks && !write_event(stream, &bookmark(rv.max(cursor), false)) {
+                if bookmarks
+                    && !write_event(stream, &bookmark(filter.resource, rv.max(cursor), false))
+                {
                     return false;
                 }
                 cursor = cursor.max(rv);
             }
             Next::Timeout(rv) => {
-                if bookmarks && !write_event(stream, &bookmark(rv.max(cursor), false)) {
+                if bookmarks
+                    && !write_event(stream, &bookmark(filter.resource, rv.max(cursor), false))
+                {
                     return false;
                 }
                 return end_chunks(stream);
