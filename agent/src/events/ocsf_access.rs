@@ -98,6 +98,9 @@ pub enum ElevationEnd {
     /// A new policy no longer allows it (the pair is gone or its
     /// `maxDuration` is now shorter than what is left).
     Policy,
+    /// The `TierElevation` object it came from was deleted (by whom, the
+    /// API server's audit log says; the watch does not).
+    Deleted { object: String },
 }
 
 impl ElevationEnd {
@@ -107,6 +110,7 @@ impl ElevationEnd {
             ElevationEnd::Revoked { .. } => ("revoke", "revoked"),
             ElevationEnd::Expired => ("expire", "expired"),
             ElevationEnd::Policy => ("revoke", "policy"),
+            ElevationEnd::Deleted { .. } => ("revoke", "deleted"),
         }
     }
 }
@@ -347,6 +351,10 @@ fn ended_message(
             g.ticket,
             env.policy_name.unwrap_or("(none)")
         ),
+        ElevationEnd::Deleted { object } => format!(
+            "grant {} (tier {to}, ticket {}) revoked: {object} was deleted; {back}",
+            g.id, g.ticket
+        ),
     }
 }
 
@@ -499,6 +507,14 @@ mod tests {
                 "revoke",
                 "policy",
                 "grant el-7f3a (tier tier1, ticket INC-42) ended: policy ai-platform no longer allows tier0→tier1 for it; agents/retriever-0/tool is back in tier tier0",
+            ),
+            (
+                ElevationEnd::Deleted {
+                    object: "TierElevation agents/inc-42".into(),
+                },
+                "revoke",
+                "deleted",
+                "grant el-7f3a (tier tier1, ticket INC-42) revoked: TierElevation agents/inc-42 was deleted; agents/retriever-0/tool is back in tier tier0",
             ),
         ];
         for (end, action, word, message) in cases {

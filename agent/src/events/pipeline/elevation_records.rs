@@ -43,6 +43,12 @@ impl Writer {
             None => None,
             Some("expired") => Some(ElevationEnd::Expired),
             Some("policy") => Some(ElevationEnd::Policy),
+            Some("deleted") => Some(ElevationEnd::Deleted {
+                object: g
+                    .object
+                    .as_ref()
+                    .map_or_else(|| "its object".to_string(), |o| o.to_string()),
+            }),
             Some(_) => Some(ElevationEnd::Revoked {
                 by: d.get("ended_by").and_then(|b| b.as_str()).map_or_else(
                     || g.granted_by.operator(),
