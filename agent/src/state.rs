@@ -178,6 +178,17 @@ impl NodeState {
         *self.elevations.write().expect("lock") = m;
     }
 
+    /// The grant `cgroup` is judged under at `now_ms`, if any: the proxies
+    /// judge DNS queries and metadata requests by its tier, as the kernel
+    /// judges connections (which compares the expiry itself).
+    pub fn elevated_at(
+        &self,
+        cgroup: u64,
+        now_ms: u64,
+    ) -> Option<Arc<crate::events::ocsf_access::ElevationTag>> {
+        self.elevation(cgroup).filter(|t| t.expires > now_ms)
+    }
+
     /// The grant `cgroup` is elevated by, if any.
     pub fn elevation(&self, cgroup: u64) -> Option<Arc<crate::events::ocsf_access::ElevationTag>> {
         self.elevations.read().expect("lock").get(&cgroup).cloned()

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod collector;
+pub mod dns_world;
 pub mod dnsserver;
 pub mod held;
 pub mod httpprobe;

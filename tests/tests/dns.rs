@@ -4,185 +4,11 @@
 //! address is open for that workload only, from the moment the answer
 //! arrives. No query leaves the namespace: the resolvers are on its `lo`.
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tiergate_tests::{Fixture, is_conn, sh, spawn_ready, tg};
-
-const RESOLVER: &str = "10.53.0.53";
-const ROGUE: &str = "10.99.0.53";
-
-const ZONE: &str = "
-api.example.test 30 A 198.18.0.10
-other.example.test 30 A 198.18.0.11
-www.example.test 30 CNAME edge.cdn.test
-edge.cdn.test 30 A 198.18.0.12
-meta.example.test 30 A 169.254.169.254
-priv.example.test 30 A 10.20.0.1
-vault.example.test 30 A 10.20.0.1
-short.example.test 1 A 198.18.0.13
-multi.example.test 30 A 198.18.0.21
-multi.example.test 30 A 198.18.0.22
-multi.example.test 30 A 198.18.0.23
-";
-
-const ROGUE_ZONE: &str = "
-api.example.test 30 A 198.18.0.99
-";
-
-/// The test's namespace with its DNS servers and a TCP echo on :443.
-struct World {
-    f: Fixture,
-    children: Vec<Child>,
-    log: PathBuf,
-    rogue_log: PathBuf,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl World {
-    fn new(name: &str) -> World {
-        let f = Fixture::new(name);
-        let ns = f.netns.clone();
-        for a in [RESOLVER, ROGUE] {
-            sh(
-                "ip",
-                &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"],
-            );
-        }
-        // Every 198.18.0.0/15 address is local to the namespace.
-        sh(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "local",
-                "198.18.0.0/15",
-                "dev",
-                "lo",
-            ],
-        );
-        let w = |file: &str, text: &str| {
-            let p = f.dir.join(file);
-            std::fs::write(&p, text).expect("write");
-            p
-        };
-        let zone = w("zone", ZONE);
-        let rogue_zone = w("rogue.zone", ROGUE_ZONE);
-        let log = f.dir.join("queries.log");
-        let rogue_log = f.dir.join("rogue.log");
-        w(
-            "resolv.conf",
-            &format!("nameserver {RESOLVER}\noptions timeout:1 attempts:1\n"),
-        );
-        w(
-            "resolv-tcp.conf",
-            &format!("nameserver {RESOLVER}\noptions use-vc timeout:1 attempts:1\n"),
-        );
-        w(
-            "resolv-rogue.conf",
-            &format!("nameserver {ROGUE}\noptions timeout:1 attempts:1\n"),
-        );
-        let s = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
-        let children = vec![
-            spawn_ready(&[
-                "--netns",
-                &ns,
-                "dns-serve",
-                &format!("{RESOLVER}:53"),
-                &s(&zone),
-                &s(&log),
-            ]),
-            spawn_ready(&[
-                "--netns",
-                &ns,
-                "dns-serve",
-                &format!("{ROGUE}:53"),
-                &s(&rogue_zone),
-                &s(&rogue_log),
-            ]),
-            spawn_ready(&["--netns", &ns, "serve", "0.0.0.0:443"]),
-        ];
-        World {
-            f,
-            children,
-            log,
-            rogue_log,
-        }
-    }
-
-    fn resolv(&self, which: &str) -> String {
-        self.f.dir.join(which).to_str().expect("utf-8").to_string()
-    }
-
-    /// Runs the probe in cgroup `rel` with resolver file `which`.
-    fn probe(&self, rel: &str, which: &str, args: &[&str]) -> Vec<String> {
-        let mut a = vec!["--resolv".to_string(), self.resolv(which)];
-        a.extend(args.iter().map(|s| s.to_string()));
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        self.f.probe(rel, &a)
-    }
-
-    fn resolve_connect(&self, rel: &str, name: &str, port: u16) -> String {
-        self.probe(
-            rel,
-            "resolv.conf",
-            &["resolve-connect", name, &port.to_string()],
-        )
-        .remove(0)
-    }
-
-    fn queried(&self, log: &PathBuf) -> String {
-        std::fs::read_to_string(log).unwrap_or_default()
-    }
-
-    /// A namespace the proxy does not serve yet: lookups fail at once
-    /// (EPERM on the query: never a bypass, never a 5 s client timeout).
-    /// Then a long-lived process of the tier in it (as a pod's sandbox is)
-    /// makes the agent serve it, and lookups work.
-    fn warm_up(&mut self, rel: &str) {
-        let started = Instant::now();
-        let r = self.resolve_connect(rel, "api.example.test", 443);
-        assert!(
-            r.starts_with("resolve-error"),
-            "before the namespace is served: {r}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_millis(900),
-            "an unserved lookup must fail fast, took {:?}",
-            started.elapsed()
-        );
-        let dir = self.f.cgroup("t0/sandbox");
-        self.children.push(spawn_ready(&[
-            "--cgroup",
-            dir.to_str().expect("utf-8"),
-            "--netns",
-            &self.f.netns,
-            "hold",
-        ]));
-        let agent = self.f.agent.as_ref().expect("agent");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while agent.metric("tiergate_dns_namespaces").unwrap_or(0.0) < 1.0 {
-            assert!(Instant::now() < deadline, "the namespace was never served");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(
-            self.resolve_connect(rel, "api.example.test", 443),
-            "ok 198.18.0.10"
-        );
-    }
-}
+use tiergate_tests::dns_world::{RESOLVER, World, ZONE};
+use tiergate_tests::{is_conn, sh, spawn_ready, tg};
 
 fn dns_policy(root: &str, mode: &str, names: &str) -> String {
     format!(
@@ -671,4 +497,67 @@ fn ipv6_and_mapped_resolver_addresses_are_intercepted_too() {
         is_dns(e, "other.example.test") && tg(e)["verdict"] == "deny"
     });
     assert_eq!(e["rcode"], "NXDomain");
+}
+
+/// Under an elevation grant the proxy judges queries by the granted tier's
+/// names, as the kernel judges connections by its rules: a name only the
+/// granted tier allows resolves and opens, its query record carries the
+/// grant; at revoke the name is refused again and its address closes.
+#[test]
+fn an_elevation_grant_brings_the_granted_tiers_names() {
+    let mut w = World::new("dnselev");
+    let root = w.f.cg_path.clone();
+    let policy = dns_policy(&root, "enforce", r#""api.example.test""#)
+        .replace(
+            "  tiers:\n",
+            "  elevation:\n    - {from: t0, to: t2, maxDuration: 1h}\n  tiers:\n    - name: t2\n      egress:\n        - fqdns: [\"api.example.test\", \"other.example.test\"]\n          ports: [\"443\"]\n",
+        );
+    w.f.start_agent(&policy);
+    w.warm_up("t0/a");
+    let r = w.resolve_connect("t0/a", "other.example.test", 443);
+    assert!(r.starts_with("resolve-error"), "t0 does not allow it: {r}");
+
+    let sock = w.f.admin_socket();
+    let cg = w.f.cg("t0/a");
+    let elevate = |args: &[&str]| {
+        let mut all = vec![
+            "elevate",
+            "--admin-socket",
+            sock.to_str().unwrap(),
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let (code, out, err) = w.f.tiergate(&all);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(out.trim()).expect("json")
+    };
+    let g = elevate(&[
+        "--cgroup", &cg, "--to", "t2", "--for", "10m", "--ticket", "INC-9", "--reason", "fetch",
+    ]);
+    let id = g["grant"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.resolve_connect("t0/a", "other.example.test", 443),
+        "ok 198.18.0.11"
+    );
+    let q = w.f.wait_event("query under the grant", |e| {
+        is_dns(e, "other.example.test") && tg(e)["verdict"] == "allow"
+    });
+    assert_eq!(tg(&q)["tier"], "t2");
+    assert_eq!(tg(&q)["elevation"]["id"], id.as_str());
+    assert_eq!(tg(&q)["elevation"]["ticket"], "INC-9");
+    let refused = w.f.wait_event("query before the grant", |e| {
+        is_dns(e, "other.example.test") && tg(e)["verdict"] == "deny"
+    });
+    assert!(tg(&refused).get("elevation").is_none(), "{refused}");
+
+    elevate(&["revoke", &id]);
+    eventually("the granted tier's address closes", || {
+        w.f.tcp("t0/a", "198.18.0.11:443") == "EPERM"
+    });
+    let r = w.resolve_connect("t0/a", "other.example.test", 443);
+    assert!(r.starts_with("resolve-error"), "after the revoke: {r}");
+    assert_eq!(
+        w.resolve_connect("t0/a", "api.example.test", 443),
+        "ok 198.18.0.10"
+    );
 }

@@ -66,10 +66,14 @@ fn policy(f: &Fixture, tier: &str) -> String {
 
 impl World {
     fn new(name: &str, tier: &str) -> World {
+        World::with_policy(name, |f| policy(f, tier))
+    }
+
+    fn with_policy(name: &str, policy: impl Fn(&Fixture) -> String) -> World {
         let mut f = Fixture::new(name);
         let imds = FakeImds::start("127.0.0.1:0".parse().expect("addr")).expect("fake imds");
         let upstream = imds.addr().to_string();
-        let p = policy(&f, tier);
+        let p = policy(&f);
         f.start_agent_with(&p, &["--metadata-upstream", &upstream]);
         let mut w = World {
             f,
@@ -627,4 +631,59 @@ fn audit_tiers_forward_and_report_what_filter_would_refuse() {
     assert_eq!(tg(&e)["reason"], "path-denied");
     assert_eq!(e["disposition"], "Allowed");
     assert_eq!(e["http_response"]["code"], 200);
+}
+
+/// Under an elevation grant the proxy judges each request by the granted
+/// tier's metadata rules (as the kernel judges the connection by its
+/// flags), and the request record carries the grant; at revoke the own
+/// tier's rules are back.
+#[test]
+fn an_elevation_grant_brings_the_granted_tiers_metadata_rules() {
+    let w = World::with_policy("md-elev", |f| {
+        policy(f, FILTER).replace(
+            "  tiers:\n",
+            "  elevation:\n    - {from: t0, to: t2, maxDuration: 1h}\n  tiers:\n    - name: t2\n      metadata:\n        mode: filter\n        allowPaths: [/latest/meta-data/**]\n",
+        )
+    });
+    let a = "t0/a";
+    let token = w.token(a);
+    let creds = format!("{CREDS}{}", imds::ROLE);
+    assert_eq!(
+        w.get(a, &creds, Some(&token), &[]).status,
+        403,
+        "t0 denies it"
+    );
+
+    let sock = w.f.admin_socket();
+    let cg = w.f.cg(a);
+    let elevate = |args: &[&str]| {
+        let mut all = vec![
+            "elevate",
+            "--admin-socket",
+            sock.to_str().unwrap(),
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let (code, out, err) = w.f.tiergate(&all);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(out.trim()).expect("json")
+    };
+    let g = elevate(&[
+        "--cgroup", &cg, "--to", "t2", "--for", "10m", "--ticket", "INC-5", "--reason", "rotate",
+    ]);
+    let id = g["grant"]["id"].as_str().unwrap().to_string();
+    let got = w.get(a, &creds, Some(&token), &[]);
+    assert_eq!(got.status, 200, "t2 allows it: {got:?}");
+    let e = w.wait_http("allowed under the grant", |e| {
+        tg(e)["verdict"] == "allow" && e["http_request"]["url"]["path"] == creds.as_str()
+    });
+    assert_eq!(tg(&e)["tier"], "t2");
+    assert_eq!(tg(&e)["elevation"]["id"], id.as_str());
+    let before = w.wait_http("denied before the grant", |e| {
+        tg(e)["verdict"] == "deny" && e["http_request"]["url"]["path"] == creds.as_str()
+    });
+    assert!(tg(&before).get("elevation").is_none(), "{before}");
+
+    elevate(&["revoke", &id]);
+    assert_eq!(w.get(a, &creds, Some(&token), &[]).status, 403, "t0 again");
 }

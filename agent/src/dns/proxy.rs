@@ -141,6 +141,7 @@ impl Engine {
             commit_us: None,
             cap: None,
             evicted: 0,
+            elevation: None,
         };
         let q = match query::parse(bytes) {
             Ok(q) => q,
@@ -165,12 +166,18 @@ impl Engine {
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);
         };
         rec.cgroup_id = cgroup;
-        rec.tier = workload.tier.clone();
+        // Under an elevation grant, the granted tier's names (as the kernel
+        // judges the connections by the granted tier).
+        rec.elevation = self.state.elevated_at(cgroup, rec.time_ms);
+        rec.tier = rec
+            .elevation
+            .as_ref()
+            .map_or_else(|| workload.tier.clone(), |e| e.tier.clone());
         let Some(policy) = rec.policy.clone() else {
             rec.reason = "unknown-workload";
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);
         };
-        let Some(tier_id) = policy.tier_index(&workload.tier) else {
+        let Some(tier_id) = policy.tier_index(&rec.tier) else {
             rec.reason = "unknown-workload";
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);
         };

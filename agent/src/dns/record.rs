@@ -1,6 +1,7 @@
 //! What the proxy reports per query (rendered as OCSF 4003 DNS Activity by
 //! the event writer).
 
+use crate::events::ocsf_access::ElevationTag;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -72,4 +73,6 @@ pub struct DnsRecord {
     /// workload to make room for this answer's, and how many it closed.
     pub cap: Option<&'static str>,
     pub evicted: usize,
+    /// The grant the query was judged under, if any (`tier` is its tier).
+    pub elevation: Option<Arc<ElevationTag>>,
 }

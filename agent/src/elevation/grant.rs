@@ -126,6 +126,7 @@ impl Grant {
     /// What every record made under the grant carries.
     pub fn tag(&self) -> ElevationTag {
         ElevationTag {
+            tier: self.to.clone(),
             id: self.id.clone(),
             ticket: self.ticket.clone(),
             reason: self.reason.clone(),

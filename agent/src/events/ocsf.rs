@@ -557,6 +557,7 @@ mod tests {
     #[test]
     fn a_record_made_under_a_grant_names_it() {
         let grant = ElevationTag {
+            tier: "tier2".into(),
             id: "el-7f3a".into(),
             ticket: "INC-42".into(),
             reason: "restore the index".into(),

@@ -86,6 +86,10 @@ pub struct ElevationTag {
     pub granted_by: Operator,
     /// When it ends, epoch milliseconds.
     pub expires: u64,
+    /// The tier granted (what the DNS and metadata proxies judge by while
+    /// the grant is in force; the records name it as `tier`).
+    #[serde(skip)]
+    pub tier: String,
 }
 
 /// Why a grant ended (`unmapped.tiergate.elevation.end`).
@@ -378,6 +382,7 @@ mod tests {
 
     fn grant() -> ElevationTag {
         ElevationTag {
+            tier: "tier2".into(),
             id: "el-7f3a".into(),
             ticket: "INC-42".into(),
             reason: "restore the index".into(),

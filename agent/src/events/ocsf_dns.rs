@@ -3,6 +3,7 @@
 //! got, the answer's addresses and which of them were learned (or why not),
 //! with the same `unmapped.tiergate` block as connection records.
 
+use super::ocsf_access::ElevationTag;
 use serde::Serialize;
 
 use super::ocsf::{
@@ -68,6 +69,8 @@ struct TiergateDns<'a> {
     cap_hit: Option<&'a str>,
     #[serde(skip_serializing_if = "is_zero")]
     evicted: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elevation: Option<&'a ElevationTag>,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
 }
@@ -155,6 +158,7 @@ pub fn dns_activity(env: &Envelope<'_>, r: &DnsRecord, workload: &Workload, out:
                 commit_us: r.commit_us,
                 cap_hit: r.cap,
                 evicted: r.evicted,
+                elevation: r.elevation.as_deref(),
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,

@@ -4,6 +4,7 @@
 //! and the rule that decided, with the same `unmapped.tiergate` block as
 //! connection records.
 
+use super::ocsf_access::ElevationTag;
 use serde::Serialize;
 
 use super::ocsf::{
@@ -62,6 +63,8 @@ struct TiergateHttp<'a> {
     canonical: bool,
     token_presented: bool,
     latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elevation: Option<&'a ElevationTag>,
     policy: PolicyRef<'a>,
     workload: &'a Workload,
 }
@@ -135,6 +138,7 @@ pub fn http_activity(
                 canonical: r.canonical,
                 token_presented: r.token_presented,
                 latency_us: r.latency_us,
+                elevation: r.elevation.as_deref(),
                 policy: PolicyRef {
                     name: env.policy_name,
                     version: env.policy_version,

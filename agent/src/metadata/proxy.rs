@@ -200,6 +200,7 @@ impl Proxy {
             cgroup_id: 0,
             tier: "unknown".into(),
             policy: self.state.active_policy(),
+            elevation: None,
             method: parts.method.as_str().chars().take(16).collect(),
             path: match &target {
                 Ok(t) => t.path.clone(),
@@ -266,11 +267,17 @@ impl Proxy {
             return (Judged::refuse(403, "unknown-workload", None), None);
         };
         rec.cgroup_id = cgroup;
-        rec.tier = workload.tier.clone();
+        // Under an elevation grant, the granted tier's metadata rules (as
+        // the kernel judges the connection by the granted tier).
+        rec.elevation = self.state.elevated_at(cgroup, rec.time_ms);
+        rec.tier = rec
+            .elevation
+            .as_ref()
+            .map_or_else(|| workload.tier.clone(), |e| e.tier.clone());
         let Some(policy) = rec.policy.clone() else {
             return (Judged::refuse(403, "unknown-workload", None), None);
         };
-        let Some(tier_id) = policy.tier_index(&workload.tier) else {
+        let Some(tier_id) = policy.tier_index(&rec.tier) else {
             return (Judged::refuse(403, "unknown-workload", None), None);
         };
         let tier = &policy.tiers[tier_id];

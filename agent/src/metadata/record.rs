@@ -1,6 +1,7 @@
 //! What the metadata proxy reports per request (rendered as OCSF 4002 HTTP
 //! Activity by the event writer).
 
+use crate::events::ocsf_access::ElevationTag;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub struct MetadataRecord {
     pub tier: String,
     /// The policy in force when the request was judged.
     pub policy: Option<Arc<Policy>>,
+    /// The grant the request was judged under, if any (`tier` is its tier).
+    pub elevation: Option<Arc<ElevationTag>>,
     /// `GET`, `PUT`, ...
     pub method: String,
     /// The canonical path when there is one, else the target as sent

@@ -1,0 +1,183 @@
+//! The DNS tests' world: a network namespace with the test's own DNS
+//! servers on its `lo` (the resolver of the policies, and a rogue one no
+//! policy trusts), every 198.18.0.0/15 address local to it, and a TCP echo
+//! on :443. Nothing leaves the namespace.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::{Fixture, sh, spawn_ready};
+
+pub const RESOLVER: &str = "10.53.0.53";
+pub const ROGUE: &str = "10.99.0.53";
+
+pub const ZONE: &str = "
+api.example.test 30 A 198.18.0.10
+other.example.test 30 A 198.18.0.11
+www.example.test 30 CNAME edge.cdn.test
+edge.cdn.test 30 A 198.18.0.12
+meta.example.test 30 A 169.254.169.254
+priv.example.test 30 A 10.20.0.1
+vault.example.test 30 A 10.20.0.1
+short.example.test 1 A 198.18.0.13
+multi.example.test 30 A 198.18.0.21
+multi.example.test 30 A 198.18.0.22
+multi.example.test 30 A 198.18.0.23
+";
+
+pub const ROGUE_ZONE: &str = "
+api.example.test 30 A 198.18.0.99
+";
+
+/// The test's namespace with its DNS servers and a TCP echo on :443.
+pub struct World {
+    pub f: Fixture,
+    pub children: Vec<Child>,
+    pub log: PathBuf,
+    pub rogue_log: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl World {
+    pub fn new(name: &str) -> World {
+        let f = Fixture::new(name);
+        let ns = f.netns.clone();
+        for a in [RESOLVER, ROGUE] {
+            sh(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+            );
+        }
+        // Every 198.18.0.0/15 address is local to the namespace.
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "local",
+                "198.18.0.0/15",
+                "dev",
+                "lo",
+            ],
+        );
+        let w = |file: &str, text: &str| {
+            let p = f.dir.join(file);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let zone = w("zone", ZONE);
+        let rogue_zone = w("rogue.zone", ROGUE_ZONE);
+        let log = f.dir.join("queries.log");
+        let rogue_log = f.dir.join("rogue.log");
+        w(
+            "resolv.conf",
+            &format!("nameserver {RESOLVER}\noptions timeout:1 attempts:1\n"),
+        );
+        w(
+            "resolv-tcp.conf",
+            &format!("nameserver {RESOLVER}\noptions use-vc timeout:1 attempts:1\n"),
+        );
+        w(
+            "resolv-rogue.conf",
+            &format!("nameserver {ROGUE}\noptions timeout:1 attempts:1\n"),
+        );
+        let s = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
+        let children = vec![
+            spawn_ready(&[
+                "--netns",
+                &ns,
+                "dns-serve",
+                &format!("{RESOLVER}:53"),
+                &s(&zone),
+                &s(&log),
+            ]),
+            spawn_ready(&[
+                "--netns",
+                &ns,
+                "dns-serve",
+                &format!("{ROGUE}:53"),
+                &s(&rogue_zone),
+                &s(&rogue_log),
+            ]),
+            spawn_ready(&["--netns", &ns, "serve", "0.0.0.0:443"]),
+        ];
+        World {
+            f,
+            children,
+            log,
+            rogue_log,
+        }
+    }
+
+    pub fn resolv(&self, which: &str) -> String {
+        self.f.dir.join(which).to_str().expect("utf-8").to_string()
+    }
+
+    /// Runs the probe in cgroup `rel` with resolver file `which`.
+    pub fn probe(&self, rel: &str, which: &str, args: &[&str]) -> Vec<String> {
+        let mut a = vec!["--resolv".to_string(), self.resolv(which)];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        self.f.probe(rel, &a)
+    }
+
+    pub fn resolve_connect(&self, rel: &str, name: &str, port: u16) -> String {
+        self.probe(
+            rel,
+            "resolv.conf",
+            &["resolve-connect", name, &port.to_string()],
+        )
+        .remove(0)
+    }
+
+    pub fn queried(&self, log: &PathBuf) -> String {
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
+    /// A namespace the proxy does not serve yet: lookups fail at once
+    /// (EPERM on the query: never a bypass, never a 5 s client timeout).
+    /// Then a long-lived process of the tier in it (as a pod's sandbox is)
+    /// makes the agent serve it, and lookups work.
+    pub fn warm_up(&mut self, rel: &str) {
+        let started = Instant::now();
+        let r = self.resolve_connect(rel, "api.example.test", 443);
+        assert!(
+            r.starts_with("resolve-error"),
+            "before the namespace is served: {r}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "an unserved lookup must fail fast, took {:?}",
+            started.elapsed()
+        );
+        let dir = self.f.cgroup("t0/sandbox");
+        self.children.push(spawn_ready(&[
+            "--cgroup",
+            dir.to_str().expect("utf-8"),
+            "--netns",
+            &self.f.netns,
+            "hold",
+        ]));
+        let agent = self.f.agent.as_ref().expect("agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.metric("tiergate_dns_namespaces").unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline, "the namespace was never served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            self.resolve_connect(rel, "api.example.test", 443),
+            "ok 198.18.0.10"
+        );
+    }
+}
