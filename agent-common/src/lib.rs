@@ -39,9 +39,14 @@ pub mod map_names {
     pub const FQDN_PORTS: &str = "TG_FQDN_PORTS";
     pub const GUARD: &str = "TG_GUARD";
     pub const GRANTS: &str = "TG_GRANTS";
-    pub const ALL: [&str; 13] = [
+    pub const AGG_CTL: &str = "TG_AGG_CTL";
+    pub const AGG0: &str = "TG_AGG0";
+    pub const AGG1: &str = "TG_AGG1";
+    pub const AGG_FOLDED: &str = "TG_AGG_FOLDED";
+    pub const AGG_LEDGER: &str = "TG_AGG_LEDGER";
+    pub const ALL: [&str; 18] = [
         CONFIG, CGROUPS, TIERS, RULES, EVENTS, COUNTERS, REPORTED, DNS_NETNS, DNS_ORIG, LEARNED,
-        FQDN_PORTS, GUARD, GRANTS,
+        FQDN_PORTS, GUARD, GRANTS, AGG_CTL, AGG0, AGG1, AGG_FOLDED, AGG_LEDGER,
     ];
 }
 
@@ -94,6 +99,78 @@ pub struct Grant {
     pub expires_ns: u64,
     /// The grant's id (user space's), for diagnostics.
     pub id: u64,
+}
+
+/// `TG_AGG_CTL[0]`: whether allowed attempts are aggregated, and into which
+/// of `TG_AGG0`/`TG_AGG1` (written only by the agent's aggregation drainer;
+/// see agent/src/events/aggregate/).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggCtl {
+    /// 1: fold repeated allowed attempts; 0: a ring record for each.
+    pub enabled: u32,
+    /// 0: `TG_AGG0` takes folds, 1: `TG_AGG1`.
+    pub slot: u32,
+}
+
+/// Entries each of `TG_AGG0`/`TG_AGG1` holds; an attempt whose key does not
+/// fit gets a ring record of its own (nothing is lost for room).
+pub const AGG_ENTRIES: u32 = 16_384;
+
+/// What identical allowed attempts share: one aggregated record per key and
+/// window. The process (tgid, uid) is part of it, so a record still names
+/// one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub cgroup_id: u64,
+    /// Destination, IPv6 form (IPv4 as `::ffff:a.b.c.d`), network order.
+    pub addr: [u8; 16],
+    /// Destination port, host order.
+    pub port: u16,
+    /// `HOOK_*`.
+    pub hook: u8,
+    /// 6 (tcp) or 17 (udp).
+    pub protocol: u8,
+    /// `REASON_*`.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    /// `CONNECT_F_*`.
+    pub flags: u32,
+    pub tier: u32,
+    pub generation: u32,
+    /// Thread group id and uid of the caller.
+    pub tgid: u32,
+    pub uid: u32,
+    pub _pad2: u32,
+}
+
+/// Per CPU: how many attempts of the key this CPU folded, when, and the
+/// first attempt's header fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggVal {
+    pub count: u64,
+    /// `bpf_ktime_get_boot_ns()` of the first and the last attempt.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    pub comm: [u8; 16],
+}
+
+/// Slots of `TG_AGG_LEDGER` (user space only, pinned): which drained window
+/// reached the sinks, so an agent killed between taking a window and
+/// writing it re-sends it instead of losing it.
+pub mod agg_ledger {
+    /// Windows taken so far (the slot drained last took this number).
+    pub const EPOCH: u32 = 0;
+    /// The last window whose records the sinks wrote.
+    pub const WRITTEN: u32 = 1;
+    /// The window being written, and its last record's seq.
+    pub const PENDING: u32 = 2;
+    pub const PENDING_SEQ: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// `Grant::tier` of a generation whose policy lacks the granted tier.
@@ -561,6 +638,9 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for CgroupTier {}
     unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for AggCtl {}
+    unsafe impl aya::Pod for AggKey {}
+    unsafe impl aya::Pod for AggVal {}
     unsafe impl aya::Pod for TierConfig {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for PortRange {}
@@ -597,6 +677,9 @@ mod tests {
             56 + 16 + 2 + 1 + 1 + 1 + 1 + 2 + 4 + 4 + 4 + 4
         );
         assert_eq!(size_of::<SocketEvent>(), 56 + 12 + 4 + 8);
+        assert_eq!(size_of::<AggCtl>(), 8);
+        assert_eq!(size_of::<AggKey>(), 8 + 16 + 2 + 1 + 1 + 1 + 3 + 4 * 6);
+        assert_eq!(size_of::<AggVal>(), 8 * 5 + 16);
         assert_eq!(size_of::<ProxyNetns>(), 8);
         assert_eq!(size_of::<OrigDst>(), 24);
         assert_eq!(size_of::<ProxyGuard>(), 16);

@@ -4,18 +4,18 @@
 //! independent of the number of rules and of workloads.
 
 use agent_common::{
-    CONFIG_F_GRANTS, CONFIG_F_POLICY_LOADED, CONNECT_F_ELEVATED, CONNECT_F_INHERITED,
-    CONNECT_F_METADATA, CONNECT_F_V4MAPPED, CgroupTier, Config, ConnectEvent, DNS_PORT,
-    EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey, GENERATIONS, GRANT_NO_TIER, Grant,
-    HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned, LearnedKey,
-    MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS, OrigDst, PROTO_TCP,
-    PROTO_UDP, PortSet, ProxyGuard, ProxyNetns, REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED,
-    REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK, REASON_METADATA_PROXY,
-    REASON_METADATA_SERVICE, REASON_METADATA_UNFILTERED, REASON_NO_MATCHING_RULE,
-    REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent, TIER_F_AUDIT, TIER_F_DNS,
-    TIER_F_METADATA_ALLOW, TIER_F_METADATA_FILTER, TIER_F_VALID, TIER_HOST, TierConfig,
-    VERDICT_ALLOW, VERDICT_AUDIT_DENY, VERDICT_DENY, counter, dns_slot, metadata_filterable,
-    metadata_v4, metadata_v6,
+    AGG_ENTRIES, AggCtl, AggKey, AggVal, CONFIG_F_GRANTS, CONFIG_F_POLICY_LOADED,
+    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED, CgroupTier,
+    Config, ConnectEvent, DNS_PORT, EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey, GENERATIONS,
+    GRANT_NO_TIER, Grant, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned,
+    LearnedKey, MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS, OrigDst,
+    PROTO_TCP, PROTO_UDP, PortSet, ProxyGuard, ProxyNetns, REASON_DNS_PROXY_PORT,
+    REASON_DNS_UNSERVED, REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK,
+    REASON_METADATA_PROXY, REASON_METADATA_SERVICE, REASON_METADATA_UNFILTERED,
+    REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent,
+    TIER_F_AUDIT, TIER_F_DNS, TIER_F_METADATA_ALLOW, TIER_F_METADATA_FILTER, TIER_F_VALID,
+    TIER_HOST, TierConfig, VERDICT_ALLOW, VERDICT_AUDIT_DENY, VERDICT_DENY, counter, dns_slot,
+    metadata_filterable, metadata_v4, metadata_v6,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
@@ -28,7 +28,9 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, lsm, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::{LsmContext, SockAddrContext, SockContext},
 };
 
@@ -99,6 +101,31 @@ static TG_LEARNED: LruHashMap<LearnedKey, Learned> = LruHashMap::pinned(65536, 0
 /// Ports of each name pattern of each tier, per generation.
 #[map(name = "TG_FQDN_PORTS")]
 static TG_FQDN_PORTS: HashMap<FqdnKey, PortSet> = HashMap::pinned(16384, 0);
+
+/// Aggregation of allowed attempts: on or off, and which map takes folds
+/// (the agent's drainer writes it; agent/src/events/aggregate/).
+#[map(name = "TG_AGG_CTL")]
+static TG_AGG_CTL: Array<AggCtl> = Array::pinned(1, 0);
+
+/// Folded allowed attempts, two maps taking turns: the drainer switches
+/// `TG_AGG_CTL.slot`, waits until no program can still be writing the other
+/// one (an RCU grace period), then reads and clears it.
+#[map(name = "TG_AGG0")]
+static TG_AGG0: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::pinned(AGG_ENTRIES, 0);
+#[map(name = "TG_AGG1")]
+static TG_AGG1: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::pinned(AGG_ENTRIES, 0);
+
+/// Attempts folded instead of a ring record (counted before the verdict, so
+/// `verdicts − folded − lost − shed` never counts a record not in the ring).
+#[map(name = "TG_AGG_FOLDED")]
+static TG_AGG_FOLDED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// Pinned bookkeeping of the drainer (user space only).
+#[map(name = "TG_AGG_LEDGER")]
+static TG_AGG_LEDGER: Array<u64> = Array::pinned(agent_common::agg_ledger::COUNT, 0);
+
+/// `BPF_NOEXIST`.
+const NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn count(slot: u32) {
@@ -439,6 +466,72 @@ fn restore_peer(ctx: &SockAddrContext, is6: bool) {
     }
 }
 
+/// Adds one allowed attempt to `map` under `key`; false when it cannot
+/// (no room, or another CPU inserted the key at the same moment): then the
+/// attempt gets a ring record of its own.
+#[inline(always)]
+fn fold_into(map: &PerCpuHashMap<AggKey, AggVal>, key: &AggKey) -> bool {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of the entry; only this CPU writes it while
+        // we run, and the drainer reads it only after the slot switched and
+        // every program that could see this map has finished.
+        unsafe {
+            if (*v).count == 0 {
+                // Another CPU created the key: this CPU's slot starts here.
+                (*v).first_ns = now;
+                (*v).pid_tgid = bpf_get_current_pid_tgid();
+                (*v).uid_gid = bpf_get_current_uid_gid();
+                bpf_get_current_comm((*v).comm.as_mut_ptr().cast(), 16);
+            }
+            (*v).count += 1;
+            (*v).last_ns = now;
+        }
+        return true;
+    }
+    let mut v = AggVal {
+        count: 1,
+        first_ns: now,
+        last_ns: now,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid_gid: bpf_get_current_uid_gid(),
+        comm: [0; 16],
+    };
+    // SAFETY: 16 writable bytes on our stack.
+    unsafe {
+        bpf_get_current_comm(v.comm.as_mut_ptr().cast(), 16);
+    }
+    map.insert(key, &v, NOEXIST).is_ok()
+}
+
+/// Folds an allowed attempt when aggregation is on; true when folded.
+#[inline(always)]
+fn fold(r: &Resolved, key: &mut AggKey) -> bool {
+    let Some(ctl) = TG_AGG_CTL.get(0) else {
+        return false;
+    };
+    if ctl.enabled == 0 {
+        return false;
+    }
+    key.cgroup_id = r.cgroup;
+    key.tier = r.tier;
+    key.generation = r.generation;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    key.tgid = (pid_tgid >> 32) as u32;
+    key.uid = bpf_get_current_uid_gid() as u32;
+    let folded = if ctl.slot == 0 {
+        fold_into(&TG_AGG0, key)
+    } else {
+        fold_into(&TG_AGG1, key)
+    };
+    if folded && let Some(p) = TG_AGG_FOLDED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *p += 1 };
+    }
+    folded
+}
+
 /// Judges one connect()/sendmsg() and reports it. Returns ALLOW or REJECT.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
@@ -575,6 +668,38 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
         }
     };
 
+    // Repeated allowed attempts are folded when aggregation is on: never a
+    // metadata access, an address a DNS answer opened, or one made under a
+    // grant (those records say which answer or grant; each is its own).
+    if verdict == VERDICT_ALLOW
+        && !metadata
+        && !r.elevated
+        && (reason == REASON_EGRESS_RULE || reason == REASON_LOOPBACK)
+    {
+        let mut key = AggKey {
+            cgroup_id: 0,
+            addr,
+            port,
+            hook,
+            protocol: if udp {
+                IPPROTO_UDP as u8
+            } else {
+                IPPROTO_TCP as u8
+            },
+            reason,
+            _pad: [0; 3],
+            flags,
+            tier: 0,
+            generation: 0,
+            tgid: 0,
+            uid: 0,
+            _pad2: 0,
+        };
+        if fold(&r, &mut key) {
+            count(counter::ALLOW);
+            return ALLOW;
+        }
+    }
     let must_report = verdict != VERDICT_ALLOW || metadata;
     let fill = ring_fill();
     if must_report || ring_has_room_for_allowed(fill) {

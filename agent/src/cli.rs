@@ -137,6 +137,13 @@ pub struct AgentArgs {
     /// name for it). Connected from the agent's own network namespace.
     #[arg(long, value_name = "URL", default_value = "http://169.254.169.254:80", value_parser = parse_upstream)]
     pub metadata_upstream: std::net::SocketAddr,
+    /// Aggregate repeated allowed attempts in the kernel: one record per
+    /// (workload, process, destination, port, protocol) per DURATION with
+    /// `count`, `start_time` and `end_time` (100ms to 1h). Off by default:
+    /// every attempt has its own record. Denies, metadata accesses, DNS-
+    /// opened addresses and attempts under a grant are never aggregated.
+    #[arg(long, value_name = "DURATION", value_parser = parse_aggregate_window)]
+    pub aggregate_allowed: Option<std::time::Duration>,
     /// Probing detection: distinct denied destinations are counted over the
     /// last DURATION (whole seconds, 1s to 1d).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_probe_window)]
@@ -180,6 +187,15 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         return Err(format!("{v} is not a power of two of at least 4096"));
     }
     Ok(v)
+}
+
+/// `--aggregate-allowed`: 100ms to 1h.
+fn parse_aggregate_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = s.parse::<crate::duration::Span>()?.get();
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s}: give a window from 100ms to 1h"));
+    }
+    Ok(d)
 }
 
 /// `--probe-window`: the product's duration syntax, whole seconds from 1s

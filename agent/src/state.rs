@@ -147,8 +147,14 @@ impl NodeState {
     /// (`VERDICT_*`) at `time_ms` (the record's time); one of a cgroup the
     /// agent has not learned (yet) is not counted.
     pub fn count_attempt(&self, id: u64, verdict: u8, time_ms: u64) {
+        self.count_attempts(id, verdict, time_ms, 1);
+    }
+
+    /// `n` attempts with one verdict, the last at `time_ms` (an aggregated
+    /// record).
+    pub fn count_attempts(&self, id: u64, verdict: u8, time_ms: u64, n: u64) {
         if let Some(e) = self.workloads.read().expect("lock").get(&id) {
-            e.counters.record(verdict, time_ms);
+            e.counters.record(verdict, time_ms, n);
         }
     }
 

@@ -33,6 +33,9 @@ pub(super) struct EventPath {
     pub stop_writer: tokio::sync::oneshot::Sender<()>,
     /// The agent's own records (policy applied or rejected) into the writer.
     pub records: mpsc::UnboundedSender<AgentRecord>,
+    /// The aggregation drainer, and what tells it to send its last window.
+    pub aggregator: JoinHandle<()>,
+    pub stop_aggregator: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Takes the event maps, opens the sinks and starts the writer and the
@@ -50,6 +53,7 @@ pub(super) async fn start(
     ),
 ) -> anyhow::Result<EventPath> {
     let (ring, counters) = kernel_maps(ebpf)?;
+    let agg_maps = crate::events::aggregate::Maps::take(ebpf)?;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(target) = &args.events {
         sinks.push(Box::new(
@@ -100,7 +104,17 @@ pub(super) async fn start(
         let _ = atx.send(rec);
     }
     let (stop_writer, stop) = tokio::sync::oneshot::channel();
+    let (wtx, wrx) = mpsc::channel(4);
+    let (stop_aggregator, agg_stop) = tokio::sync::oneshot::channel();
+    let aggregator = tokio::spawn(crate::events::aggregate::run(
+        agg_maps,
+        args.aggregate_allowed,
+        spool.then_some(start_seq),
+        wtx,
+        agg_stop,
+    ));
     let writer = tokio::spawn(writer.run(WriterInputs {
+        aggregated: wrx,
         stop,
         priority: prx,
         normal: nrx,
@@ -126,6 +140,8 @@ pub(super) async fn start(
         writer,
         stop_writer,
         records: atx,
+        aggregator,
+        stop_aggregator,
     })
 }
 
@@ -139,6 +155,7 @@ fn kernel_maps(ebpf: &mut aya::Ebpf) -> anyhow::Result<(RingBuf<MapData>, Kernel
     let counters = KernelCounters {
         counters: PerCpuArray::try_from(take(map_names::COUNTERS)?)?,
         reported: Array::try_from(take(map_names::REPORTED)?)?,
+        folded: PerCpuArray::try_from(take(map_names::AGG_FOLDED)?)?,
     };
     Ok((ring, counters))
 }

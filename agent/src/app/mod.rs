@@ -363,6 +363,10 @@ async fn shutdown(event_path: events::EventPath, control: Control) {
     // writes what is queued); each has a bound, enforcement is unaffected.
     let _ = event_path.stop_reader.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), event_path.reader).await;
+    // The last aggregation window goes to the writer while it still runs
+    // (what does not make it stays in the kernel map for the next agent).
+    let _ = event_path.stop_aggregator.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), event_path.aggregator).await;
     drop(control);
     let _ = event_path.stop_writer.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), event_path.writer).await;

@@ -1,5 +1,6 @@
 //! The event path: ring buffer → decode → enrich → OCSF JSON → sinks.
 
+pub mod aggregate;
 pub mod decode;
 pub mod loss_log;
 pub mod names;

@@ -140,6 +140,18 @@ pub struct Verdict<'a> {
     pub rule: Option<(&'a str, usize)>,
     /// The grant the workload was judged under (its tier is the grant's).
     pub elevation: Option<&'a ElevationTag>,
+    /// For an aggregated record: how many attempts, first and last (epoch
+    /// ms); `time` is the last.
+    pub span: Option<Span>,
+}
+
+/// Repeated identical attempts in one record (OCSF `count`, `start_time`,
+/// `end_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub count: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 /// `unmapped.tiergate.rule`.
@@ -260,6 +272,12 @@ struct NetworkActivity<'a> {
     class: Class,
     type_name: &'a str,
     time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<u64>,
     #[serde(flatten)]
     outcome: Outcome,
     connection_info: ConnectionInfo<'a>,
@@ -304,6 +322,9 @@ pub fn network_activity(
         class: NETWORK_OPEN,
         type_name: "Network Activity: Open",
         time: env.time,
+        count: v.span.map(|s| s.count),
+        start_time: v.span.map(|s| s.start_ms),
+        end_time: v.span.map(|s| s.end_ms),
         outcome: Outcome::of(v.verdict),
         connection_info: ConnectionInfo {
             protocol_name,
@@ -438,6 +459,7 @@ mod tests {
             fqdn: None,
             rule: None,
             elevation: None,
+            span: None,
         };
         let p = ProcessInfo {
             pid: 42,
@@ -546,6 +568,7 @@ mod tests {
             fqdn: None,
             rule: Some(("r-0123456789ab", 2)),
             elevation: None,
+            span: None,
         };
         let j = render_tcp_443(&v);
         assert_eq!(j["firewall_rule"]["uid"], "r-0123456789ab");
@@ -577,6 +600,7 @@ mod tests {
             fqdn: None,
             rule: Some(("r-0123456789ab", 0)),
             elevation: Some(&grant),
+            span: None,
         };
         let j = render_tcp_443(&v);
         assert_eq!(
@@ -604,6 +628,7 @@ mod tests {
             fqdn: None,
             rule: None,
             elevation: None,
+            span: None,
         };
         let p = ProcessInfo {
             pid: 1,

@@ -35,6 +35,7 @@ use crate::state::{NodeState, PodState, tier_name};
 
 pub mod accounting;
 mod agent_records;
+mod aggregated;
 mod attribution;
 mod elevation_records;
 mod findings;
@@ -148,12 +149,23 @@ fn drain(ring: &mut RingBuf<MapData>, queues: &Queues, metrics: &Metrics, max: u
 pub struct KernelCounters {
     pub counters: PerCpuArray<MapData, u64>,
     pub reported: Array<MapData, u64>,
+    /// Allowed attempts folded into the aggregation maps instead of a ring
+    /// record (`TG_AGG_FOLDED`).
+    pub folded: PerCpuArray<MapData, u64>,
 }
 
 impl KernelCounters {
     pub(super) fn total(&self, slot: u32) -> u64 {
         self.counters
             .get(&slot, 0)
+            .map(|v| v.iter().copied().sum())
+            .unwrap_or(0)
+    }
+
+    /// Attempts folded so far (they have no ring record).
+    pub(super) fn folded(&self) -> u64 {
+        self.folded
+            .get(&0, 0)
             .map(|v| v.iter().copied().sum())
             .unwrap_or(0)
     }
@@ -226,6 +238,8 @@ pub struct WriterInputs {
     pub priority: mpsc::Receiver<KernelEvent>,
     pub normal: mpsc::Receiver<KernelEvent>,
     pub agent: mpsc::UnboundedReceiver<AgentRecord>,
+    /// Windows of aggregated allowed attempts.
+    pub aggregated: mpsc::Receiver<super::aggregate::Window>,
 }
 
 const BATCH: usize = 4096;
@@ -276,6 +290,7 @@ impl Writer {
                 }
                 Some(rec) = inputs.dns.recv() => self.dns_record(&rec),
                 Some(rec) = inputs.metadata.recv() => self.metadata_record(&rec),
+                Some(w) = inputs.aggregated.recv() => self.window(w),
                 Some(ev) = inputs.normal.recv() => self.kernel_event(ev),
                 _ = &mut inputs.stop => break,
                 _ = tick.tick() => {
@@ -394,7 +409,7 @@ impl Writer {
                 _ => {}
             }
         }
-        self.network_record(&judged, Some((dst, c.port)), None, fqdn.as_deref());
+        self.network_record(&judged, Some((dst, c.port)), None, fqdn.as_deref(), None);
     }
 
     fn socket(&mut self, s: &SocketEvent) {
@@ -416,7 +431,7 @@ impl Writer {
             sock_type: s.sock_type,
             protocol: s.protocol,
         };
-        self.network_record(&judged, None, Some(info), None);
+        self.network_record(&judged, None, Some(info), None, None);
     }
 
     /// Enriches, counts and writes one judged connection or socket.
@@ -426,6 +441,7 @@ impl Writer {
         dst: Option<(std::net::IpAddr, u16)>,
         socket: Option<SocketInfo>,
         fqdn: Option<&str>,
+        span: Option<ocsf::Span>,
     ) {
         let h = j.header;
         let policy = self.io.state.policy(j.generation);
@@ -460,9 +476,10 @@ impl Writer {
             inherited: j.flags & CONNECT_F_INHERITED != 0,
             fqdn,
             rule: rule.as_ref().map(|r| (&*r.uid, r.index)),
-            // Grants are the admin socket's (issue 14); none yet.
             elevation: elevation.as_deref(),
+            span,
         };
+        let attempts = span.map_or(1, |s| s.count);
         self.io
             .metrics
             .events
@@ -477,11 +494,11 @@ impl Writer {
                 reason: verdict.reason.into(),
                 tier: tier.clone(),
             })
-            .inc();
+            .inc_by(attempts);
         let seq = self.next_seq();
         let uid = format!("{}-{seq}", self.cfg.instance);
         let env = Envelope {
-            time: self.epoch_ms(h.boot_ns),
+            time: span.map_or_else(|| self.epoch_ms(h.boot_ns), |s| s.end_ms),
             seq,
             uid: &uid,
             hostname: &self.cfg.hostname,
@@ -490,7 +507,7 @@ impl Writer {
         };
         self.io
             .state
-            .count_attempt(h.cgroup_id, j.verdict, env.time);
+            .count_attempts(h.cgroup_id, j.verdict, env.time, attempts);
         self.buf.clear();
         ocsf::network_activity(
             &env,

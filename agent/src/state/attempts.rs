@@ -24,13 +24,13 @@ impl Counters {
     /// Counts one attempt judged `verdict` (`VERDICT_*`) at `time_ms`.
     /// Records may arrive out of order (denies are written first), so the
     /// times only move forward.
-    pub(super) fn record(&self, verdict: u8, time_ms: u64) {
+    pub(super) fn record(&self, verdict: u8, time_ms: u64, n: u64) {
         let (count, last) = match verdict {
             VERDICT_ALLOW => (&self.allowed, &self.last_allowed_ms),
             VERDICT_AUDIT_DENY => (&self.audit_denied, &self.last_denied_ms),
             _ => (&self.denied, &self.last_denied_ms),
         };
-        count.fetch_add(1, Relaxed);
+        count.fetch_add(n, Relaxed);
         last.fetch_max(time_ms, Relaxed);
         self.last_ms.fetch_max(time_ms, Relaxed);
     }
@@ -99,12 +99,12 @@ mod tests {
     #[test]
     fn counts_by_verdict_and_keeps_the_latest_times() {
         let c = Counters::default();
-        c.record(VERDICT_ALLOW, 1_000);
-        c.record(VERDICT_ALLOW, 3_000);
+        c.record(VERDICT_ALLOW, 1_000, 1);
+        c.record(VERDICT_ALLOW, 3_000, 1);
         // A deny written before an older allow (priority queue first).
-        c.record(VERDICT_DENY, 2_500);
-        c.record(VERDICT_ALLOW, 2_000);
-        c.record(VERDICT_AUDIT_DENY, 1_500);
+        c.record(VERDICT_DENY, 2_500, 1);
+        c.record(VERDICT_ALLOW, 2_000, 1);
+        c.record(VERDICT_AUDIT_DENY, 1_500, 1);
         assert_eq!(
             c.usage(),
             Usage {
@@ -118,7 +118,7 @@ mod tests {
                 last_denied_ms: Some(2_500),
             }
         );
-        c.record(VERDICT_AUDIT_DENY, 4_000);
+        c.record(VERDICT_AUDIT_DENY, 4_000, 1);
         let u = c.usage();
         assert_eq!(
             u.last_denied_ms,

@@ -143,7 +143,9 @@ pub fn submitted(k: &KernelCounters) -> u64 {
     .iter()
     .map(|s| k.total(*s))
     .sum::<u64>();
-    verdicts.saturating_sub(k.total(counter::RINGBUF_LOST) + k.total(counter::ALLOW_SHED))
+    // Folded attempts are counted as verdicts too, but have no ring record.
+    verdicts
+        .saturating_sub(k.total(counter::RINGBUF_LOST) + k.total(counter::ALLOW_SHED) + k.folded())
 }
 
 impl Accounting {
