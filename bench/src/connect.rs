@@ -17,6 +17,8 @@ pub(crate) const CONFIGS: &[&str] = &[
     "tg-10",
     "tg-1k",
     "tg-10k",
+    "agg-10",
+    "agg-10k",
     "nft-chain-10",
     "nft-chain-1k",
     "nft-chain-10k",
@@ -42,10 +44,31 @@ fn size(c: &str) -> usize {
     }
 }
 
+/// `agg-*` configs: the agent aggregating allowed attempts.
+const AGGREGATE: &[&str] = &["--aggregate-allowed", "1s"];
+
+/// Restarts agent A with or without aggregation when the config needs the
+/// other; returns whether it aggregates now.
+fn agent_for(w: &mut World, c: &str, aggregating: bool) -> Result<bool> {
+    let want = c.starts_with("agg");
+    if want != aggregating {
+        w.stop_agent();
+        w.write_policy(&w.policy(size(c), true))?;
+        let extra: Vec<String> = if want {
+            AGGREGATE.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        w.start_agent("a", Path::new("/dev/null"), &extra)?;
+    }
+    Ok(want)
+}
+
 pub(crate) fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
     w.write_policy(&w.policy(10_000, true))?;
     // Agent A: its events go to /dev/null (the event path is measured below).
     let ms = w.start_agent("a", Path::new("/dev/null"), &[])?;
+    let mut aggregating = false;
     rep.start_ms.push(ms);
     say(&format!(
         "agent ready in {ms:.0} ms with 10k rules, {WORKLOADS} workloads"
@@ -64,7 +87,8 @@ pub(crate) fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
         for k in 0..CONFIGS.len() {
             let c = CONFIGS[(k + r) % CONFIGS.len()];
             say(&format!("rep {}/{} connect path: {c}", r + 1, rep.reps));
-            let side = if c.starts_with("tg") {
+            aggregating = agent_for(w, c, aggregating)?;
+            let side = if c.starts_with("tg") || c.starts_with("agg") {
                 w.nft(None)?;
                 w.apply_policy(&w.policy(size(c), true))?;
                 "enf"
@@ -103,6 +127,7 @@ pub(crate) fn connect_path(w: &mut World, rep: &mut Report) -> Result<()> {
         }
     }
     w.nft(None)?;
+    agent_for(w, "tg-10k", aggregating)?;
     if rep.wants("connect") {
         hook_costs(w, rep)?;
     }
