@@ -12,7 +12,7 @@ use crate::agent::metric;
 use crate::reload::mixed_verdicts;
 use crate::report::Report;
 use crate::world::World;
-use crate::{DENY, say};
+use crate::{ALLOW, DENY, say};
 
 /// The event path's load: UDP connects to the denied destination from
 /// `TIERGATE_BENCH_EVENT_PROCS` processes (default 1). A denied connect is
@@ -215,7 +215,72 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
     }
     mixed_verdicts(w, rep, &events)?;
     w.stop_agent();
+    aggregated(w, rep, load_s)?;
     collector(w, rep, load_s)?;
+    Ok(())
+}
+
+/// The row of aggregated allowed attempts: attempts accounted per second.
+pub(crate) const AGG_ROW: &str = "file + aggregation (allowed attempts)";
+
+/// (allowed attempts the connection records account for, connection records)
+/// in `file` past `off`: an aggregated record counts `count` attempts.
+fn attempts_in(file: &Path, off: u64) -> (u64, u64) {
+    use std::io::Seek;
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return (0, 0);
+    };
+    let _ = f.seek(std::io::SeekFrom::Start(off));
+    let (mut attempts, mut records) = (0, 0);
+    for line in BufReader::new(f).lines().map_while(|l| l.ok()) {
+        if line.contains("\"kind\":\"connection\"") {
+            records += 1;
+            attempts += serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["count"].as_u64())
+                .unwrap_or(1);
+        }
+    }
+    (attempts, records)
+}
+
+/// Allowed UDP connects for 2 s with `--aggregate-allowed 1s` and a file
+/// sink: every allowed attempt must be accounted for (the `count`s add up
+/// to what the kernel judged), in far fewer records.
+fn aggregated(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
+    let file = w.dir.join("events-agg.jsonl");
+    w.start_agent("g", &file, &["--aggregate-allowed".into(), "1s".into()])?;
+    let port = w.agent.as_ref().expect("agent").port;
+    let cg = w.cg("enf", 11);
+    for r in 0..rep.reps.min(3) {
+        say(&format!(
+            "event path rep {}: aggregated allowed attempts",
+            r + 1
+        ));
+        std::thread::sleep(Duration::from_millis(1500));
+        let p0 = produced(port);
+        let off = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        let (v, _, _) = w.clients(&cg, "udp", ALLOW, load_s, 1)?;
+        // Delivered when the file stops growing for longer than a window.
+        let (t_end, _) = last_move(t0, Duration::from_millis(2500), None, || {
+            std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) as f64
+        });
+        let prod = produced(port) - p0;
+        let (attempts, records) = attempts_in(&file, off);
+        let (_, lost, lossrec, _) = count_file(&file, off);
+        rep.events
+            .entry(AGG_ROW.into())
+            .or_default()
+            .push(attempts as f64 / t_end.as_secs_f64());
+        rep.accounting.push(format!(
+            "{AGG_ROW} rep {}: attempts {} · kernel produced {prod} · accounted {attempts} in {records} records · lost {lost} (in {lossrec} loss records) · produced − accounted − lost = {}",
+            r + 1,
+            v["n"],
+            prod as i64 - attempts as i64 - lost as i64
+        ));
+    }
+    w.stop_agent();
     Ok(())
 }
 

@@ -221,11 +221,17 @@ impl Report {
     fn write_events(&self, s: &mut String) {
         let _ = writeln!(
             s,
-            "\n## 2. Event path (records/s delivered)\n\nLoad: one client in `t0` doing UDP connects to the denied destination as fast as it can for 2 s (every attempt is a deny record; a denied connect is the cheapest attempt to generate, so one core produces more records than an allowed-connect loop, and denies are never shed: each must arrive or be reported lost). The client, the agent and (for `collector`) the collector share the machine's 2 cores. Rate = records delivered / (time from load start until delivery stopped). `file`: agent with `--events FILE`. `collector`: agent (events file /dev/null) streaming over gRPC+mTLS to `tiergate collector` with a file sink; records counted in the sink file. `collector + sqlite store`: the same with `--store sqlite:…` (every record also parsed and aggregated into the observation store, written about once a second), measured in turn with `collector` in every rep (one agent and one load at a time). `reader`: the agent killed (its pinned programs keep producing), a minimal aya `RingBuf` reader on the pinned `TG_EVENTS` map counting records (first to last record read) — the ceiling; a fresh agent re-adopts the pins afterwards.\n"
+            "\n## 2. Event path (records/s delivered)\n\nLoad: one client in `t0` doing UDP connects to the denied destination as fast as it can for 2 s (every attempt is a deny record; a denied connect is the cheapest attempt to generate, so one core produces more records than an allowed-connect loop, and denies are never shed: each must arrive or be reported lost). The client, the agent and (for `collector`) the collector share the machine's 2 cores. Rate = records delivered / (time from load start until delivery stopped). `file`: agent with `--events FILE`. `collector`: agent (events file /dev/null) streaming over gRPC+mTLS to `tiergate collector` with a file sink; records counted in the sink file. `collector + sqlite store`: the same with `--store sqlite:…` (every record also parsed and aggregated into the observation store, written about once a second), measured in turn with `collector` in every rep (one agent and one load at a time). `file + aggregation (allowed attempts)`: the agent with `--aggregate-allowed 1s` and a file sink, the load allowed UDP connects instead (1 s windows, so delivery ends up to a window after the load): the rate is *attempts accounted for* per second (the `count`s of the records), not records. `reader`: the agent killed (its pinned programs keep producing), a minimal aya `RingBuf` reader on the pinned `TG_EVENTS` map counting records (first to last record read) — the ceiling; a fresh agent re-adopts the pins afterwards.\n"
         );
         let _ = writeln!(s, "| path | records/s | ratio to reader |\n|---|---|---|");
         let rd = self.events_med("reader");
-        for k in ["reader", "file", "collector", crate::events::STORE_ROW] {
+        for k in [
+            "reader",
+            "file",
+            "collector",
+            crate::events::STORE_ROW,
+            crate::events::AGG_ROW,
+        ] {
             let st = Stats::new(self.events.get(k).cloned().unwrap_or_default());
             let _ = writeln!(s, "| {k} | {} | {:.2} |", st.fmt(1.0, 0), st.median() / rd);
         }
