@@ -16,6 +16,8 @@ pub mod feed;
 mod identity;
 mod observe;
 mod postgres;
+mod record;
+mod scan;
 mod sql;
 mod sqlite;
 

@@ -12,11 +12,10 @@
 //!   version and the rules (`unmapped.tiergate.rules`) it put in force;
 //! - anything else (refused sockets, losses, gaps, HTTP, findings): nothing.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 
 use super::identity;
+use super::record::{Rec, Tiergate, text};
 
 /// What the store keeps one row of observations for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,134 +117,9 @@ pub enum ObserveError {
     },
 }
 
-#[derive(Deserialize)]
-struct Rec<'a> {
-    class_uid: Option<u32>,
-    time: Option<u64>,
-    count: Option<u64>,
-    #[serde(borrow)]
-    connection_info: Option<ConnInfo<'a>>,
-    #[serde(borrow)]
-    dst_endpoint: Option<Endpoint<'a>>,
-    #[serde(borrow)]
-    device: Option<Device<'a>>,
-    #[serde(borrow)]
-    query: Option<Query<'a>>,
-    #[serde(borrow)]
-    unmapped: Option<Unmapped<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ConnInfo<'a> {
-    #[serde(borrow)]
-    protocol_name: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Endpoint<'a> {
-    #[serde(borrow)]
-    ip: Option<Text<'a>>,
-    port: Option<u16>,
-}
-
-#[derive(Deserialize)]
-struct Device<'a> {
-    #[serde(borrow)]
-    hostname: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Query<'a> {
-    #[serde(borrow)]
-    hostname: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Unmapped<'a> {
-    #[serde(borrow)]
-    tiergate: Option<Tiergate<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Tiergate<'a> {
-    #[serde(borrow)]
-    kind: Option<Text<'a>>,
-    #[serde(borrow)]
-    action: Option<Text<'a>>,
-    #[serde(borrow)]
-    verdict: Option<Text<'a>>,
-    #[serde(borrow)]
-    tier: Option<Text<'a>>,
-    #[serde(borrow)]
-    fqdn: Option<Text<'a>>,
-    #[serde(borrow)]
-    rule: Option<Rule<'a>>,
-    #[serde(borrow)]
-    policy: Option<Policy<'a>>,
-    #[serde(borrow)]
-    workload: Option<Workload<'a>>,
-    rules: Option<Vec<RuleRef>>,
-}
-
-#[derive(Deserialize)]
-struct Rule<'a> {
-    #[serde(borrow)]
-    uid: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Policy<'a> {
-    #[serde(borrow)]
-    name: Option<Text<'a>>,
-    #[serde(borrow)]
-    version: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Workload<'a> {
-    #[serde(borrow)]
-    spiffe_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    namespace: Option<Text<'a>>,
-    #[serde(borrow)]
-    service_account: Option<Text<'a>>,
-    #[serde(borrow)]
-    systemd_unit: Option<Text<'a>>,
-    #[serde(borrow)]
-    cgroup_path: Option<Text<'a>>,
-    owner: Option<serde_json::Value>,
-}
-
-/// A JSON string, borrowed from the line unless it has escapes (serde
-/// borrows a `Cow` only when it is a field itself, not inside an `Option`).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-fn text<'a>(v: &'a Option<Text<'_>>) -> Option<&'a str> {
-    v.as_ref().map(|t| t.0.as_ref())
-}
-
 /// Reads one record (one OCSF JSON object) and says what it adds.
 pub fn observe(line: &[u8]) -> Result<Option<Update>, ObserveError> {
-    let rec: Rec<'_> = match serde_json::from_slice(line) {
+    let rec = match Rec::read(line) {
         Ok(r) => r,
         Err(e) => return Err(ObserveError::NotJson(e.to_string())),
     };
