@@ -1,16 +1,15 @@
 //! What the observation store costs per record, outside the benchmark.
 //!
-//! `cargo run --release -p tiergate-collector --example store_cost -- [MODE] [N] [mix]`
+//! `cargo run --release -p tiergate-collector --example store_cost -- [MODE] [N]`
 //!
 //! Records are rendered as the agent renders them (`agent/src/events/ocsf.rs`,
 //! CONTRACT section 3): the benchmark's deny record (a UDP connect from a
-//! plain cgroup, 1.1 KB) and, with `mix`, every other one an allowed pod
-//! record with a rule, an FQDN, owner and SPIFFE ID (1.8 KB); every record
-//! with its own seq, uid and time.
+//! plain cgroup, about 1 KB) and an allowed pod record with a rule, owner and
+//! SPIFFE ID (about 1.4 KB), every one with its own seq, uid and time.
 //!
 //! Modes:
-//! - `observe` (default): `observe` + `Aggregate::add` (what the store
-//!   thread does with each record) on this thread; CPU time per record.
+//! - `observe` (default): `Aggregate::add_record` (what the store thread
+//!   does with each record) on this thread; CPU time per record.
 //! - `feed`: through `store::feed` into a SQLite store in a temp dir, as the
 //!   collector does (offer → channel → store thread → store); CPU time of the
 //!   whole process per record (the store thread's, which is what the store
@@ -22,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiergate_collector::metrics::CollectorMetrics;
-use tiergate_collector::store::{Aggregate, feed, observe};
+use tiergate_collector::store::{Aggregate, feed};
 
 /// The benchmark's record: a denied UDP connect of the load client.
 fn deny_record(seq: u64) -> Vec<u8> {
@@ -140,9 +139,7 @@ fn main() {
             let cpu0 = cpu_time();
             let mut agg = Aggregate::default();
             for line in pool.iter().cycle().take(n) {
-                if let Some(u) = observe(line).expect("a valid record") {
-                    agg.add(u);
-                }
+                agg.add_record(line).expect("a valid record");
                 // Every second's worth, a new aggregate (as after a flush).
                 if agg.updates >= 150_000 {
                     agg = Aggregate::default();

@@ -9,7 +9,10 @@ use std::hash::BuildHasher as _;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
-use super::observe::{ObservationKey, PolicySighting, Seen, Sighting, Update, observe};
+use super::keys::{Classes, KeyRef, Map, Pair, Triple};
+use super::observe::{
+    ObservationKey, ObserveError, Observed, PolicySighting, Seen, Update, observe_ref,
+};
 use super::{IdentityRow, ObservationRow, PolicyVersionRow, RuleRow};
 
 /// Per (identity class, node): the inventory's row.
@@ -44,17 +47,27 @@ pub struct PolicySeen {
 /// Observations, identities, rules and policy versions, aggregated.
 #[derive(Debug, Default)]
 pub struct Aggregate {
-    pub observations: HashMap<ObservationKey, Seen>,
+    pub observations: Map<ObservationKey, Seen>,
     /// Keyed by (identity class, node).
-    pub identities: HashMap<(String, String), IdentitySeen>,
+    pub identities: Map<(String, String), IdentitySeen>,
     /// Keyed by (identity class, node, tier).
-    pub identity_tiers: HashMap<(String, String, String), Seen>,
+    pub identity_tiers: Map<(String, String, String), Seen>,
     /// Keyed by rule uid.
-    pub rules: HashMap<String, RuleSeen>,
+    pub rules: Map<String, RuleSeen>,
     /// Keyed by policy version.
-    pub policies: HashMap<String, PolicySeen>,
+    pub policies: Map<String, PolicySeen>,
     /// Updates folded in since the aggregate was made.
     pub updates: u64,
+    /// The identity classes of the workloads seen (None while in use).
+    classes: Option<Classes>,
+}
+
+/// [`Sighting`](super::Sighting), borrowed.
+struct Who<'a> {
+    node: &'a str,
+    owner: Option<&'a str>,
+    attempts: u64,
+    policy_name: &'a str,
 }
 
 impl Aggregate {
@@ -67,54 +80,93 @@ impl Aggregate {
     pub fn add(&mut self, update: Update) {
         self.updates += 1;
         match update {
-            Update::Traffic { key, seen, who } => self.traffic(key, seen, who),
+            Update::Traffic { key, seen, who } => {
+                let who = Who {
+                    node: &who.node,
+                    owner: who.owner.as_deref(),
+                    attempts: who.attempts,
+                    policy_name: &who.policy_name,
+                };
+                self.traffic(&KeyRef::of(&key), seen, &who);
+            }
             Update::Policy(p) => self.policy(p),
         }
     }
 
-    fn traffic(&mut self, key: ObservationKey, seen: Seen, who: Sighting) {
-        if !key.policy_version.is_empty() {
-            self.see_policy(&key.policy_version, &who.policy_name, seen);
+    /// Folds one record (one OCSF JSON object) in: what
+    /// [`observe`](super::observe) says it adds, and the same error for a
+    /// record that is not readable. Copies only what the aggregate does
+    /// not hold yet (a new key), not every record's fields.
+    pub fn add_record(&mut self, line: &[u8]) -> Result<(), ObserveError> {
+        match observe_ref(line)? {
+            None => {}
+            Some(Observed::Policy(p)) => self.add(Update::Policy(p)),
+            Some(Observed::Traffic(t)) => {
+                self.updates += 1;
+                let mut classes = self.classes.take().unwrap_or_default();
+                let key = KeyRef {
+                    identity: classes.class(&t.workload),
+                    tier: &t.tier,
+                    policy_version: &t.policy_version,
+                    destination: &t.destination,
+                    port: t.port,
+                    protocol: &t.protocol,
+                    verdict: &t.verdict,
+                    rule_uid: &t.rule_uid,
+                };
+                let who = Who {
+                    node: &t.node,
+                    owner: t.owner.as_deref(),
+                    attempts: t.attempts,
+                    policy_name: &t.policy_name,
+                };
+                self.traffic(&key, t.seen, &who);
+                self.classes = Some(classes);
+            }
         }
-        let id = (key.identity.clone(), who.node);
+        Ok(())
+    }
+
+    fn traffic(&mut self, key: &KeyRef<'_>, seen: Seen, who: &Who<'_>) {
+        if !key.policy_version.is_empty() {
+            self.see_policy(key.policy_version, who.policy_name, seen);
+        }
         self.identity_tiers
-            .entry((id.0.clone(), id.1.clone(), key.tier.clone()))
+            .entry_ref(&Triple(key.identity, who.node, key.tier))
             .and_modify(|s| s.merge(seen))
             .or_insert(seen);
         let last_attempt_ms = if who.attempts > 0 { seen.last_ms } else { 0 };
-        let i = self.identities.entry(id).or_insert(IdentitySeen {
-            owner: None,
-            first_ms: seen.first_ms,
-            last_ms: seen.last_ms,
-            attempts: 0,
-            last_attempt_ms: 0,
-        });
-        if who.owner.is_some() {
-            i.owner = who.owner;
+        let i = self
+            .identities
+            .entry_ref(&Pair(key.identity, who.node))
+            .or_insert(IdentitySeen {
+                owner: None,
+                first_ms: seen.first_ms,
+                last_ms: seen.last_ms,
+                attempts: 0,
+                last_attempt_ms: 0,
+            });
+        if let Some(owner) = who.owner
+            && i.owner.as_deref() != Some(owner)
+        {
+            i.owner = Some(owner.to_string());
         }
         i.first_ms = i.first_ms.min(seen.first_ms);
         i.last_ms = i.last_ms.max(seen.last_ms);
         i.attempts += who.attempts;
         i.last_attempt_ms = i.last_attempt_ms.max(last_attempt_ms);
         self.observations
-            .entry(key)
+            .entry_ref(key)
             .and_modify(|s| s.merge(seen))
             .or_insert(seen);
     }
 
     fn see_policy(&mut self, version: &str, name: &str, seen: Seen) {
-        // Looked up before an owned key is made: nearly always there.
-        if !self.policies.contains_key(version) {
-            self.policies.insert(
-                version.to_string(),
-                PolicySeen {
-                    name: String::new(),
-                    first_ms: seen.first_ms,
-                    last_ms: seen.last_ms,
-                },
-            );
-        }
-        let p = self.policies.get_mut(version).expect("inserted above");
+        let p = self.policies.entry_ref(version).or_insert(PolicySeen {
+            name: String::new(),
+            first_ms: seen.first_ms,
+            last_ms: seen.last_ms,
+        });
         if p.name.is_empty() {
             p.name = name.to_string();
         }
@@ -334,9 +386,8 @@ pub fn from_jsonl<P: AsRef<Path>>(paths: &[P]) -> Result<(Aggregate, JsonlReport
                 report.duplicates += 1;
                 continue;
             }
-            match observe(&line) {
-                Ok(Some(u)) => agg.add(u),
-                Ok(None) => {}
+            match agg.add_record(&line) {
+                Ok(()) => {}
                 Err(e) => {
                     report.malformed += 1;
                     if report.examples.len() < EXAMPLES {
@@ -366,6 +417,7 @@ fn metadata_uid(line: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::observe::observe;
     use super::super::observe::tests::connection;
     use super::*;
     use serde_json::json;
@@ -445,6 +497,74 @@ mod tests {
         let rules = agg.rules();
         assert_eq!(rules.len(), 1);
         assert_eq!((rules[0].first_seen_ms, rules[0].last_seen_ms), (100, 900));
+    }
+
+    /// A record folds in as its update does, by whichever reader and
+    /// whether its key is new or not.
+    #[test]
+    fn a_record_folds_in_as_its_update() {
+        let mut pod = at(connection("allow", "10.0.0.1", 443), 20, "a");
+        pod["unmapped"]["tiergate"]["workload"]["owner"] = json!("team-a");
+        let mut other_owner = pod.clone();
+        other_owner["unmapped"]["tiergate"]["workload"]["owner"] = json!({"team": "b"});
+        let mut dns = at(connection("deny", "10.0.0.53", 53), 5, "d");
+        dns["class_uid"] = json!(4003);
+        dns["unmapped"]["tiergate"]["kind"] = json!("dns");
+        dns["query"] = json!({"hostname": "API.example.com."});
+        let policy = json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {
+            "kind": "policy", "action": "applied", "policy": {"name": "p", "version": "sha256:ab"},
+            "rules": [{"tier": "tier0", "index": 0, "uid": "r-1"}]}}});
+        let lines = [
+            policy,
+            pod.clone(),
+            at(connection("deny", "10.0.0.2", 80), 30, "b"),
+            other_owner,
+            dns,
+            pod,
+            json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {"kind": "loss"}}}),
+        ];
+        let (mut by_record, mut by_update) = (Aggregate::default(), Aggregate::default());
+        for v in &lines {
+            let line = v.to_string();
+            by_record.add_record(line.as_bytes()).unwrap();
+            if let Some(u) = observe(line.as_bytes()).unwrap() {
+                by_update.add(u);
+            }
+        }
+        assert_eq!(by_record.updates, 6);
+        assert_eq!(by_record.updates, by_update.updates);
+        assert_eq!(by_record.observations(0), by_update.observations(0));
+        assert_eq!(by_record.identities(), by_update.identities());
+        assert_eq!(by_record.rules(), by_update.rules());
+        assert_eq!(by_record.policy_versions(), by_update.policy_versions());
+        assert_eq!(
+            by_record.identities()[0].owner.as_deref(),
+            Some("team-a"),
+            "the last owner seen"
+        );
+        assert_eq!(
+            by_record.add_record(b"not json"),
+            observe(b"not json").map(|_| ())
+        );
+    }
+
+    /// Escaped strings are read by serde_json, plain ones by the scanner:
+    /// the same text either way is one key.
+    #[test]
+    fn records_that_differ_only_in_escapes_are_one_observation() {
+        let plain = at(connection("allow", "10.0.0.1", 443), 20, "a").to_string();
+        let escaped = plain
+            .replace("\"tier0\"", "\"tier\\u0030\"")
+            .replace("/agents/tier0/", "\\/agents\\/tier0\\/");
+        assert_ne!(plain, escaped);
+        let mut agg = Aggregate::default();
+        agg.add_record(plain.as_bytes()).unwrap();
+        agg.add_record(escaped.as_bytes()).unwrap();
+        let rows = agg.observations(0);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].seen.count, 2);
+        assert_eq!(rows[0].key.tier, "tier0");
+        assert_eq!(agg.identities().len(), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{Aggregate, Store, StoreError, observe};
+use super::{Aggregate, Store, StoreError};
 use crate::metrics::CollectorMetrics;
 
 /// Records waiting for the store's thread, at most.
@@ -159,13 +159,9 @@ fn run(
             Ok(Msg::Records(lines)) => {
                 pending.fetch_sub(lines.len(), Ordering::Relaxed);
                 for line in &lines {
-                    match observe(line) {
-                        Ok(Some(u)) => agg.add(u),
-                        Ok(None) => {}
-                        Err(e) => {
-                            metrics.store_dropped.inc();
-                            tracing::debug!(error = %e, "record not readable for the store");
-                        }
+                    if let Err(e) = agg.add_record(line) {
+                        metrics.store_dropped.inc();
+                        tracing::debug!(error = %e, "record not readable for the store");
                     }
                 }
                 false

@@ -14,6 +14,7 @@
 mod aggregate;
 pub mod feed;
 mod identity;
+mod keys;
 mod observe;
 mod postgres;
 mod record;
@@ -232,8 +233,10 @@ fn from_db(v: i64) -> u64 {
 
 /// Sorted entries, so that replicas writing one database take row locks
 /// in the same order (no deadlocks between them).
-fn sorted<K: Ord, V>(m: &std::collections::HashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut v: Vec<_> = m.iter().collect();
+fn sorted<'m, K: Ord + 'm, V: 'm>(
+    m: impl IntoIterator<Item = (&'m K, &'m V)>,
+) -> Vec<(&'m K, &'m V)> {
+    let mut v: Vec<_> = m.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v
 }
