@@ -14,6 +14,7 @@
 mod aggregate;
 pub mod feed;
 mod identity;
+mod jsonl;
 mod keys;
 mod observe;
 mod postgres;
@@ -22,8 +23,9 @@ mod scan;
 mod sql;
 mod sqlite;
 
-pub use aggregate::{Aggregate, JsonlError, JsonlReport, from_jsonl};
+pub use aggregate::Aggregate;
 pub use identity::{cgroup_pattern, class as identity_class};
+pub use jsonl::{JsonlError, JsonlReport, from_jsonl};
 pub use observe::{
     ObservationKey, ObserveError, PolicySighting, RuleRef, Seen, Sighting, Update, observe,
 };
