@@ -8,8 +8,9 @@
 //! SPIFFE ID (about 1.4 KB), every one with its own seq, uid and time.
 //!
 //! Modes:
-//! - `observe` (default): `Aggregate::add_record` (what the store thread
-//!   does with each record) on this thread; CPU time per record.
+//! - `observe` (default): `Aggregate::add_records` on batches of 1,000
+//!   (what the store thread does with each batch) on this thread; CPU time
+//!   per record.
 //! - `feed`: through `store::feed` into a SQLite store in a temp dir, as the
 //!   collector does (offer → channel → store thread → store); CPU time of the
 //!   whole process per record (the store thread's, which is what the store
@@ -23,8 +24,14 @@ use std::time::{Duration, Instant};
 use tiergate_collector::metrics::CollectorMetrics;
 use tiergate_collector::store::{Aggregate, feed};
 
-/// The benchmark's record: a denied UDP connect of the load client.
-fn deny_record(seq: u64) -> Vec<u8> {
+/// The benchmark's record: a denied UDP connect of the load client (to a
+/// destination of its own with `spread`).
+fn deny_record(seq: u64, spread: bool) -> Vec<u8> {
+    let ip = if spread {
+        format!("10.30.{}.{}", seq / 256 % 256, seq % 256)
+    } else {
+        "10.30.0.1".to_string()
+    };
     format!(
         concat!(
             r#"{{"class_uid":4001,"class_name":"Network Activity","category_uid":4,"#,
@@ -33,7 +40,7 @@ fn deny_record(seq: u64) -> Vec<u8> {
             r#""severity_id":3,"action_id":2,"action":"Denied","disposition_id":2,"#,
             r#""disposition":"Blocked","status_id":2,"connection_info":{{"protocol_name":"udp","#,
             r#""protocol_num":17,"direction_id":2,"direction":"Outbound"}},"#,
-            r#""dst_endpoint":{{"ip":"10.30.0.1","port":80}},"actor":{{"process":{{"pid":412345,"#,
+            r#""dst_endpoint":{{"ip":"{ip}","port":80}},"actor":{{"process":{{"pid":412345,"#,
             r#""name":"tiergate-bench","tid":412345}},"user":{{"uid":"0"}}}},"#,
             r#""device":{{"hostname":"bench-node-1.example.internal","type_id":0}},"#,
             r#""metadata":{{"uid":"6f1c2b7a-93d4-4e2a-8c11-0b5d7e9f3a21-{seq}","version":"1.3.0","#,
@@ -46,6 +53,7 @@ fn deny_record(seq: u64) -> Vec<u8> {
         ),
         time = 1_764_000_000_000u64 + seq / 100,
         seq = seq,
+        ip = ip,
     )
     .into_bytes()
 }
@@ -87,14 +95,14 @@ fn pod_record(seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Batches of 1,000 (the agent's largest), `deny` records or a 1:1 mix.
-fn batches(n: usize, mix: bool) -> Vec<Vec<Vec<u8>>> {
+/// Batches of 1,000 (the agent's largest), deny records or a 1:1 mix.
+fn batches(n: usize, mix: bool, spread: bool) -> Vec<Vec<Vec<u8>>> {
     (0..n as u64)
         .map(|seq| {
             if mix && seq % 2 == 1 {
                 pod_record(seq)
             } else {
-                deny_record(seq)
+                deny_record(seq, spread)
             }
         })
         .collect::<Vec<_>>()
@@ -119,18 +127,24 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let mix = args.iter().any(|a| a == "mix");
-    let sample_sizes = (deny_record(1).len(), pod_record(1).len());
+    let spread = args.iter().any(|a| a == "spread");
+    let sample_sizes = (deny_record(1, false).len(), pod_record(1).len());
     println!(
-        "records: deny {} bytes, pod {} bytes; {n} records{}",
+        "records: deny {} bytes, pod {} bytes; {n} records{}{}",
         sample_sizes.0,
         sample_sizes.1,
         if mix {
             ", deny and pod 1:1"
         } else {
             ", all deny"
+        },
+        if spread {
+            ", each deny to another destination"
+        } else {
+            ""
         }
     );
-    let input = batches(if mode == "observe" { 10_000 } else { n }, mix);
+    let input = batches(if mode == "observe" { 10_000 } else { n }, mix, spread);
     match mode {
         "observe" => {
             // A pool of distinct records read again and again: the
@@ -138,8 +152,8 @@ fn main() {
             let pool: Vec<Vec<u8>> = input.into_iter().take(10).flatten().collect();
             let cpu0 = cpu_time();
             let mut agg = Aggregate::default();
-            for line in pool.iter().cycle().take(n) {
-                agg.add_record(line).expect("a valid record");
+            for batch in pool.chunks(1000).cycle().take(n / 1000) {
+                agg.add_records(batch, |e| panic!("{e}"));
                 // Every second's worth, a new aggregate (as after a flush).
                 if agg.updates >= 150_000 {
                     agg = Aggregate::default();

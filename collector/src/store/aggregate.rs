@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 
+use super::batch::Run;
 use super::keys::{Classes, KeyRef, Map, Pair, Triple};
 use super::observe::{
     ObservationKey, ObserveError, Observed, PolicySighting, Seen, Update, observe_ref,
 };
+use super::shape::Shape;
 use super::{IdentityRow, ObservationRow, PolicyVersionRow, RuleRow};
 
 /// Per (identity class, node): the inventory's row.
@@ -57,6 +59,8 @@ pub struct Aggregate {
     pub updates: u64,
     /// The identity classes of the workloads seen (None while in use).
     classes: Option<Classes>,
+    /// Shapes of records, kept for their buffers (see `batch.rs`).
+    pub(super) shapes: Vec<Shape>,
 }
 
 /// [`Sighting`](super::Sighting), borrowed.
@@ -64,6 +68,8 @@ struct Who<'a> {
     node: &'a str,
     owner: Option<&'a str>,
     attempts: u64,
+    /// The last of the attempts (0: none).
+    last_attempt_ms: u64,
     policy_name: &'a str,
 }
 
@@ -82,6 +88,7 @@ impl Aggregate {
                     node: &who.node,
                     owner: who.owner.as_deref(),
                     attempts: who.attempts,
+                    last_attempt_ms: if who.attempts > 0 { seen.last_ms } else { 0 },
                     policy_name: &who.policy_name,
                 };
                 self.traffic(&KeyRef::of(&key), seen, &who);
@@ -98,30 +105,35 @@ impl Aggregate {
         match observe_ref(line)? {
             None => {}
             Some(Observed::Policy(p)) => self.add(Update::Policy(p)),
-            Some(Observed::Traffic(t)) => {
-                self.updates += 1;
-                let mut classes = self.classes.take().unwrap_or_default();
-                let key = KeyRef {
-                    identity: classes.class(&t.workload),
-                    tier: &t.tier,
-                    policy_version: &t.policy_version,
-                    destination: &t.destination,
-                    port: t.port,
-                    protocol: &t.protocol,
-                    verdict: &t.verdict,
-                    rule_uid: &t.rule_uid,
-                };
-                let who = Who {
-                    node: &t.node,
-                    owner: t.owner.as_deref(),
-                    attempts: t.attempts,
-                    policy_name: &t.policy_name,
-                };
-                self.traffic(&key, t.seen, &who);
-                self.classes = Some(classes);
-            }
+            Some(Observed::Traffic(t)) => self.fold(Run::new(t)),
         }
         Ok(())
+    }
+
+    /// Folds in a run of records of one shape (see `batch.rs`).
+    pub(super) fn fold(&mut self, r: Run<'_>) {
+        self.updates += r.updates;
+        let t = &r.traffic;
+        let mut classes = self.classes.take().unwrap_or_default();
+        let key = KeyRef {
+            identity: classes.class(&t.workload),
+            tier: &t.tier,
+            policy_version: &t.policy_version,
+            destination: &t.destination,
+            port: t.port,
+            protocol: &t.protocol,
+            verdict: &t.verdict,
+            rule_uid: &t.rule_uid,
+        };
+        let who = Who {
+            node: &t.node,
+            owner: t.owner.as_deref(),
+            attempts: t.attempts,
+            last_attempt_ms: r.last_attempt_ms,
+            policy_name: &t.policy_name,
+        };
+        self.traffic(&key, t.seen, &who);
+        self.classes = Some(classes);
     }
 
     fn traffic(&mut self, key: &KeyRef<'_>, seen: Seen, who: &Who<'_>) {
@@ -132,7 +144,6 @@ impl Aggregate {
             .entry_ref(&Triple(key.identity, who.node, key.tier))
             .and_modify(|s| s.merge(seen))
             .or_insert(seen);
-        let last_attempt_ms = if who.attempts > 0 { seen.last_ms } else { 0 };
         let i = self
             .identities
             .entry_ref(&Pair(key.identity, who.node))
@@ -151,7 +162,7 @@ impl Aggregate {
         i.first_ms = i.first_ms.min(seen.first_ms);
         i.last_ms = i.last_ms.max(seen.last_ms);
         i.attempts += who.attempts;
-        i.last_attempt_ms = i.last_attempt_ms.max(last_attempt_ms);
+        i.last_attempt_ms = i.last_attempt_ms.max(who.last_attempt_ms);
         self.observations
             .entry_ref(key)
             .and_modify(|s| s.merge(seen))

@@ -158,12 +158,10 @@ fn run(
         let stop = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Ok(Msg::Records(lines)) => {
                 pending.fetch_sub(lines.len(), Ordering::Relaxed);
-                for line in &lines {
-                    if let Err(e) = agg.add_record(line) {
-                        metrics.store_dropped.inc();
-                        tracing::debug!(error = %e, "record not readable for the store");
-                    }
-                }
+                agg.add_records(&lines, |e| {
+                    metrics.store_dropped.inc();
+                    tracing::debug!(error = %e, "record not readable for the store");
+                });
                 false
             }
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => true,

@@ -12,6 +12,7 @@
 //! [`Store`] or, without a collector, [`from_jsonl`].
 
 mod aggregate;
+mod batch;
 pub mod feed;
 mod identity;
 mod jsonl;
@@ -20,6 +21,7 @@ mod observe;
 mod postgres;
 mod record;
 mod scan;
+mod shape;
 mod sql;
 mod sqlite;
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::identity;
 use super::record::{Rec, Text, Tiergate, text};
+use super::shape::Shape;
 
 /// What the store keeps one row of observations for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,7 +139,7 @@ pub(super) enum Observed<'a> {
 
 /// [`Update::Traffic`] borrowed from its line, the identity class not
 /// worked out yet (an aggregate remembers the class of each workload).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct TrafficRef<'a> {
     pub workload: WorkloadRef<'a>,
     pub tier: Cow<'a, str>,
@@ -153,11 +154,13 @@ pub(super) struct TrafficRef<'a> {
     pub owner: Option<Cow<'a, str>>,
     pub attempts: u64,
     pub policy_name: Cow<'a, str>,
+    /// A DNS query: not a connection attempt, whatever its count.
+    pub dns: bool,
 }
 
 /// The fields of `unmapped.tiergate.workload` the identity class is made
 /// of, in the order [`identity::class`] takes them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct WorkloadRef<'a>(pub [Option<Cow<'a, str>>; 5]);
 
 impl WorkloadRef<'_> {
@@ -215,7 +218,19 @@ impl Observed<'_> {
 
 /// [`observe`] without copying.
 pub(super) fn observe_ref(line: &[u8]) -> Result<Option<Observed<'_>>, ObserveError> {
-    let mut rec = match Rec::read(line) {
+    observed(Rec::read(line))
+}
+
+/// [`observe_ref`], and the line's shape into `shape` (see `shape.rs`).
+pub(super) fn observe_shaped<'a>(
+    line: &'a [u8],
+    shape: &mut Shape,
+) -> Result<Option<Observed<'a>>, ObserveError> {
+    observed(Rec::read_shaped(line, shape))
+}
+
+fn observed(rec: Result<Rec<'_>, serde_json::Error>) -> Result<Option<Observed<'_>>, ObserveError> {
+    let mut rec = match rec {
         Ok(r) => r,
         Err(e) => return Err(ObserveError::NotJson(e.to_string())),
     };
@@ -322,6 +337,7 @@ fn traffic<'a>(
         owner,
         attempts: if kind == "dns" { 0 } else { count },
         policy_name,
+        dns: kind == "dns",
     })))
 }
 

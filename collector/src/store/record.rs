@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::observe::RuleRef;
 use super::scan;
+use super::shape::Shape;
 
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct Rec<'a> {
@@ -143,6 +144,18 @@ impl<'a> Rec<'a> {
     /// Reads one line: the scanner first, serde_json when it declines.
     pub(super) fn read(line: &'a [u8]) -> Result<Rec<'a>, serde_json::Error> {
         match scan::read(line) {
+            Some(rec) => Ok(rec),
+            None => Self::read_serde(line),
+        }
+    }
+
+    /// [`Rec::read`], and the line's shape into `shape` when the scanner
+    /// reads it (see `shape.rs`).
+    pub(super) fn read_shaped(
+        line: &'a [u8],
+        shape: &mut Shape,
+    ) -> Result<Rec<'a>, serde_json::Error> {
+        match scan::read_shaped(line, shape) {
             Some(rec) => Ok(rec),
             None => Self::read_serde(line),
         }

@@ -16,21 +16,29 @@
 //! whichever reads it; the tests compare the two on mutated records.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use super::record::{
     ConnInfo, Device, Endpoint, Policy, Query, Rec, Rule, Text, Tiergate, Unmapped, Workload,
 };
+use super::shape::{DIGIT, LEAD, Shape, TEXT, int_value};
 
 /// Nesting the scanner follows; serde_json's own limit is 128.
 const MAX_DEPTH: usize = 64;
 
 /// Reads a record as agents write it; `None`: leave it to serde_json.
 pub(super) fn read(line: &[u8]) -> Option<Rec<'_>> {
-    let s = std::str::from_utf8(line).ok()?;
-    let mut sc = Scanner { b: line, s, i: 0 };
-    let rec = sc.rec()?;
-    sc.ws();
-    (sc.i == line.len()).then_some(rec)
+    Scanner::new(line, None)?.read().0
+}
+
+/// [`read`], and the line's [`Shape`] into `shape` (made anew; not valid
+/// when the scanner declines the line).
+pub(super) fn read_shaped<'a>(line: &'a [u8], shape: &mut Shape) -> Option<Rec<'a>> {
+    shape.start(line.len());
+    let (rec, back) = Scanner::new(line, Some(std::mem::take(shape)))?.read();
+    *shape = back.expect("the scanner gives its shape back");
+    shape.valid = rec.is_some();
+    rec
 }
 
 struct Scanner<'a> {
@@ -38,6 +46,8 @@ struct Scanner<'a> {
     /// The same bytes, known to be UTF-8.
     s: &'a str,
     i: usize,
+    /// The shape being made, when asked for.
+    shape: Option<Shape>,
 }
 
 /// Bytes that end the plain run of a JSON string: the closing quote, an
@@ -55,6 +65,41 @@ static STOPS: [bool; 256] = {
 };
 
 impl<'a> Scanner<'a> {
+    fn new(line: &'a [u8], shape: Option<Shape>) -> Option<Self> {
+        Some(Scanner {
+            b: line,
+            s: std::str::from_utf8(line).ok()?,
+            i: 0,
+            shape,
+        })
+    }
+
+    /// The record, if the whole line is one; and the shape back.
+    fn read(mut self) -> (Option<Rec<'a>>, Option<Shape>) {
+        let rec = self.rec().filter(|_| {
+            self.ws();
+            self.i == self.b.len()
+        });
+        (rec, self.shape)
+    }
+
+    /// Marks how the bytes of `range` may differ in a line of this shape.
+    fn mark(&mut self, range: Range<usize>, class: u8) {
+        if let Some(shape) = &mut self.shape {
+            shape.classes[range].fill(class);
+        }
+    }
+
+    /// Marks the digits `range` of an integer part (no leading zero).
+    fn mark_int(&mut self, range: Range<usize>) {
+        if range.len() > 1 {
+            self.mark(range.start..range.start + 1, LEAD);
+            self.mark(range.start + 1..range.end, DIGIT);
+        } else {
+            self.mark(range, DIGIT);
+        }
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
             self.i += 1;
@@ -111,7 +156,9 @@ impl<'a> Scanner<'a> {
     /// Skips the rest of a string whose opening quote was taken.
     fn skip_str(&mut self) -> Option<()> {
         loop {
+            let run = self.i;
             let stop = self.find_stop()?;
+            self.mark(run..self.i, TEXT);
             self.i += 1;
             match stop {
                 b'"' => return Some(()),
@@ -131,12 +178,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn digits(&mut self) -> usize {
+    /// Skips digits; where they were.
+    fn digits(&mut self) -> Range<usize> {
         let start = self.i;
         while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
             self.i += 1;
         }
-        self.i - start
+        start..self.i
     }
 
     /// Skips a number, as JSON writes them.
@@ -144,27 +192,29 @@ impl<'a> Scanner<'a> {
         if self.b.get(self.i) == Some(&b'-') {
             self.i += 1;
         }
-        match self.b.get(self.i)? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                self.digits();
-            }
-            _ => return None,
+        let int = self.digits();
+        if int.is_empty() || (int.len() > 1 && self.b[int.start] == b'0') {
+            return None;
         }
+        self.mark_int(int);
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
-            if self.digits() == 0 {
+            let frac = self.digits();
+            if frac.is_empty() {
                 return None;
             }
+            self.mark(frac, DIGIT);
         }
         if let Some(b'e' | b'E') = self.b.get(self.i) {
             self.i += 1;
             if let Some(b'+' | b'-') = self.b.get(self.i) {
                 self.i += 1;
             }
-            if self.digits() == 0 {
+            let exp = self.digits();
+            if exp.is_empty() {
                 return None;
             }
+            self.mark(exp, DIGIT);
         }
         Some(())
     }
@@ -231,23 +281,45 @@ impl<'a> Scanner<'a> {
 
     /// An unsigned integer that fits `T`, written as an integer.
     fn uint<T: TryFrom<u64>>(&mut self, slot: &mut Option<T>) -> Option<()> {
-        *slot = self.opt(|s| {
-            let start = s.i;
-            let n = s.digits();
-            let digits = &s.b[start..s.i];
-            // 19 digits always fit a u64; a leading 0 is not JSON.
-            if n == 0 || n > 19 || (n > 1 && digits[0] == b'0') {
-                return None;
-            }
-            if let Some(b'.' | b'e' | b'E') = s.b.get(s.i) {
-                return None;
-            }
-            let v = digits
-                .iter()
-                .fold(0u64, |v, d| v * 10 + u64::from(d - b'0'));
-            T::try_from(v).ok()
-        })?;
+        *slot = match self.opt(Self::digits_value)? {
+            Some((v, _)) => Some(T::try_from(v).ok()?),
+            None => None,
+        };
         Some(())
+    }
+
+    /// [`Self::uint`] for a value that may differ in a line of this shape
+    /// (`time`, `count`): its digits are marked and `at` says where.
+    fn value(
+        &mut self,
+        slot: &mut Option<u64>,
+        at: fn(&mut Shape) -> &mut Option<Range<usize>>,
+    ) -> Option<()> {
+        *slot = match self.opt(Self::digits_value)? {
+            Some((v, range)) => {
+                self.mark_int(range.clone());
+                if let Some(shape) = &mut self.shape {
+                    *at(shape) = Some(range);
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        Some(())
+    }
+
+    /// An integer of at most 19 digits (always a u64), not a float.
+    fn digits_value(&mut self) -> Option<(u64, Range<usize>)> {
+        let range = self.digits();
+        let digits = &self.b[range.clone()];
+        // A leading 0 is not JSON.
+        if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+            return None;
+        }
+        if let Some(b'.' | b'e' | b'E') = self.b.get(self.i) {
+            return None;
+        }
+        Some((int_value(digits), range))
     }
 
     /// Reads field number `bit` of an object into `slot` with `read`.
@@ -308,8 +380,12 @@ impl<'a> Scanner<'a> {
         let mut rec = None;
         self.object(0, &mut rec, |s, r: &mut Rec<'a>, key, seen| match key {
             "class_uid" => s.field(seen, 0, &mut r.class_uid, Self::uint),
-            "time" => s.field(seen, 1, &mut r.time, Self::uint),
-            "count" => s.field(seen, 2, &mut r.count, Self::uint),
+            "time" => s.field(seen, 1, &mut r.time, |s, slot| {
+                s.value(slot, |sh| &mut sh.time)
+            }),
+            "count" => s.field(seen, 2, &mut r.count, |s, slot| {
+                s.value(slot, |sh| &mut sh.count)
+            }),
             "connection_info" => s.field(seen, 3, &mut r.connection_info, |s, slot| {
                 s.object(1, slot, |s, c: &mut ConnInfo<'a>, k, seen| match k {
                     "protocol_name" => s.field(seen, 0, &mut c.protocol_name, Self::text),
