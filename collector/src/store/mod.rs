@@ -28,6 +28,8 @@ mod sqlite;
 pub use aggregate::Aggregate;
 pub use identity::{cgroup_pattern, class as identity_class};
 pub use jsonl::{JsonlError, JsonlReport, from_jsonl};
+#[doc(hidden)]
+pub use observe::observe_with_serde_json;
 pub use observe::{
     ObservationKey, ObserveError, PolicySighting, RuleRef, Seen, Sighting, Update, observe,
 };

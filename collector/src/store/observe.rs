@@ -216,6 +216,12 @@ impl Observed<'_> {
     }
 }
 
+/// [`observe`] with serde_json alone (no scanner): what the scanner must
+/// agree with (the `store_records` fuzz target).
+pub fn observe_with_serde_json(line: &[u8]) -> Result<Option<Update>, ObserveError> {
+    Ok(observed(Rec::read_serde(line))?.map(Observed::into_update))
+}
+
 /// [`observe`] without copying.
 pub(super) fn observe_ref(line: &[u8]) -> Result<Option<Observed<'_>>, ObserveError> {
     observed(Rec::read(line))
