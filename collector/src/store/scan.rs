@@ -28,14 +28,17 @@ const MAX_DEPTH: usize = 64;
 
 /// Reads a record as agents write it; `None`: leave it to serde_json.
 pub(super) fn read(line: &[u8]) -> Option<Rec<'_>> {
-    Scanner::new(line, None)?.read().0
+    Scanner::new(line, std::str::from_utf8(line).ok()?, None)
+        .read()
+        .0
 }
 
 /// [`read`], and the line's [`Shape`] into `shape` (made anew; not valid
 /// when the scanner declines the line).
 pub(super) fn read_shaped<'a>(line: &'a [u8], shape: &mut Shape) -> Option<Rec<'a>> {
     shape.start(line.len());
-    let (rec, back) = Scanner::new(line, Some(std::mem::take(shape)))?.read();
+    let text = std::str::from_utf8(line).ok()?;
+    let (rec, back) = Scanner::new(line, text, Some(std::mem::take(shape))).read();
     *shape = back.expect("the scanner gives its shape back");
     shape.valid = rec.is_some();
     rec
@@ -65,13 +68,14 @@ static STOPS: [bool; 256] = {
 };
 
 impl<'a> Scanner<'a> {
-    fn new(line: &'a [u8], shape: Option<Shape>) -> Option<Self> {
-        Some(Scanner {
+    /// A scanner of `line`, which is `text` (UTF-8).
+    fn new(line: &'a [u8], text: &'a str, shape: Option<Shape>) -> Self {
+        Scanner {
             b: line,
-            s: std::str::from_utf8(line).ok()?,
+            s: text,
             i: 0,
             shape,
-        })
+        }
     }
 
     /// The record, if the whole line is one; and the shape back.
