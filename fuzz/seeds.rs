@@ -197,6 +197,81 @@ fn main() {
     );
     write(&d, "empty", batch(3, vec![]).encode_to_vec());
 
+    // store_records: records as an agent writes them, one a line: runs of
+    // one shape (seq, uid, time and pid change), other shapes in between,
+    // DNS, policy and loss records, escaped strings, broken lines.
+    let d = corpus.join("store_records");
+    let deny = |seq: u64, ip: &str| {
+        format!(
+            concat!(
+                r#"{{"class_uid":4001,"class_name":"Network Activity","activity_id":1,"time":{},"#,
+                r#""disposition_id":2,"disposition":"Blocked","connection_info":{{"protocol_name":"udp","#,
+                r#""protocol_num":17}},"dst_endpoint":{{"ip":"{}","port":80}},"#,
+                r#""actor":{{"process":{{"pid":{},"name":"load","tid":{}}},"user":{{"uid":"0"}}}},"#,
+                r#""device":{{"hostname":"node-1","type_id":0}},"metadata":{{"uid":"a1b2c3d4e5f60718-{}","#,
+                r#""version":"1.3.0","product":{{"name":"tiergate"}}}},"unmapped":{{"tiergate":{{"#,
+                r#""kind":"connection","seq":{},"verdict":"deny","reason":"no-matching-rule","tier":"t0","#,
+                r#""hook":"connect4","metadata_service":false,"tier_inherited":false,"#,
+                r#""policy":{{"name":"p","version":"sha256:ab"}},"#,
+                r#""workload":{{"cgroup_id":9,"cgroup_path":"/bench/t0/w0001"}}}}}}}}"#
+            ),
+            1_764_000_000_000 + seq * 3,
+            ip,
+            4000 + seq % 9,
+            4000 + seq % 9,
+            seq,
+            seq
+        )
+    };
+    let pod = concat!(
+        r#"{"class_uid":4001,"time":1764000000500,"count":3,"connection_info":{"protocol_name":"tcp"},"#,
+        r#""dst_endpoint":{"ip":"198.18.0.7","port":443},"device":{"hostname":"node-1"},"#,
+        r#""firewall_rule":{"uid":"r-0123456789ab","name":"retrieval:egress[2]"},"#,
+        r#""unmapped":{"tiergate":{"kind":"connection","seq":40,"verdict":"allow","tier":"retrieval","#,
+        r#""fqdn":"API.Example.com.","rule":{"uid":"r-0123456789ab","index":2},"#,
+        r#""policy":{"name":"p","version":"sha256:ab"},"workload":{"cgroup_id":9321,"#,
+        r#""cgroup_path":"/kubepods.slice/kubepods-pod6b6d8f0e_2c1a_4b3f_9a1e_0c1d2e3f4a5b.slice","#,
+        r#""namespace":"agents","service_account":"retriever","owner":"team-search","#,
+        r#""spiffe_id":"spiffe://corp.example/ns/agents/sa/retriever"}}}}"#
+    );
+    let dns = r#"{"class_uid":4003,"time":1764000000600,"query":{"hostname":"api.example.com","type":"A"},"dst_endpoint":{"ip":"10.0.0.53","port":53},"device":{"hostname":"node-1"},"unmapped":{"tiergate":{"kind":"dns","verdict":"allow","tier":"t0","policy":{"version":"sha256:ab"},"workload":{"systemd_unit":"backup-17.service"}}}}"#;
+    let policy = r#"{"class_uid":0,"time":1764000000001,"unmapped":{"tiergate":{"kind":"policy","action":"applied","seq":1,"policy":{"name":"p","version":"sha256:ab"},"rules":[{"tier":"t0","index":0,"uid":"r-0123456789ab"}]}}}"#;
+    let loss = r#"{"class_uid":0,"time":1764000000002,"unmapped":{"tiergate":{"kind":"loss","count":3}}}"#;
+    let escaped = r#"{"class_uid":4001,"time":1764000000700,"connection_info":{"protocol_name":"tcp"},"dst_endpoint":{"ip":"10.0.0.1","port":443},"device":{"hostname":"node-1"},"unmapped":{"tiergate":{"kind":"connection","verdict":"allow","tier":"t\u0030","workload":{"cgroup_path":"\/bench\/t0\/w0001","owner":{"team":"a"}}}}}"#;
+    let mut run: Vec<String> = (10..16).map(|s| deny(s, "10.30.0.1")).collect();
+    run.push(deny(16, "10.30.0.2"));
+    run.extend((17..20).map(|s| deny(s, "10.30.0.1")));
+    write(&d, "deny-runs", run.join("\n"));
+    write(
+        &d,
+        "mixed",
+        [
+            policy.to_string(),
+            deny(1, "10.30.0.1"),
+            pod.to_string(),
+            deny(2, "10.30.0.1"),
+            pod.replace("\"seq\":40", "\"seq\":41"),
+            dns.to_string(),
+            loss.to_string(),
+            escaped.to_string(),
+            deny(3, "10.30.0.1"),
+        ]
+        .join("\n"),
+    );
+    write(
+        &d,
+        "broken",
+        [
+            deny(1, "10.30.0.1"),
+            deny(2, "10.30.0.1").replace("\"time\":", "\"time\":-"),
+            "not json".to_string(),
+            deny(3, "10.30.0.1").replace("1.3.0", "1\"3.0"),
+            r#"{"class_uid":4001,"unmapped":{"tiergate":{"kind":"connection"}}}"#.to_string(),
+            deny(4, "10.30.0.1"),
+        ]
+        .join("\n"),
+    );
+
     // sink_spec
     let d = corpus.join("sink_spec");
     for (i, s) in [

@@ -287,7 +287,8 @@ pub fn batch_records(
         tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
         records.push(gap_record(hostname, &batch, spiffe, g));
     }
-    for (e, dup) in batch.events.iter().zip(&plan.dup) {
+    // The events move into the records: each record's JSON is not copied.
+    for (e, dup) in batch.events.into_iter().zip(&plan.dup) {
         if *dup {
             continue;
         }
@@ -297,9 +298,9 @@ pub fn batch_records(
                 _ if e.priority => Severity::Warning,
                 _ => Severity::Info,
             },
-            json: one_line(e.ocsf_json.clone()),
+            json: one_line(e.ocsf_json),
             time_ms: e.time_ms,
-            kind: e.kind.clone(),
+            kind: e.kind,
             agent: batch.node.clone(),
         });
     }

@@ -27,6 +27,7 @@ pub const TARGETS: &[&str] = &[
     "spool_recover",
     "kubepods_path",
     "collector_batch",
+    "store_records",
     "sink_spec",
     "cli_flags",
     "dns_messages",

@@ -237,15 +237,19 @@ fn target_dir() -> PathBuf {
 /// setup + release build, then the benchmark suite (writes docs/BENCHMARKS.md).
 fn bench(extra: &[String]) -> Result<()> {
     setup()?;
-    build_release()?;
+    let bin = build_release()?;
     if !is_root() {
         bail!("the benchmarks load eBPF programs: run `cargo xtask bench` as root");
     }
+    // The binary just built (under CARGO_TARGET_DIR when set), named
+    // relative to the workspace when it is inside it.
+    let bin = bin.strip_prefix(root()).unwrap_or(&bin).to_path_buf();
     status(
         cargo()
             .current_dir(root())
             .args(["run", "--release", "-p", "tiergate-bench", "--"])
-            .args(["--tiergate", "target/release/tiergate"])
+            .arg("--tiergate")
+            .arg(&bin)
             .args(["--out", "docs/BENCHMARKS.md"])
             .args(extra),
     )

@@ -2,14 +2,16 @@
 //!
 //! The collector folds the records of about a second into one aggregate
 //! and writes it in one transaction; `tiergate advise` without a store
-//! reads JSON-lines files into one (see [`from_jsonl`]).
+//! reads JSON-lines files into one (see `jsonl.rs`).
 
-use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher as _;
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 
-use super::observe::{ObservationKey, PolicySighting, Seen, Sighting, Update, observe};
+use super::batch::Run;
+use super::keys::{Classes, KeyRef, Map, Pair, Triple};
+use super::observe::{
+    ObservationKey, ObserveError, Observed, PolicySighting, Seen, Update, observe_ref,
+};
+use super::shape::Shape;
 use super::{IdentityRow, ObservationRow, PolicyVersionRow, RuleRow};
 
 /// Per (identity class, node): the inventory's row.
@@ -44,17 +46,31 @@ pub struct PolicySeen {
 /// Observations, identities, rules and policy versions, aggregated.
 #[derive(Debug, Default)]
 pub struct Aggregate {
-    pub observations: HashMap<ObservationKey, Seen>,
+    pub observations: Map<ObservationKey, Seen>,
     /// Keyed by (identity class, node).
-    pub identities: HashMap<(String, String), IdentitySeen>,
+    pub identities: Map<(String, String), IdentitySeen>,
     /// Keyed by (identity class, node, tier).
-    pub identity_tiers: HashMap<(String, String, String), Seen>,
+    pub identity_tiers: Map<(String, String, String), Seen>,
     /// Keyed by rule uid.
-    pub rules: HashMap<String, RuleSeen>,
+    pub rules: Map<String, RuleSeen>,
     /// Keyed by policy version.
-    pub policies: HashMap<String, PolicySeen>,
+    pub policies: Map<String, PolicySeen>,
     /// Updates folded in since the aggregate was made.
     pub updates: u64,
+    /// The identity classes of the workloads seen (None while in use).
+    classes: Option<Classes>,
+    /// Shapes of records, kept for their buffers (see `batch.rs`).
+    pub(super) shapes: Vec<Shape>,
+}
+
+/// [`Sighting`](super::Sighting), borrowed.
+struct Who<'a> {
+    node: &'a str,
+    owner: Option<&'a str>,
+    attempts: u64,
+    /// The last of the attempts (0: none).
+    last_attempt_ms: u64,
+    policy_name: &'a str,
 }
 
 impl Aggregate {
@@ -67,54 +83,98 @@ impl Aggregate {
     pub fn add(&mut self, update: Update) {
         self.updates += 1;
         match update {
-            Update::Traffic { key, seen, who } => self.traffic(key, seen, who),
+            Update::Traffic { key, seen, who } => {
+                let who = Who {
+                    node: &who.node,
+                    owner: who.owner.as_deref(),
+                    attempts: who.attempts,
+                    last_attempt_ms: if who.attempts > 0 { seen.last_ms } else { 0 },
+                    policy_name: &who.policy_name,
+                };
+                self.traffic(&KeyRef::of(&key), seen, &who);
+            }
             Update::Policy(p) => self.policy(p),
         }
     }
 
-    fn traffic(&mut self, key: ObservationKey, seen: Seen, who: Sighting) {
-        if !key.policy_version.is_empty() {
-            self.see_policy(&key.policy_version, &who.policy_name, seen);
+    /// Folds one record (one OCSF JSON object) in: what
+    /// [`observe`](super::observe) says it adds, and the same error for a
+    /// record that is not readable. Copies only what the aggregate does
+    /// not hold yet (a new key), not every record's fields.
+    pub fn add_record(&mut self, line: &[u8]) -> Result<(), ObserveError> {
+        match observe_ref(line)? {
+            None => {}
+            Some(Observed::Policy(p)) => self.add(Update::Policy(p)),
+            Some(Observed::Traffic(t)) => self.fold(Run::new(t)),
         }
-        let id = (key.identity.clone(), who.node);
+        Ok(())
+    }
+
+    /// Folds in a run of records of one shape (see `batch.rs`).
+    pub(super) fn fold(&mut self, r: Run<'_>) {
+        self.updates += r.updates;
+        let t = &r.traffic;
+        let mut classes = self.classes.take().unwrap_or_default();
+        let key = KeyRef {
+            identity: classes.class(&t.workload),
+            tier: &t.tier,
+            policy_version: &t.policy_version,
+            destination: &t.destination,
+            port: t.port,
+            protocol: &t.protocol,
+            verdict: &t.verdict,
+            rule_uid: &t.rule_uid,
+        };
+        let who = Who {
+            node: &t.node,
+            owner: t.owner.as_deref(),
+            attempts: t.attempts,
+            last_attempt_ms: r.last_attempt_ms,
+            policy_name: &t.policy_name,
+        };
+        self.traffic(&key, t.seen, &who);
+        self.classes = Some(classes);
+    }
+
+    fn traffic(&mut self, key: &KeyRef<'_>, seen: Seen, who: &Who<'_>) {
+        if !key.policy_version.is_empty() {
+            self.see_policy(key.policy_version, who.policy_name, seen);
+        }
         self.identity_tiers
-            .entry((id.0.clone(), id.1.clone(), key.tier.clone()))
+            .entry_ref(&Triple(key.identity, who.node, key.tier))
             .and_modify(|s| s.merge(seen))
             .or_insert(seen);
-        let last_attempt_ms = if who.attempts > 0 { seen.last_ms } else { 0 };
-        let i = self.identities.entry(id).or_insert(IdentitySeen {
-            owner: None,
-            first_ms: seen.first_ms,
-            last_ms: seen.last_ms,
-            attempts: 0,
-            last_attempt_ms: 0,
-        });
-        if who.owner.is_some() {
-            i.owner = who.owner;
+        let i = self
+            .identities
+            .entry_ref(&Pair(key.identity, who.node))
+            .or_insert(IdentitySeen {
+                owner: None,
+                first_ms: seen.first_ms,
+                last_ms: seen.last_ms,
+                attempts: 0,
+                last_attempt_ms: 0,
+            });
+        if let Some(owner) = who.owner
+            && i.owner.as_deref() != Some(owner)
+        {
+            i.owner = Some(owner.to_string());
         }
         i.first_ms = i.first_ms.min(seen.first_ms);
         i.last_ms = i.last_ms.max(seen.last_ms);
         i.attempts += who.attempts;
-        i.last_attempt_ms = i.last_attempt_ms.max(last_attempt_ms);
+        i.last_attempt_ms = i.last_attempt_ms.max(who.last_attempt_ms);
         self.observations
-            .entry(key)
+            .entry_ref(key)
             .and_modify(|s| s.merge(seen))
             .or_insert(seen);
     }
 
     fn see_policy(&mut self, version: &str, name: &str, seen: Seen) {
-        // Looked up before an owned key is made: nearly always there.
-        if !self.policies.contains_key(version) {
-            self.policies.insert(
-                version.to_string(),
-                PolicySeen {
-                    name: String::new(),
-                    first_ms: seen.first_ms,
-                    last_ms: seen.last_ms,
-                },
-            );
-        }
-        let p = self.policies.get_mut(version).expect("inserted above");
+        let p = self.policies.entry_ref(version).or_insert(PolicySeen {
+            name: String::new(),
+            first_ms: seen.first_ms,
+            last_ms: seen.last_ms,
+        });
         if p.name.is_empty() {
             p.name = name.to_string();
         }
@@ -279,93 +339,9 @@ fn merge_rule(old: &mut RuleSeen, new: &RuleSeen) {
     old.last_ms = old.last_ms.max(new.last_ms);
 }
 
-/// What reading JSON-lines files found besides the aggregate.
-#[derive(Debug, Default)]
-pub struct JsonlReport {
-    /// Lines read (blank lines not counted).
-    pub lines: u64,
-    /// Lines that are not records (not JSON, a record without a field it
-    /// needs); skipped.
-    pub malformed: u64,
-    /// The first few of them, as `FILE:LINE: reason`.
-    pub examples: Vec<String>,
-    /// Records read before (same `metadata.uid`, e.g. one event in both
-    /// the agent's `--events` file and a collector's file sink); skipped.
-    pub duplicates: u64,
-}
-
-/// How many malformed lines are quoted in [`JsonlReport::examples`].
-const EXAMPLES: usize = 5;
-
-/// Why JSON-lines files could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read events file {path}: {error}")]
-pub struct JsonlError {
-    pub path: PathBuf,
-    pub error: std::io::Error,
-}
-
-/// Reads JSON-lines event files (a collector file sink's output, the
-/// agent's `--events` file: one OCSF JSON object per line) into one
-/// aggregate. Malformed lines are skipped and counted; a file that cannot
-/// be read is an error naming it.
-pub fn from_jsonl<P: AsRef<Path>>(paths: &[P]) -> Result<(Aggregate, JsonlReport), JsonlError> {
-    let mut agg = Aggregate::default();
-    let mut report = JsonlReport::default();
-    // Hashes of the uids seen: 8 bytes a record, not the uid itself.
-    let mut uids: HashSet<u64> = HashSet::new();
-    let hasher = std::collections::hash_map::RandomState::new();
-    for path in paths {
-        let path = path.as_ref();
-        let err = |error| JsonlError {
-            path: path.to_path_buf(),
-            error,
-        };
-        let file = std::fs::File::open(path).map_err(err)?;
-        for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-            let line = line.map_err(err)?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            report.lines += 1;
-            if let Some(uid) = metadata_uid(&line)
-                && !uids.insert(hasher.hash_one(&uid))
-            {
-                report.duplicates += 1;
-                continue;
-            }
-            match observe(&line) {
-                Ok(Some(u)) => agg.add(u),
-                Ok(None) => {}
-                Err(e) => {
-                    report.malformed += 1;
-                    if report.examples.len() < EXAMPLES {
-                        report
-                            .examples
-                            .push(format!("{}:{}: {e}", path.display(), n + 1));
-                    }
-                }
-            }
-        }
-    }
-    Ok((agg, report))
-}
-
-/// `metadata.uid` of a record, when it has one.
-fn metadata_uid(line: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        metadata: Option<Meta>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        uid: Option<String>,
-    }
-    serde_json::from_slice::<Line>(line).ok()?.metadata?.uid
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::observe::observe;
     use super::super::observe::tests::connection;
     use super::*;
     use serde_json::json;
@@ -447,45 +423,71 @@ mod tests {
         assert_eq!((rules[0].first_seen_ms, rules[0].last_seen_ms), (100, 900));
     }
 
+    /// A record folds in as its update does, by whichever reader and
+    /// whether its key is new or not.
     #[test]
-    fn jsonl_files_of_both_kinds_with_bad_lines_and_duplicates() {
-        let dir = std::env::temp_dir().join(format!("tg-store-jsonl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let events = dir.join("events.jsonl");
-        let sink = dir.join("sink.jsonl");
-        let one = at(connection("allow", "10.0.0.1", 443), 10, "u-1");
-        let two = at(connection("deny", "10.0.0.2", 80), 11, "u-2");
-        std::fs::write(
-            &events,
-            format!("{one}\n\nnot json at all\n{two}\n{{\"class_uid\":4001,\"unmapped\":{{\"tiergate\":{{\"kind\":\"connection\"}}}}}}\n"),
-        )
-        .unwrap();
-        // The collector's sink holds the same two records (one uid each)
-        // and a gap record of its own, last line unterminated.
-        let gap = json!({"class_uid": 0, "time": 12, "metadata": {"uid": "gap-1"},
-            "unmapped": {"tiergate": {"kind": "gap"}}});
-        std::fs::write(&sink, format!("{one}\n{two}\n{gap}")).unwrap();
-        let (agg, report) = from_jsonl(&[&events, &sink]).unwrap();
-        assert_eq!(report.lines, 7);
-        assert_eq!(report.malformed, 2);
-        assert_eq!(report.duplicates, 2);
-        assert!(
-            report.examples[0].starts_with(&format!("{}:3: not a JSON object", events.display())),
-            "{:?}",
-            report.examples
+    fn a_record_folds_in_as_its_update() {
+        let mut pod = at(connection("allow", "10.0.0.1", 443), 20, "a");
+        pod["unmapped"]["tiergate"]["workload"]["owner"] = json!("team-a");
+        let mut other_owner = pod.clone();
+        other_owner["unmapped"]["tiergate"]["workload"]["owner"] = json!({"team": "b"});
+        let mut dns = at(connection("deny", "10.0.0.53", 53), 5, "d");
+        dns["class_uid"] = json!(4003);
+        dns["unmapped"]["tiergate"]["kind"] = json!("dns");
+        dns["query"] = json!({"hostname": "API.example.com."});
+        let policy = json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {
+            "kind": "policy", "action": "applied", "policy": {"name": "p", "version": "sha256:ab"},
+            "rules": [{"tier": "tier0", "index": 0, "uid": "r-1"}]}}});
+        let lines = [
+            policy,
+            pod.clone(),
+            at(connection("deny", "10.0.0.2", 80), 30, "b"),
+            other_owner,
+            dns,
+            pod,
+            json!({"class_uid": 0, "time": 1, "unmapped": {"tiergate": {"kind": "loss"}}}),
+        ];
+        let (mut by_record, mut by_update) = (Aggregate::default(), Aggregate::default());
+        for v in &lines {
+            let line = v.to_string();
+            by_record.add_record(line.as_bytes()).unwrap();
+            if let Some(u) = observe(line.as_bytes()).unwrap() {
+                by_update.add(u);
+            }
+        }
+        assert_eq!(by_record.updates, 6);
+        assert_eq!(by_record.updates, by_update.updates);
+        assert_eq!(by_record.observations(0), by_update.observations(0));
+        assert_eq!(by_record.identities(), by_update.identities());
+        assert_eq!(by_record.rules(), by_update.rules());
+        assert_eq!(by_record.policy_versions(), by_update.policy_versions());
+        assert_eq!(
+            by_record.identities()[0].owner.as_deref(),
+            Some("team-a"),
+            "the last owner seen"
         );
-        assert!(
-            report.examples[1].contains(":5: a connection record without time"),
-            "{:?}",
-            report.examples
+        assert_eq!(
+            by_record.add_record(b"not json"),
+            observe(b"not json").map(|_| ())
         );
+    }
+
+    /// Escaped strings are read by serde_json, plain ones by the scanner:
+    /// the same text either way is one key.
+    #[test]
+    fn records_that_differ_only_in_escapes_are_one_observation() {
+        let plain = at(connection("allow", "10.0.0.1", 443), 20, "a").to_string();
+        let escaped = plain
+            .replace("\"tier0\"", "\"tier\\u0030\"")
+            .replace("/agents/tier0/", "\\/agents\\/tier0\\/");
+        assert_ne!(plain, escaped);
+        let mut agg = Aggregate::default();
+        agg.add_record(plain.as_bytes()).unwrap();
+        agg.add_record(escaped.as_bytes()).unwrap();
         let rows = agg.observations(0);
-        assert_eq!(rows.iter().map(|r| r.seen.count).sum::<u64>(), 2);
-        let missing = from_jsonl(&[dir.join("nope.jsonl")]).unwrap_err();
-        assert!(
-            missing.to_string().starts_with("cannot read events file "),
-            "{missing}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].seen.count, 2);
+        assert_eq!(rows[0].key.tier, "tier0");
+        assert_eq!(agg.identities().len(), 1);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::{Aggregate, Store, StoreError, observe};
+use super::{Aggregate, Store, StoreError};
 use crate::metrics::CollectorMetrics;
 
 /// Records waiting for the store's thread, at most.
@@ -158,16 +158,10 @@ fn run(
         let stop = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Ok(Msg::Records(lines)) => {
                 pending.fetch_sub(lines.len(), Ordering::Relaxed);
-                for line in &lines {
-                    match observe(line) {
-                        Ok(Some(u)) => agg.add(u),
-                        Ok(None) => {}
-                        Err(e) => {
-                            metrics.store_dropped.inc();
-                            tracing::debug!(error = %e, "record not readable for the store");
-                        }
-                    }
-                }
+                agg.add_records(&lines, |e| {
+                    metrics.store_dropped.inc();
+                    tracing::debug!(error = %e, "record not readable for the store");
+                });
                 false
             }
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => true,

@@ -12,15 +12,24 @@
 //! [`Store`] or, without a collector, [`from_jsonl`].
 
 mod aggregate;
+mod batch;
 pub mod feed;
 mod identity;
+mod jsonl;
+mod keys;
 mod observe;
 mod postgres;
+mod record;
+mod scan;
+mod shape;
 mod sql;
 mod sqlite;
 
-pub use aggregate::{Aggregate, JsonlError, JsonlReport, from_jsonl};
+pub use aggregate::Aggregate;
 pub use identity::{cgroup_pattern, class as identity_class};
+pub use jsonl::{JsonlError, JsonlReport, from_jsonl};
+#[doc(hidden)]
+pub use observe::observe_with_serde_json;
 pub use observe::{
     ObservationKey, ObserveError, PolicySighting, RuleRef, Seen, Sighting, Update, observe,
 };
@@ -230,8 +239,10 @@ fn from_db(v: i64) -> u64 {
 
 /// Sorted entries, so that replicas writing one database take row locks
 /// in the same order (no deadlocks between them).
-fn sorted<K: Ord, V>(m: &std::collections::HashMap<K, V>) -> Vec<(&K, &V)> {
-    let mut v: Vec<_> = m.iter().collect();
+fn sorted<'m, K: Ord + 'm, V: 'm>(
+    m: impl IntoIterator<Item = (&'m K, &'m V)>,
+) -> Vec<(&'m K, &'m V)> {
+    let mut v: Vec<_> = m.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v
 }

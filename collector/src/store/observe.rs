@@ -17,6 +17,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::identity;
+use super::record::{Rec, Text, Tiergate, text};
+use super::shape::Shape;
 
 /// What the store keeps one row of observations for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,144 +120,133 @@ pub enum ObserveError {
     },
 }
 
-#[derive(Deserialize)]
-struct Rec<'a> {
-    class_uid: Option<u32>,
-    time: Option<u64>,
-    count: Option<u64>,
-    #[serde(borrow)]
-    connection_info: Option<ConnInfo<'a>>,
-    #[serde(borrow)]
-    dst_endpoint: Option<Endpoint<'a>>,
-    #[serde(borrow)]
-    device: Option<Device<'a>>,
-    #[serde(borrow)]
-    query: Option<Query<'a>>,
-    #[serde(borrow)]
-    unmapped: Option<Unmapped<'a>>,
+/// Reads one record (one OCSF JSON object) and says what it adds.
+pub fn observe(line: &[u8]) -> Result<Option<Update>, ObserveError> {
+    Ok(observe_ref(line)?.map(Observed::into_update))
 }
 
-#[derive(Deserialize)]
-struct ConnInfo<'a> {
-    #[serde(borrow)]
-    protocol_name: Option<Text<'a>>,
+/// What one record adds, borrowed from its line where it can be: what
+/// [`observe`] says before anything is copied, so that an aggregate
+/// copies only what it does not hold yet.
+#[derive(Debug)]
+// Made and taken apart at once, never kept: boxing the traffic (nearly
+// every record) would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Observed<'a> {
+    Traffic(TrafficRef<'a>),
+    Policy(PolicySighting),
 }
 
-#[derive(Deserialize)]
-struct Endpoint<'a> {
-    #[serde(borrow)]
-    ip: Option<Text<'a>>,
-    port: Option<u16>,
+/// [`Update::Traffic`] borrowed from its line, the identity class not
+/// worked out yet (an aggregate remembers the class of each workload).
+#[derive(Debug, Clone)]
+pub(super) struct TrafficRef<'a> {
+    pub workload: WorkloadRef<'a>,
+    pub tier: Cow<'a, str>,
+    pub policy_version: Cow<'a, str>,
+    pub destination: Cow<'a, str>,
+    pub port: u16,
+    pub protocol: Cow<'a, str>,
+    pub verdict: Cow<'a, str>,
+    pub rule_uid: Cow<'a, str>,
+    pub seen: Seen,
+    pub node: Cow<'a, str>,
+    pub owner: Option<Cow<'a, str>>,
+    pub attempts: u64,
+    pub policy_name: Cow<'a, str>,
+    /// A DNS query: not a connection attempt, whatever its count.
+    pub dns: bool,
 }
 
-#[derive(Deserialize)]
-struct Device<'a> {
-    #[serde(borrow)]
-    hostname: Option<Text<'a>>,
-}
+/// The fields of `unmapped.tiergate.workload` the identity class is made
+/// of, in the order [`identity::class`] takes them.
+#[derive(Debug, Default, Clone)]
+pub(super) struct WorkloadRef<'a>(pub [Option<Cow<'a, str>>; 5]);
 
-#[derive(Deserialize)]
-struct Query<'a> {
-    #[serde(borrow)]
-    hostname: Option<Text<'a>>,
-}
+impl WorkloadRef<'_> {
+    /// The fields, borrowed.
+    pub fn fields(&self) -> [Option<&str>; 5] {
+        std::array::from_fn(|i| self.0[i].as_deref())
+    }
 
-#[derive(Deserialize)]
-struct Unmapped<'a> {
-    #[serde(borrow)]
-    tiergate: Option<Tiergate<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Tiergate<'a> {
-    #[serde(borrow)]
-    kind: Option<Text<'a>>,
-    #[serde(borrow)]
-    action: Option<Text<'a>>,
-    #[serde(borrow)]
-    verdict: Option<Text<'a>>,
-    #[serde(borrow)]
-    tier: Option<Text<'a>>,
-    #[serde(borrow)]
-    fqdn: Option<Text<'a>>,
-    #[serde(borrow)]
-    rule: Option<Rule<'a>>,
-    #[serde(borrow)]
-    policy: Option<Policy<'a>>,
-    #[serde(borrow)]
-    workload: Option<Workload<'a>>,
-    rules: Option<Vec<RuleRef>>,
-}
-
-#[derive(Deserialize)]
-struct Rule<'a> {
-    #[serde(borrow)]
-    uid: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Policy<'a> {
-    #[serde(borrow)]
-    name: Option<Text<'a>>,
-    #[serde(borrow)]
-    version: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Workload<'a> {
-    #[serde(borrow)]
-    spiffe_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    namespace: Option<Text<'a>>,
-    #[serde(borrow)]
-    service_account: Option<Text<'a>>,
-    #[serde(borrow)]
-    systemd_unit: Option<Text<'a>>,
-    #[serde(borrow)]
-    cgroup_path: Option<Text<'a>>,
-    owner: Option<serde_json::Value>,
-}
-
-/// A JSON string, borrowed from the line unless it has escapes (serde
-/// borrows a `Cow` only when it is a field itself, not inside an `Option`).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
+    /// The identity class these fields make.
+    pub fn class(&self) -> String {
+        let [
+            spiffe_id,
+            namespace,
+            service_account,
+            systemd_unit,
+            cgroup_path,
+        ] = self.fields();
+        identity::class(
+            spiffe_id,
+            namespace,
+            service_account,
+            systemd_unit,
+            cgroup_path,
+        )
     }
 }
 
-fn text<'a>(v: &'a Option<Text<'_>>) -> Option<&'a str> {
-    v.as_ref().map(|t| t.0.as_ref())
+impl Observed<'_> {
+    /// The update, owned.
+    pub fn into_update(self) -> Update {
+        match self {
+            Observed::Policy(p) => Update::Policy(p),
+            Observed::Traffic(t) => Update::Traffic {
+                key: ObservationKey {
+                    identity: t.workload.class(),
+                    tier: t.tier.into_owned(),
+                    policy_version: t.policy_version.into_owned(),
+                    destination: t.destination.into_owned(),
+                    port: t.port,
+                    protocol: t.protocol.into_owned(),
+                    verdict: t.verdict.into_owned(),
+                    rule_uid: t.rule_uid.into_owned(),
+                },
+                seen: t.seen,
+                who: Sighting {
+                    node: t.node.into_owned(),
+                    owner: t.owner.map(Cow::into_owned),
+                    attempts: t.attempts,
+                    policy_name: t.policy_name.into_owned(),
+                },
+            },
+        }
+    }
 }
 
-/// Reads one record (one OCSF JSON object) and says what it adds.
-pub fn observe(line: &[u8]) -> Result<Option<Update>, ObserveError> {
-    let rec: Rec<'_> = match serde_json::from_slice(line) {
+/// [`observe`] with serde_json alone (no scanner): what the scanner must
+/// agree with (the `store_records` fuzz target).
+pub fn observe_with_serde_json(line: &[u8]) -> Result<Option<Update>, ObserveError> {
+    Ok(observed(Rec::read_serde(line))?.map(Observed::into_update))
+}
+
+/// [`observe`] without copying.
+pub(super) fn observe_ref(line: &[u8]) -> Result<Option<Observed<'_>>, ObserveError> {
+    observed(Rec::read(line))
+}
+
+/// [`observe_ref`], and the line's shape into `shape` (see `shape.rs`).
+pub(super) fn observe_shaped<'a>(
+    line: &'a [u8],
+    shape: &mut Shape,
+) -> Result<Option<Observed<'a>>, ObserveError> {
+    observed(Rec::read_shaped(line, shape))
+}
+
+fn observed(rec: Result<Rec<'_>, serde_json::Error>) -> Result<Option<Observed<'_>>, ObserveError> {
+    let mut rec = match rec {
         Ok(r) => r,
         Err(e) => return Err(ObserveError::NotJson(e.to_string())),
     };
-    let Some(tg) = rec.unmapped.as_ref().and_then(|u| u.tiergate.as_ref()) else {
+    let Some(tg) = rec.unmapped.take().and_then(|u| u.tiergate) else {
         return Ok(None);
     };
     let kind = text(&tg.kind).unwrap_or("");
     match (rec.class_uid, kind) {
-        (Some(4001), "connection") => traffic(&rec, tg, "connection"),
-        (Some(4003), "dns") => traffic(&rec, tg, "dns"),
+        (Some(4001), "connection") => traffic(rec, tg, "connection"),
+        (Some(4003), "dns") => traffic(rec, tg, "dns"),
         (_, "policy") if matches!(text(&tg.action), Some("applied" | "loaded")) => {
             policy(&rec, tg).map(Some)
         }
@@ -263,119 +254,117 @@ pub fn observe(line: &[u8]) -> Result<Option<Update>, ObserveError> {
     }
 }
 
-fn traffic(
-    rec: &Rec<'_>,
-    tg: &Tiergate<'_>,
+/// A string field, or empty.
+fn take(v: Option<Text<'_>>) -> Cow<'_, str> {
+    v.map_or(Cow::Borrowed(""), |t| t.0)
+}
+
+/// A DNS name as the store keys it: lower case, without the final dot.
+fn name_key(name: Cow<'_, str>) -> Cow<'_, str> {
+    let len = name.trim_end_matches('.').len();
+    match name {
+        Cow::Borrowed(n) if !n[..len].bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Borrowed(&n[..len])
+        }
+        n => Cow::Owned(n[..len].to_ascii_lowercase()),
+    }
+}
+
+fn traffic<'a>(
+    rec: Rec<'a>,
+    tg: Tiergate<'a>,
     kind: &'static str,
-) -> Result<Option<Update>, ObserveError> {
+) -> Result<Option<Observed<'a>>, ObserveError> {
     let missing = |field| ObserveError::Missing { kind, field };
     let time = rec.time.ok_or(missing("time"))?;
-    let verdict = text(&tg.verdict).ok_or(missing("unmapped.tiergate.verdict"))?;
-    let dst = rec.dst_endpoint.as_ref();
+    let verdict = tg.verdict.ok_or(missing("unmapped.tiergate.verdict"))?.0;
+    let dst = rec.dst_endpoint;
     let (destination, port, protocol) = if kind == "dns" {
         let name = rec
             .query
-            .as_ref()
-            .and_then(|q| text(&q.hostname))
+            .and_then(|q| q.hostname)
+            .map(|t| t.0)
             .filter(|n| !n.is_empty())
             .ok_or(missing("query.hostname"))?;
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        (name, dst.and_then(|d| d.port).unwrap_or(53), "dns")
+        let port = dst.and_then(|d| d.port).unwrap_or(53);
+        (name_key(name), port, Cow::Borrowed("dns"))
     } else {
         let Some(dst) = dst else {
             return Ok(None);
         };
-        let destination = text(&tg.fqdn)
-            .filter(|n| !n.is_empty())
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .or_else(|| text(&dst.ip).map(str::to_string))
-            .ok_or(missing("dst_endpoint.ip"))?;
+        let destination = match tg.fqdn.map(|t| t.0).filter(|n| !n.is_empty()) {
+            Some(name) => name_key(name),
+            None => dst.ip.ok_or(missing("dst_endpoint.ip"))?.0,
+        };
         let protocol = rec
             .connection_info
-            .as_ref()
-            .and_then(|c| text(&c.protocol_name))
-            .ok_or(missing("connection_info.protocol_name"))?;
+            .and_then(|c| c.protocol_name)
+            .ok_or(missing("connection_info.protocol_name"))?
+            .0;
         let port = dst.port.ok_or(missing("dst_endpoint.port"))?;
         (destination, port, protocol)
     };
-    let w = tg.workload.as_ref();
-    let identity = identity::class(
-        w.and_then(|w| text(&w.spiffe_id)),
-        w.and_then(|w| text(&w.namespace)),
-        w.and_then(|w| text(&w.service_account)),
-        w.and_then(|w| text(&w.systemd_unit)),
-        w.and_then(|w| text(&w.cgroup_path)),
-    );
+    let (workload, owner) = match tg.workload {
+        Some(w) => (
+            WorkloadRef(
+                [
+                    w.spiffe_id,
+                    w.namespace,
+                    w.service_account,
+                    w.systemd_unit,
+                    w.cgroup_path,
+                ]
+                .map(|f| f.map(|t| t.0)),
+            ),
+            match w.owner {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(Cow::Owned(s)),
+                Some(other) => Some(Cow::Owned(other.to_string())),
+            },
+        ),
+        None => (WorkloadRef::default(), None),
+    };
     let count = rec.count.unwrap_or(1);
-    let owner = w.and_then(|w| w.owner.as_ref()).and_then(|o| match o {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    });
-    Ok(Some(Update::Traffic {
-        key: ObservationKey {
-            identity,
-            tier: text(&tg.tier).unwrap_or("").to_string(),
-            policy_version: policy_version(tg),
-            destination,
-            port,
-            protocol: protocol.to_string(),
-            verdict: verdict.to_string(),
-            rule_uid: tg
-                .rule
-                .as_ref()
-                .and_then(|r| text(&r.uid))
-                .unwrap_or("")
-                .to_string(),
-        },
+    let (policy_name, policy_version) = match tg.policy {
+        Some(p) => (take(p.name), take(p.version)),
+        None => (Cow::Borrowed(""), Cow::Borrowed("")),
+    };
+    Ok(Some(Observed::Traffic(TrafficRef {
+        workload,
+        tier: take(tg.tier),
+        policy_version,
+        destination,
+        port,
+        protocol,
+        verdict,
+        rule_uid: take(tg.rule.and_then(|r| r.uid)),
         seen: Seen::at(time, count),
-        who: Sighting {
-            node: rec
-                .device
-                .as_ref()
-                .and_then(|d| text(&d.hostname))
-                .unwrap_or("")
-                .to_string(),
-            owner,
-            attempts: if kind == "dns" { 0 } else { count },
-            policy_name: tg
-                .policy
-                .as_ref()
-                .and_then(|p| text(&p.name))
-                .unwrap_or("")
-                .to_string(),
-        },
-    }))
+        node: take(rec.device.and_then(|d| d.hostname)),
+        owner,
+        attempts: if kind == "dns" { 0 } else { count },
+        policy_name,
+        dns: kind == "dns",
+    })))
 }
 
-fn policy_version(tg: &Tiergate<'_>) -> String {
-    tg.policy
-        .as_ref()
-        .and_then(|p| text(&p.version))
-        .unwrap_or("")
-        .to_string()
-}
-
-fn policy(rec: &Rec<'_>, tg: &Tiergate<'_>) -> Result<Update, ObserveError> {
+fn policy(rec: &Rec<'_>, tg: Tiergate<'_>) -> Result<Observed<'static>, ObserveError> {
     let missing = |field| ObserveError::Missing {
         kind: "policy",
         field,
     };
     let time = rec.time.ok_or(missing("time"))?;
-    let version = policy_version(tg);
+    let (name, version) = match tg.policy {
+        Some(p) => (take(p.name), take(p.version)),
+        None => (Cow::Borrowed(""), Cow::Borrowed("")),
+    };
     if version.is_empty() {
         return Err(missing("unmapped.tiergate.policy.version"));
     }
-    Ok(Update::Policy(PolicySighting {
-        version,
-        name: tg
-            .policy
-            .as_ref()
-            .and_then(|p| text(&p.name))
-            .unwrap_or("")
-            .to_string(),
+    Ok(Observed::Policy(PolicySighting {
+        version: version.into_owned(),
+        name: name.into_owned(),
         time_ms: time,
-        rules: tg.rules.clone().unwrap_or_default(),
+        rules: tg.rules.unwrap_or_default(),
     }))
 }
 
