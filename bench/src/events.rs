@@ -223,8 +223,8 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
 /// The row of aggregated allowed attempts: attempts accounted per second.
 pub(crate) const AGG_ROW: &str = "file + aggregation (allowed attempts)";
 
-/// (allowed attempts the connection records account for, connection records)
-/// in `file` past `off`: an aggregated record counts `count` attempts.
+/// (allowed attempts the allowed connection records account for, those
+/// records) in `file` past `off`: an aggregated record counts `count`.
 fn attempts_in(file: &Path, off: u64) -> (u64, u64) {
     use std::io::Seek;
     let Ok(mut f) = std::fs::File::open(file) else {
@@ -233,7 +233,7 @@ fn attempts_in(file: &Path, off: u64) -> (u64, u64) {
     let _ = f.seek(std::io::SeekFrom::Start(off));
     let (mut attempts, mut records) = (0, 0);
     for line in BufReader::new(f).lines().map_while(|l| l.ok()) {
-        if line.contains("\"kind\":\"connection\"") {
+        if line.contains("\"kind\":\"connection\"") && line.contains("\"verdict\":\"allow\"") {
             records += 1;
             attempts += serde_json::from_str::<serde_json::Value>(&line)
                 .ok()
@@ -249,6 +249,9 @@ fn attempts_in(file: &Path, off: u64) -> (u64, u64) {
 /// to what the kernel judged), in far fewer records.
 fn aggregated(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
     let file = w.dir.join("events-agg.jsonl");
+    // The policy that allows the load's destination (the mixed-verdict run
+    // before leaves the other one in place).
+    w.write_policy(&w.policy(10, true))?;
     w.start_agent("g", &file, &["--aggregate-allowed".into(), "1s".into()])?;
     let port = w.agent.as_ref().expect("agent").port;
     let cg = w.cg("enf", 11);
@@ -266,17 +269,19 @@ fn aggregated(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         let (t_end, _) = last_move(t0, Duration::from_millis(2500), None, || {
             std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) as f64
         });
+        let load_secs = v["secs"].as_f64().unwrap_or(load_s);
         let prod = produced(port) - p0;
         let (attempts, records) = attempts_in(&file, off);
         let (_, lost, lossrec, _) = count_file(&file, off);
         rep.events
             .entry(AGG_ROW.into())
             .or_default()
-            .push(attempts as f64 / t_end.as_secs_f64());
+            .push(attempts as f64 / load_secs);
         rep.accounting.push(format!(
-            "{AGG_ROW} rep {}: attempts {} · kernel produced {prod} · accounted {attempts} in {records} records · lost {lost} (in {lossrec} loss records) · produced − accounted − lost = {}",
+            "{AGG_ROW} rep {}: attempts {} in {load_secs:.2} s · kernel produced {prod} · accounted {attempts} in {records} records, the last {:.2} s after the load began · lost {lost} (in {lossrec} loss records) · produced − accounted − lost = {}",
             r + 1,
             v["n"],
+            t_end.as_secs_f64(),
             prod as i64 - attempts as i64 - lost as i64
         ));
     }
