@@ -294,6 +294,25 @@ impl Fixture {
         self.dir.join("admin.sock")
     }
 
+    /// `tiergate elevate --admin-socket <this test's> --json ARGS`: (exit
+    /// code, the JSON reply or Null, stderr).
+    pub fn elevate(&self, args: &[&str]) -> (i32, Value, String) {
+        let sock = self.admin_socket();
+        let mut all = vec![
+            "elevate",
+            "--admin-socket",
+            sock.to_str().expect("utf-8"),
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.tiergate(&all);
+        (
+            code,
+            serde_json::from_str(out.trim()).unwrap_or(Value::Null),
+            err,
+        )
+    }
+
     /// Where [`Fixture::write_policy`] writes (the agent's `--policy`).
     pub fn policy_path(&self) -> PathBuf {
         self.dir.join("policy.yaml")

@@ -47,17 +47,7 @@ spec:
 
 /// `tiergate elevate ...` against this test's agent: (exit code, reply).
 fn elevate(f: &Fixture, args: &[&str]) -> (i32, Value, String) {
-    let sock = f.admin_socket();
-    let mut all = vec![
-        "elevate",
-        "--admin-socket",
-        sock.to_str().unwrap(),
-        "--json",
-    ];
-    all.extend_from_slice(args);
-    let (code, out, err) = f.tiergate(&all);
-    let v = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
-    (code, v, err)
+    f.elevate(args)
 }
 
 fn grant(f: &Fixture, cg: &str, to: &str, dur: &str) -> (i32, Value, String) {

@@ -140,16 +140,8 @@ impl World {
     }
 
     fn grants(&self) -> Vec<Value> {
-        let sock = self.f.admin_socket();
-        let (code, out, err) = self.f.tiergate(&[
-            "elevate",
-            "--admin-socket",
-            sock.to_str().unwrap(),
-            "--json",
-            "list",
-        ]);
+        let (code, v, err) = self.f.elevate(&["list"]);
         assert_eq!(code, 0, "{err}");
-        let v: Value = serde_json::from_str(out.trim()).expect("list json");
         v["grants"].as_array().cloned().unwrap_or_default()
     }
 }

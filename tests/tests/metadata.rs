@@ -654,19 +654,11 @@ fn an_elevation_grant_brings_the_granted_tiers_metadata_rules() {
         "t0 denies it"
     );
 
-    let sock = w.f.admin_socket();
     let cg = w.f.cg(a);
     let elevate = |args: &[&str]| {
-        let mut all = vec![
-            "elevate",
-            "--admin-socket",
-            sock.to_str().unwrap(),
-            "--json",
-        ];
-        all.extend_from_slice(args);
-        let (code, out, err) = w.f.tiergate(&all);
+        let (code, v, err) = w.f.elevate(args);
         assert_eq!(code, 0, "{err}");
-        serde_json::from_str::<Value>(out.trim()).expect("json")
+        v
     };
     let g = elevate(&[
         "--cgroup", &cg, "--to", "t2", "--for", "10m", "--ticket", "INC-5", "--reason", "rotate",

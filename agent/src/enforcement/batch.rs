@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -31,15 +31,17 @@ struct BatchAttr {
 /// The element member of `union bpf_attr` (`BPF_MAP_*_ELEM`).
 #[repr(C)]
 #[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
+pub(crate) struct ElemAttr {
+    pub(crate) map_fd: u32,
+    pub(crate) _pad: u32,
+    pub(crate) key: u64,
+    pub(crate) value: u64,
+    pub(crate) flags: u64,
 }
 
-fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+/// One `bpf(2)` call; the syscall's return value (a new descriptor for
+/// `BPF_MAP_CREATE`).
+pub(crate) fn bpf_call<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union
     // bpf_attr` for `cmd`, and its size is passed along; the pointers in it
     // reference slices that outlive the call.
@@ -54,8 +56,12 @@ fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
+}
+
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    bpf_call(cmd, attr).map(|_| ())
 }
 
 /// Batch support missing for this map type or kernel.

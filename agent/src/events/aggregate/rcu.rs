@@ -13,8 +13,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::enforcement::batch::{BPF_MAP_UPDATE_ELEM, ElemAttr, bpf_call};
+
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -30,38 +31,8 @@ struct CreateAttr {
     inner_map_fd: u32,
 }
 
-/// The element member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union
-    // bpf_attr` for `cmd` and its size is passed; its pointers reference
-    // values that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            (attr as *mut A).cast::<libc::c_void>(),
-            size_of::<A>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 fn create(attr: &mut CreateAttr) -> io::Result<OwnedFd> {
-    let fd = bpf(BPF_MAP_CREATE, attr)?;
+    let fd = bpf_call(BPF_MAP_CREATE, attr)?;
     // SAFETY: BPF_MAP_CREATE returned a fresh descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -97,7 +68,7 @@ impl RcuBarrier {
     pub fn wait(&self) -> io::Result<()> {
         let key = 0u32;
         let value = self.inner.as_raw_fd() as u32;
-        bpf(
+        bpf_call(
             BPF_MAP_UPDATE_ELEM,
             &mut ElemAttr {
                 map_fd: self.outer.as_raw_fd() as u32,
