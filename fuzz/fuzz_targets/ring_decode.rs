@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
         fqdn: None,
         rule: None,
         elevation: None,
+        span: None,
     };
     let mut out = Vec::new();
     network_activity(
