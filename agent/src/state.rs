@@ -184,15 +184,23 @@ impl NodeState {
         *self.elevations.write().expect("lock") = m;
     }
 
-    /// The grant `cgroup` is judged under at `now_ms`, if any: the proxies
-    /// judge DNS queries and metadata requests by its tier, as the kernel
-    /// judges connections (which compares the expiry itself).
-    pub fn elevated_at(
+    /// The tier a proxy judges `cgroup` (whose own tier is `own`) by at
+    /// `now_ms`, and the grant it is under, if any: the granted tier while a
+    /// grant is in force, as the kernel judges its connections (the kernel
+    /// compares the expiry itself).
+    pub fn judged_tier(
         &self,
         cgroup: u64,
+        own: &str,
         now_ms: u64,
-    ) -> Option<Arc<crate::events::ocsf_access::ElevationTag>> {
-        self.elevation(cgroup).filter(|t| t.expires > now_ms)
+    ) -> (
+        String,
+        Option<Arc<crate::events::ocsf_access::ElevationTag>>,
+    ) {
+        match self.elevation(cgroup).filter(|t| t.expires > now_ms) {
+            Some(g) => (g.tier.clone(), Some(g)),
+            None => (own.to_string(), None),
+        }
     }
 
     /// The grant `cgroup` is elevated by, if any.

@@ -168,11 +168,7 @@ impl Engine {
         rec.cgroup_id = cgroup;
         // Under an elevation grant, the granted tier's names (as the kernel
         // judges the connections by the granted tier).
-        rec.elevation = self.state.elevated_at(cgroup, rec.time_ms);
-        rec.tier = rec
-            .elevation
-            .as_ref()
-            .map_or_else(|| workload.tier.clone(), |e| e.tier.clone());
+        (rec.tier, rec.elevation) = self.state.judged_tier(cgroup, &workload.tier, rec.time_ms);
         let Some(policy) = rec.policy.clone() else {
             rec.reason = "unknown-workload";
             return self.refuse(rec, Some(&q.message), ResponseCode::ServFail);

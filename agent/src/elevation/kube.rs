@@ -87,12 +87,12 @@ async fn watch(
             }
         };
         let change = match ev {
-            Ok(ev) if failing => {
-                failing = false;
-                tracing::info!("TierElevation watch works again");
+            Ok(ev) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("TierElevation watch works again");
+                }
                 handle(ev, &mut relist, &mut unreadable, read)
             }
-            Ok(ev) => handle(ev, &mut relist, &mut unreadable, read),
             Err(e) => {
                 metrics.elevation_watch_errors.inc();
                 if !failing {

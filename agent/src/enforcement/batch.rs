@@ -6,7 +6,7 @@
 //! the one-by-one calls instead.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
 pub(crate) const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -62,6 +62,27 @@ pub(crate) fn bpf_call<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c
 
 fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     bpf_call(cmd, attr).map(|_| ())
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+
+/// The `map_create` member of `union bpf_attr`, up to `inner_map_fd`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct CreateAttr {
+    pub(crate) map_type: u32,
+    pub(crate) key_size: u32,
+    pub(crate) value_size: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) map_flags: u32,
+    pub(crate) inner_map_fd: u32,
+}
+
+/// Creates a map no program or pin knows (BPF_MAP_CREATE).
+pub(crate) fn create_map(attr: &mut CreateAttr) -> io::Result<OwnedFd> {
+    let fd = bpf_call(BPF_MAP_CREATE, attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a fresh descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Batch support missing for this map type or kernel.
@@ -163,9 +184,9 @@ fn delete_one_by_one<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()>
 
 #[cfg(test)]
 mod tests {
-    use super::{BatchAttr, ElemAttr, bpf, delete, update};
+    use super::{BatchAttr, CreateAttr, ElemAttr, bpf, create_map, delete, update};
     use std::mem::offset_of;
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, OwnedFd};
 
     /// An LPM-trie key as the kernel lays it out: prefix length, then data.
     #[repr(C)]
@@ -182,44 +203,18 @@ mod tests {
         }
     }
 
-    /// `union bpf_attr` for BPF_MAP_CREATE (the fields used here).
-    #[repr(C)]
-    #[derive(Default)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-
     fn lpm_trie() -> OwnedFd {
-        const BPF_MAP_CREATE: libc::c_long = 0;
         const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
         const BPF_F_NO_PREALLOC: u32 = 1;
-        let mut attr = CreateAttr {
+        create_map(&mut CreateAttr {
             map_type: BPF_MAP_TYPE_LPM_TRIE,
             key_size: size_of::<Key>() as u32,
             value_size: 8,
             max_entries: 4096,
             map_flags: BPF_F_NO_PREALLOC,
-        };
-        // SAFETY: as in `bpf`; BPF_MAP_CREATE returns a new fd we own.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_CREATE,
-                (&mut attr as *mut CreateAttr).cast::<libc::c_void>(),
-                size_of::<CreateAttr>() as libc::c_uint,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "BPF_MAP_CREATE: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd returned by the kernel, owned by nobody else.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_MAP_CREATE: {e}"))
     }
 
     fn lookup(map: &OwnedFd, k: &Key) -> Option<u64> {

@@ -269,11 +269,7 @@ impl Proxy {
         rec.cgroup_id = cgroup;
         // Under an elevation grant, the granted tier's metadata rules (as
         // the kernel judges the connection by the granted tier).
-        rec.elevation = self.state.elevated_at(cgroup, rec.time_ms);
-        rec.tier = rec
-            .elevation
-            .as_ref()
-            .map_or_else(|| workload.tier.clone(), |e| e.tier.clone());
+        (rec.tier, rec.elevation) = self.state.judged_tier(cgroup, &workload.tier, rec.time_ms);
         let Some(policy) = rec.policy.clone() else {
             return (Judged::refuse(403, "unknown-workload", None), None);
         };

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use agent_common::{AggCtl, AggKey, AggVal, agg_ledger, map_names};
 use anyhow::Context;
-use aya::maps::{Array, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, IterableMap, MapData, PerCpuArray, PerCpuHashMap};
 use tokio::sync::{mpsc, oneshot};
 
 /// One key's attempts in a window, summed over the CPUs.
@@ -143,11 +143,15 @@ impl Maps {
         let mut out = Vec::new();
         for item in map.iter() {
             match item {
-                Ok((k, v)) => out.extend(sum(k, &per_cpu_vec(&v))),
+                Ok((k, v)) => out.extend(sum(k, &v)),
                 Err(e) => tracing::error!(error = %e, "cannot read an aggregation entry"),
             }
         }
         out
+    }
+
+    fn is_empty(&self, slot: usize) -> bool {
+        self.slots[slot].keys().next().is_none()
     }
 
     fn clear(&mut self, slot: usize) {
@@ -172,10 +176,6 @@ impl Maps {
             .context("cannot wait for an RCU grace period")?;
         Ok((old, epoch))
     }
-}
-
-fn per_cpu_vec(v: &PerCpuValues<AggVal>) -> Vec<AggVal> {
-    v.iter().copied().collect()
 }
 
 /// Whether window `epoch` reached the sinks: written, or (with a spool
@@ -262,6 +262,11 @@ pub async fn run(
         let m = maps.clone();
         let _ = tokio::task::spawn_blocking(move || m.lock().expect("lock").clear(quiet)).await;
     } else if !deliver(&maps, &tx, quiet, epoch).await {
+        return;
+    }
+    // Off, and nothing folded left (aggregation is off in the kernel and no
+    // hook still folds): no window to take, no grace period to wait for.
+    if window.is_none() && maps.lock().expect("lock").is_empty(1 - quiet) {
         return;
     }
     if let Some(w) = window {

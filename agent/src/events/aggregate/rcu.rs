@@ -11,31 +11,12 @@
 //! barrier is a private one-slot map of maps no program reads.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::enforcement::batch::{BPF_MAP_UPDATE_ELEM, ElemAttr, bpf_call};
+use crate::enforcement::batch::{BPF_MAP_UPDATE_ELEM, CreateAttr, ElemAttr, bpf_call, create_map};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
-
-/// The `map_create` member of `union bpf_attr`, up to `inner_map_fd`.
-#[repr(C)]
-#[derive(Default)]
-struct CreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-}
-
-fn create(attr: &mut CreateAttr) -> io::Result<OwnedFd> {
-    let fd = bpf_call(BPF_MAP_CREATE, attr)?;
-    // SAFETY: BPF_MAP_CREATE returned a fresh descriptor that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
 /// A private map of maps whose update waits for an RCU grace period.
 pub struct RcuBarrier {
@@ -45,14 +26,14 @@ pub struct RcuBarrier {
 
 impl RcuBarrier {
     pub fn new() -> io::Result<Self> {
-        let inner = create(&mut CreateAttr {
+        let inner = create_map(&mut CreateAttr {
             map_type: BPF_MAP_TYPE_ARRAY,
             key_size: 4,
             value_size: 4,
             max_entries: 1,
             ..Default::default()
         })?;
-        let outer = create(&mut CreateAttr {
+        let outer = create_map(&mut CreateAttr {
             map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
             key_size: 4,
             value_size: 4,
