@@ -31,6 +31,8 @@ pub enum Command {
     Elevate(Box<crate::commands::elevate::ElevateArgs>),
     /// Least privilege from evidence: granted vs used per identity, and a proposed tighter policy.
     Advise(Box<crate::commands::advise::AdviseArgs>),
+    /// Serve the DNS and metadata proxies in their own process (next to `agent --proxies separate`), so DNS outlives the agent.
+    Proxy(Box<ProxyArgs>),
 }
 
 /// `tiergate collector`: the collector's own flags, then the log format every
@@ -114,29 +116,19 @@ pub struct AgentArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Port of the DNS proxy on 127.0.0.0/8 in each network namespace it
-    /// serves (tiers with `fqdns` rules send their DNS there). Pick one no
-    /// workload binds.
-    #[arg(long, value_name = "PORT", default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
-    pub dns_proxy_port: u16,
-    /// Learned addresses one workload may hold open; beyond it its oldest
-    /// close (re-resolving opens them again).
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub dns_max_per_workload: u64,
-    /// Learned addresses one name may hold open for one workload.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub dns_max_per_name: u64,
-    /// Port of the metadata proxy on 127.0.0.0/8 in each network namespace
-    /// it serves (`metadata: filter` tiers' metadata connections go there).
-    /// Only the agent may bind it. Pick one no workload binds.
-    #[arg(long, value_name = "PORT", default_value_t = 15054, value_parser = clap::value_parser!(u16).range(1..))]
-    pub metadata_proxy_port: u16,
-    /// Where the metadata proxy forwards the requests it allows: the
-    /// instance metadata service (one per node and cloud), as
-    /// `http://IP[:PORT]` or `IP:PORT` (an address: the agent resolves no
-    /// name for it). Connected from the agent's own network namespace.
-    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254:80", value_parser = parse_upstream)]
-    pub metadata_upstream: std::net::SocketAddr,
+    /// Who serves the DNS and metadata proxies: `agent` (this process) or
+    /// `separate` (a `tiergate proxy` process, which outlives the agent:
+    /// the agent publishes what it knows into --proxy-dir and receives the
+    /// proxies' records there).
+    #[arg(long, value_enum, default_value = "agent")]
+    pub proxies: ProxyMode,
+    /// With `--proxies separate`: the directory shared with `tiergate
+    /// proxy` (the agent's view of workloads and policies, and the socket
+    /// on which the proxy hands its records over).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PROXY_DIR)]
+    pub proxy_dir: PathBuf,
+    #[command(flatten)]
+    pub proxy: ProxyOptions,
     /// Aggregate repeated allowed attempts in the kernel: one record per
     /// (workload, process, destination, port, protocol) per DURATION with
     /// `count`, `start_time` and `end_time` (100ms to 1h). Off by default:
@@ -179,6 +171,75 @@ pub struct AgentArgs {
     /// up first (reported as loss records).
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
+}
+
+/// Default `--proxy-dir`.
+pub const DEFAULT_PROXY_DIR: &str = "/run/tiergate/proxy";
+
+/// Who serves the proxies.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum ProxyMode {
+    Agent,
+    Separate,
+}
+
+/// What the DNS and metadata proxies need, whoever serves them.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyOptions {
+    /// Port of the DNS proxy on 127.0.0.0/8 in each network namespace it
+    /// serves (tiers with `fqdns` rules send their DNS there). Pick one no
+    /// workload binds.
+    #[arg(long, value_name = "PORT", default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_proxy_port: u16,
+    /// Learned addresses one workload may hold open; beyond it its oldest
+    /// close (re-resolving opens them again).
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub dns_max_per_workload: u64,
+    /// Learned addresses one name may hold open for one workload.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub dns_max_per_name: u64,
+    /// Port of the metadata proxy on 127.0.0.0/8 in each network namespace
+    /// it serves (`metadata: filter` tiers' metadata connections go there).
+    /// Only the process serving the proxies may bind it. Pick one no workload binds.
+    #[arg(long, value_name = "PORT", default_value_t = 15054, value_parser = clap::value_parser!(u16).range(1..))]
+    pub metadata_proxy_port: u16,
+    /// Where the metadata proxy forwards the requests it allows: the
+    /// instance metadata service (one per node and cloud), as
+    /// `http://IP[:PORT]` or `IP:PORT` (an address: the agent resolves no
+    /// name for it). Connected from the agent's own network namespace.
+    #[arg(long, value_name = "URL", default_value = "http://169.254.169.254:80", value_parser = parse_upstream)]
+    pub metadata_upstream: std::net::SocketAddr,
+}
+
+impl ProxyOptions {
+    /// The learned-address caps.
+    pub fn limits(&self) -> crate::dns::learn::Limits {
+        crate::dns::learn::Limits {
+            per_workload: self.dns_max_per_workload as usize,
+            per_name: self.dns_max_per_name as usize,
+        }
+    }
+}
+
+/// `tiergate proxy`: the DNS and metadata proxies in a process of their
+/// own, next to an agent run with `--proxies separate`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The agent's --proxy-dir.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PROXY_DIR)]
+    pub proxy_dir: PathBuf,
+    /// The agent's --bpffs (the proxies write the pinned maps there).
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Address of /metrics, /healthz and /readyz (ready: serving the
+    /// agent's view).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub proxy: ProxyOptions,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -19,7 +19,9 @@ pub mod metadata;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
+pub mod proxies;
 pub mod state;
+pub mod static_str;
 
 /// An error with its causes, `outer: inner: root`, for log lines and
 /// messages that must name what actually failed.

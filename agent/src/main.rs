@@ -20,28 +20,34 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Runs a node daemon (the agent, the proxies) after the checks that need
+/// one thread (privileges, the node's cgroup namespace); its exit code.
+fn daemon(run: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    if let Err(e) = tiergate::app::prepare() {
+        eprintln!("tiergate: {e:#}");
+        std::process::exit(1);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run) {
+        Ok(()) => 0,
+        Err(e) => {
+            // One clear sentence (with its causes) on stderr.
+            eprintln!("tiergate: {e:#}");
+            1
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent(args) => {
             init_logs(args.log_format);
-            if let Err(e) = tiergate::app::prepare() {
-                eprintln!("tiergate: {e:#}");
-                std::process::exit(1);
-            }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(tiergate::app::run(*args)) {
-                Ok(()) => 0,
-                Err(e) => {
-                    // One clear sentence (with its causes) on stderr.
-                    eprintln!("tiergate: {e:#}");
-                    1
-                }
-            }
+            daemon(tiergate::app::run(*args))
         }
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
         Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
@@ -58,6 +64,10 @@ fn main() {
                     1
                 }
             }
+        }
+        Command::Proxy(args) => {
+            init_logs(args.log_format);
+            daemon(tiergate::proxies::process::run(*args))
         }
         Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),

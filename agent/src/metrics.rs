@@ -94,6 +94,9 @@ pub struct Metrics {
     /// DNS proxy: network namespaces served, queries answered SERVFAIL for
     /// want of room, learned addresses in the kernel.
     pub dns_namespaces: Gauge,
+    /// `--proxies separate`: `tiergate proxy` processes connected to the
+    /// agent; in `tiergate proxy`: 1 while an agent takes its records.
+    pub proxy_connections: Gauge,
     pub dns_overloaded: Gauge<u64, AtomicU64>,
     pub dns_learned: Gauge,
     pub dns_evicted: Family<CapLabels, Gauge<u64, AtomicU64>>,
@@ -252,6 +255,12 @@ impl Metrics {
             "Network namespaces the DNS proxy serves",
             dns_namespaces.clone(),
         );
+        let proxy_connections = Gauge::default();
+        registry.register(
+            "proxy_connections",
+            "Agent: tiergate proxy processes handing it their records; proxy: 1 while an agent takes them",
+            proxy_connections.clone(),
+        );
         let dns_overloaded = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "dns_overloaded",
@@ -288,6 +297,7 @@ impl Metrics {
             metadata_overloaded,
             dns_evicted,
             dns_namespaces,
+            proxy_connections,
             dns_overloaded,
             dns_learned,
             export_connected,

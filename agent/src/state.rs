@@ -67,6 +67,8 @@ pub struct NodeState {
     /// Elevation grants in force, per cgroup (what records made under one
     /// carry).
     elevations: RwLock<HashMap<u64, Arc<crate::events::ocsf_access::ElevationTag>>>,
+    /// Woken at every change (what `tiergate proxy` is told is republished).
+    changed: tokio::sync::Notify,
 }
 
 impl NodeState {
@@ -88,6 +90,7 @@ impl NodeState {
             let mut slots = self.slots.write().expect("lock");
             slots.entry(dns_slot(id)).or_default().push(id);
         }
+        self.changed.notify_one();
     }
 
     pub fn remove_workload(&self, id: u64) {
@@ -99,6 +102,7 @@ impl NodeState {
                     slots.remove(&dns_slot(id));
                 }
             }
+            self.changed.notify_one();
         }
     }
 
@@ -182,6 +186,19 @@ impl NodeState {
     /// Replaces the grants in force per cgroup.
     pub fn set_elevations(&self, m: HashMap<u64, Arc<crate::events::ocsf_access::ElevationTag>>) {
         *self.elevations.write().expect("lock") = m;
+        self.changed.notify_one();
+    }
+
+    /// Every grant in force, by cgroup.
+    pub fn elevations(&self) -> Vec<(u64, Arc<crate::events::ocsf_access::ElevationTag>)> {
+        let m = self.elevations.read().expect("lock");
+        m.iter().map(|(c, t)| (*c, t.clone())).collect()
+    }
+
+    /// Returns after the next change (set, removed, activated, elevated)
+    /// since the last return; changes meanwhile wake it once.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The tier a proxy judges `cgroup` (whose own tier is `own`) by at
@@ -212,6 +229,22 @@ impl NodeState {
     pub fn activate(&self, generation: u32, policy: Arc<Policy>) {
         self.generations.write().expect("lock")[(generation & 1) as usize] = Some(policy);
         self.active.store(generation & 1, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Replaces both generations' policies and the active one at once (what
+    /// `tiergate proxy` reads from the agent's view).
+    pub fn set_generations(&self, policies: [Option<Arc<Policy>>; GENERATIONS], active: u32) {
+        let mut g = self.generations.write().expect("lock");
+        *g = policies;
+        self.active.store(active & 1, Ordering::Release);
+        drop(g);
+        self.changed.notify_one();
+    }
+
+    /// The generation the kernel enforces now.
+    pub fn active_generation(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
     }
 
     /// The policy the kernel enforces now.

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::{Fixture, sh, spawn_ready};
+use serde_json::Value;
+
+use crate::{Agent, Fixture, free_port, sh, spawn_ready, tiergate_bin};
 
 pub const RESOLVER: &str = "10.53.0.53";
 pub const ROGUE: &str = "10.99.0.53";
@@ -24,6 +26,7 @@ short.example.test 1 A 198.18.0.13
 multi.example.test 30 A 198.18.0.21
 multi.example.test 30 A 198.18.0.22
 multi.example.test 30 A 198.18.0.23
+*.fresh.test 30 A 198.19.0.0/16
 ";
 
 pub const ROGUE_ZONE: &str = "
@@ -33,6 +36,8 @@ api.example.test 30 A 198.18.0.99
 /// The test's namespace with its DNS servers and a TCP echo on :443.
 pub struct World {
     pub f: Fixture,
+    /// `tiergate proxy`, when the test runs the proxies apart from the agent.
+    pub proxy: Option<Agent>,
     pub children: Vec<Child>,
     pub log: PathBuf,
     pub rogue_log: PathBuf,
@@ -40,6 +45,9 @@ pub struct World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            p.kill();
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -114,6 +122,7 @@ impl World {
         ];
         World {
             f,
+            proxy: None,
             children,
             log,
             rogue_log,
@@ -145,6 +154,54 @@ impl World {
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
+    /// The agent's flags for proxies served by `tiergate proxy`
+    /// ([`World::start_proxy`]).
+    pub fn separate(&self) -> Vec<String> {
+        vec![
+            "--proxies".into(),
+            "separate".into(),
+            format!("--proxy-dir={}", self.proxy_dir().display()),
+        ]
+    }
+
+    pub fn proxy_dir(&self) -> PathBuf {
+        self.f.dir.join("proxy")
+    }
+
+    /// Starts `tiergate proxy` beside the agent (started with
+    /// [`World::separate`]) and waits until it serves by the agent's view.
+    pub fn start_proxy(&mut self) -> &mut Agent {
+        let port = free_port();
+        let log = self.f.dir.join("proxy.log");
+        let child = std::process::Command::new(tiergate_bin())
+            .arg("proxy")
+            .arg(format!("--proxy-dir={}", self.proxy_dir().display()))
+            .arg(format!("--bpffs={}", self.f.bpffs.display()))
+            .arg(format!("--admin-addr=127.0.0.1:{port}"))
+            .env("TIERGATE_LOG", "info,tiergate=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("proxy log"),
+            )
+            .spawn()
+            .expect("spawn tiergate proxy");
+        let proxy = self.proxy.insert(Agent { child, port, log });
+        proxy.wait_ready(Duration::from_secs(30));
+        proxy
+    }
+
+    /// Whoever serves the namespaces: the proxy process, else the agent.
+    pub fn server(&self) -> &Agent {
+        self.proxy
+            .as_ref()
+            .or(self.f.agent.as_ref())
+            .expect("an agent")
+    }
+
     /// A namespace the proxy does not serve yet: lookups fail at once
     /// (EPERM on the query: never a bypass, never a 5 s client timeout).
     /// Then a long-lived process of the tier in it (as a pod's sandbox is)
@@ -169,9 +226,13 @@ impl World {
             &self.f.netns,
             "hold",
         ]));
-        let agent = self.f.agent.as_ref().expect("agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while agent.metric("tiergate_dns_namespaces").unwrap_or(0.0) < 1.0 {
+        while self
+            .server()
+            .metric("tiergate_dns_namespaces")
+            .unwrap_or(0.0)
+            < 1.0
+        {
             assert!(Instant::now() < deadline, "the namespace was never served");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -179,5 +240,57 @@ impl World {
             self.resolve_connect(rel, "api.example.test", 443),
             "ok 198.18.0.10"
         );
+    }
+}
+
+/// The DNS tests' policy: tier `t0` may reach `names` (and
+/// vault.example.test, private) on TCP 443, `locked` nothing.
+pub fn dns_policy(root: &str, mode: &str, names: &str) -> String {
+    format!(
+        r#"apiVersion: tiergate.io/v1alpha1
+kind: TierPolicy
+metadata:
+  name: e2e-dns
+spec:
+  mode: {mode}
+  defaultTier: locked
+  dns:
+    resolvers: ["{RESOLVER}"]
+  tiers:
+    - name: t0
+      egress:
+        - fqdns: [{names}]
+          ports: ["443"]
+          protocols: [tcp]
+        - fqdns: ["vault.example.test"]
+          allowPrivate: true
+          ports: ["443"]
+    - name: locked
+      egress: []
+  bindings:
+    - tier: t0
+      match:
+        cgroupPath: "{root}/t0/**"
+    - tier: locked
+      match:
+        cgroupPath: "{root}/locked/**"
+"#
+    )
+}
+
+/// The names `t0` may resolve in most tests.
+pub const NAMES: &str = r#""api.example.test", "www.example.test", "meta.example.test", "priv.example.test", "short.example.test""#;
+
+/// A DNS Activity record for `name`.
+pub fn is_dns(e: &Value, name: &str) -> bool {
+    e["class_uid"] == 4003 && e["query"]["hostname"] == name
+}
+
+/// Waits up to 10 s for `f` to hold.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

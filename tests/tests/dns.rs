@@ -6,48 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tiergate_tests::dns_world::{RESOLVER, World, ZONE};
+use tiergate_tests::dns_world::{NAMES, RESOLVER, World, ZONE, dns_policy, eventually, is_dns};
 use tiergate_tests::{is_conn, sh, spawn_ready, tg};
-
-fn dns_policy(root: &str, mode: &str, names: &str) -> String {
-    format!(
-        r#"apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata:
-  name: e2e-dns
-spec:
-  mode: {mode}
-  defaultTier: locked
-  dns:
-    resolvers: ["{RESOLVER}"]
-  tiers:
-    - name: t0
-      egress:
-        - fqdns: [{names}]
-          ports: ["443"]
-          protocols: [tcp]
-        - fqdns: ["vault.example.test"]
-          allowPrivate: true
-          ports: ["443"]
-    - name: locked
-      egress: []
-  bindings:
-    - tier: t0
-      match:
-        cgroupPath: "{root}/t0/**"
-    - tier: locked
-      match:
-        cgroupPath: "{root}/locked/**"
-"#
-    )
-}
-
-const NAMES: &str = r#""api.example.test", "www.example.test", "meta.example.test", "priv.example.test", "short.example.test""#;
-
-fn is_dns(e: &Value, name: &str) -> bool {
-    e["class_uid"] == 4003 && e["query"]["hostname"] == name
-}
 
 #[test]
 fn names_open_their_answers_for_the_asking_workload_only() {
@@ -241,13 +201,6 @@ fn names_open_their_answers_for_the_asking_workload_only() {
 }
 
 /// Polls `f` every 50 ms until it returns true, for at most 5 s.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "not within 5 s: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn reloads_close_dropped_names_and_audit_reports_refusals() {

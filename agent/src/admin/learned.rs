@@ -9,7 +9,8 @@ use std::time::UNIX_EPOCH;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use crate::dns::learn::{Learner, Opened};
+use crate::dns::learn::Opened;
+use crate::dns::origins::Origins;
 use crate::state::NodeState;
 
 /// Query parameters.
@@ -19,9 +20,10 @@ pub struct Query {
     pub ip: IpAddr,
 }
 
-/// The learner, once the DNS proxy is set up (the admin endpoint starts
-/// before the programs are loaded).
-pub type LearnerSlot = Arc<OnceLock<Arc<Learner>>>;
+/// Who knows the origins (the learner, or the mirror of a separate
+/// proxy's), once the proxies are set up (the admin endpoint starts before
+/// the programs are loaded).
+pub type LearnerSlot = Arc<OnceLock<Arc<dyn Origins>>>;
 
 fn ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -6,7 +6,6 @@
 //! writes never interleave.
 
 mod control_loop;
-mod dns;
 mod events;
 mod export;
 mod policy_watch;
@@ -20,7 +19,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, Readiness};
-use crate::cli::AgentArgs;
+use crate::cli::{AgentArgs, ProxyMode};
 use crate::control::Control;
 use crate::elevation::kube::{self as elevation_kube, ObjectChange, StatusUpdate};
 use crate::enforcement::loader::{self, LoadOptions, Loaded};
@@ -32,6 +31,7 @@ use crate::identity::watch::{self, CgroupChange};
 use crate::metrics::Metrics;
 use crate::policy::{self, Compiled, Policy};
 use crate::preflight;
+use crate::proxies;
 use crate::state::NodeState;
 
 /// Everything that can stop the agent before it runs, each one sentence.
@@ -83,18 +83,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let (mut programs, sync) = load_programs(&args, &root, &shared.metrics)?;
-    let mut dns_path = dns::setup(&args, &mut programs.ebpf, shared.state.clone())?;
-    let _ = shared.learner.set(dns_path.link.learner.clone());
+    let (proxy_records, serving) = proxies_setup(&args, &mut programs.ebpf, &shared)?;
     let event_path = events::start(
         &args,
         &mut programs.ebpf,
         &hostname,
         (cgfs.clone(), root.clone()),
         &shared,
-        {
-            let (dns, metadata) = dns_path.take_records();
-            (dns_path.link.clone(), dns, metadata)
-        },
+        proxy_records,
     )
     .await?;
     // Cgroup watch first, then the scan, so no cgroup falls between them.
@@ -115,12 +111,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     control.elevation.status = kube.status.clone();
     control.elevation.node = hostname.clone();
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
-    let _dns_tasks = dns::start(
-        &mut dns_path,
-        shared.state.clone(),
-        cgfs_for_dns,
-        shared.metrics.clone(),
-    );
+    let _proxy_tasks = match serving {
+        Serving::Agent(mut path) => proxies::start(
+            &mut path,
+            shared.state.clone(),
+            cgfs_for_dns,
+            shared.metrics.clone(),
+        ),
+        Serving::Separate(link) => link.start(shared.metrics.clone())?,
+    };
 
     control.load_grants();
     let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
@@ -144,6 +143,39 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .await?;
     shutdown(event_path, control).await;
     Ok(())
+}
+
+/// Who serves the DNS and metadata proxies (`--proxies`).
+enum Serving {
+    Agent(proxies::DnsPath),
+    Separate(proxies::link::Link),
+}
+
+/// The proxies (`--proxies agent`) or the link to `tiergate proxy`
+/// (`separate`): what the writer takes their records from.
+fn proxies_setup(
+    args: &AgentArgs,
+    ebpf: &mut aya::Ebpf,
+    shared: &Shared,
+) -> anyhow::Result<(proxies::link::WriterSide, Serving)> {
+    Ok(match args.proxies {
+        ProxyMode::Agent => {
+            let maps = proxies::ProxyMaps::take(ebpf)?;
+            let mut path = proxies::setup(&args.proxy, maps, shared.state.clone())?;
+            let _ = shared.learner.set(path.link.learner.clone());
+            let (dns, metadata) = path.take_records();
+            ((path.link.clone(), dns, metadata), Serving::Agent(path))
+        }
+        ProxyMode::Separate => {
+            let (link, side) = proxies::link::Link::bind(
+                &args.proxy_dir,
+                shared.state.clone(),
+                args.proxy.limits(),
+            )?;
+            let _ = shared.learner.set(side.0.learner.clone());
+            (side, Serving::Separate(link))
+        }
+    })
 }
 
 /// Aborts a task when dropped (the admin socket stops with the agent).
@@ -372,7 +404,7 @@ async fn shutdown(event_path: events::EventPath, control: Control) {
     let _ = tokio::time::timeout(Duration::from_secs(2), event_path.writer).await;
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())

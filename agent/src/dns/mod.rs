@@ -12,6 +12,7 @@ pub mod addr_class;
 pub mod answer;
 pub mod learn;
 pub mod netns;
+pub mod origins;
 pub mod pktinfo;
 pub mod proxy;
 pub mod query;

@@ -142,6 +142,7 @@ impl Engine {
             cap: None,
             evicted: 0,
             elevation: None,
+            receipt: None,
         };
         let q = match query::parse(bytes) {
             Ok(q) => q,

@@ -2,13 +2,14 @@
 //! the event writer).
 
 use crate::events::ocsf_access::ElevationTag;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::policy::Policy;
 
 /// The decision on a query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryVerdict {
     /// Forwarded (a tier name allowed it).
     Allow,
@@ -30,18 +31,20 @@ impl QueryVerdict {
 }
 
 /// One address in the answer and what became of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnswerAddr {
     pub addr: IpAddr,
     pub ttl: u32,
     /// Owner name of its record.
     pub owner: String,
     /// `None`: learned; `Some(reason)`: not learned, and why.
-    pub rejected: Option<&'static str>,
+    #[serde(with = "crate::static_str::option")]
+    pub rejected: Option<crate::static_str::Word>,
 }
 
-/// One query the proxy handled.
-#[derive(Clone, Debug)]
+/// One query the proxy handled. On the wire from `tiergate proxy` the
+/// policy and the grant travel beside it (`proxies::wire`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DnsRecord {
     /// Epoch milliseconds when the query arrived.
     pub time_ms: u64,
@@ -49,19 +52,23 @@ pub struct DnsRecord {
     /// Tier name, or `unknown` when the slot named no workload.
     pub tier: String,
     /// The policy in force when the query was judged.
+    #[serde(skip)]
     pub policy: Option<Arc<Policy>>,
     pub qname: String,
     /// `A`, `AAAA`, ...
     pub qtype: String,
     /// `udp` or `tcp`.
-    pub transport: &'static str,
+    #[serde(with = "crate::static_str")]
+    pub transport: crate::static_str::Word,
     pub verdict: QueryVerdict,
     /// Why: `name-allowed`, `name-not-allowed`, `upstream-failed`,
     /// `unknown-workload`, `malformed`, `overload`.
-    pub reason: &'static str,
+    #[serde(with = "crate::static_str")]
+    pub reason: crate::static_str::Word,
     /// Response code sent to the workload (numeric, and OCSF's caption).
     pub rcode_id: u16,
-    pub rcode: &'static str,
+    #[serde(with = "crate::static_str")]
+    pub rcode: crate::static_str::Word,
     /// The name patterns of the tier that matched.
     pub matched: Vec<String>,
     /// The resolver that answered, if one did.
@@ -71,8 +78,13 @@ pub struct DnsRecord {
     pub commit_us: Option<u64>,
     /// A cap (`workload`, `name`) that closed older addresses of this
     /// workload to make room for this answer's, and how many it closed.
-    pub cap: Option<&'static str>,
+    #[serde(with = "crate::static_str::option")]
+    pub cap: Option<crate::static_str::Word>,
     pub evicted: usize,
     /// The grant the query was judged under, if any (`tier` is its tier).
+    #[serde(skip)]
     pub elevation: Option<Arc<ElevationTag>>,
+    /// Set by the agent for a record from `tiergate proxy`: done when written.
+    #[serde(skip)]
+    pub receipt: Option<crate::events::pipeline::proxy_records::Receipt>,
 }

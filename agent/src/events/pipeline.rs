@@ -40,7 +40,7 @@ mod attribution;
 mod elevation_records;
 mod findings;
 mod losses;
-mod proxy_records;
+pub mod proxy_records;
 
 /// Capacity of each user-space queue (records).
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -220,7 +220,7 @@ pub struct Writer {
 /// be served (a query refused because none was).
 #[derive(Clone)]
 pub struct DnsLink {
-    pub learner: Arc<crate::dns::learn::Learner>,
+    pub learner: Arc<dyn crate::dns::origins::Origins>,
     pub serve: mpsc::UnboundedSender<u32>,
     /// Records the proxy could not queue.
     pub lost: Arc<AtomicU64>,

@@ -201,6 +201,7 @@ impl Proxy {
             tier: "unknown".into(),
             policy: self.state.active_policy(),
             elevation: None,
+            receipt: None,
             method: parts.method.as_str().chars().take(16).collect(),
             path: match &target {
                 Ok(t) => t.path.clone(),

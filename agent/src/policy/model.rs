@@ -262,6 +262,23 @@ impl Match {
 }
 
 impl Policy {
+    /// A policy known by its name and version only: what labels a record
+    /// judged by a policy this process never loaded (a `tiergate proxy`
+    /// record that reaches an agent restarted with another policy).
+    pub fn label(name: &str, version: &str) -> Policy {
+        Policy {
+            name: name.to_string(),
+            trust_domain: String::new(),
+            mode: Mode::Enforce,
+            default_tier: 0,
+            tiers: Vec::new(),
+            bindings: Vec::new(),
+            dns: None,
+            elevation: Vec::new(),
+            version: version.to_string(),
+        }
+    }
+
     /// Index of the tier called `name`.
     pub fn tier_index(&self, name: &str) -> Option<usize> {
         self.tiers.iter().position(|t| t.name == name)

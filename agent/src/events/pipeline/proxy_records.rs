@@ -2,6 +2,9 @@
 //! (DNS Activity) and per metadata request (HTTP Activity), numbered and
 //! delivered like every other record.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::Writer;
 use crate::dns::record::DnsRecord;
 use crate::events::ocsf::{Envelope, Workload};
@@ -10,6 +13,21 @@ use crate::events::{ocsf_dns, ocsf_http};
 use crate::metadata::record::MetadataRecord;
 use crate::metrics::EventLabels;
 use crate::policy::Policy;
+
+/// Tells whoever handed a record in that the writer has written it (a
+/// `tiergate proxy` keeps each record until the agent has: `proxies::link`).
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    /// The highest sequence number written.
+    pub written: Arc<AtomicU64>,
+    pub seq: u64,
+}
+
+impl Receipt {
+    pub fn done(&self) {
+        self.written.fetch_max(self.seq, Ordering::Release);
+    }
+}
 
 /// What every proxy record has, apart from its body.
 struct ProxyRecord<'a> {
@@ -39,6 +57,9 @@ impl Writer {
             priority: r.verdict.as_str() != "allow",
         };
         self.proxy_record(head, |env, w, out| ocsf_dns::dns_activity(env, r, w, out));
+        if let Some(rc) = &r.receipt {
+            rc.done();
+        }
     }
 
     pub(super) fn metadata_record(&mut self, r: &MetadataRecord) {
@@ -54,6 +75,9 @@ impl Writer {
             priority: true,
         };
         self.proxy_record(head, |env, w, out| ocsf_http::http_activity(env, r, w, out));
+        if let Some(rc) = &r.receipt {
+            rc.done();
+        }
     }
 
     fn proxy_record(

@@ -1,21 +1,32 @@
-//! The DNS proxy's start: its maps, the engine, the namespace registry, and
-//! the two ways a namespace comes to be served: at once when the hook
-//! refused a query from an unserved one (the writer passes the pid on), and
-//! by a sweep over the processes of tiers with name rules (which also lets
-//! go of namespaces no such process is in any more).
+//! The DNS and metadata proxies' start: their maps, the engines, the
+//! namespace registry, and the two ways a namespace comes to be served: at
+//! once when the hook refused a query from an unserved one (the writer
+//! passes the pid on), and by a sweep over the processes of tiers with name
+//! rules (which also lets go of namespaces no such process is in any more).
+//!
+//! Whoever serves them: the agent itself (`--proxies agent`), or `tiergate
+//! proxy` (`process.rs`), which takes the maps from their pins, its node
+//! state from the view the agent publishes (`view.rs`) and hands its
+//! records to the agent over a socket (`uplink.rs`, `link.rs`, `wire.rs`).
+
+pub mod link;
+pub mod process;
+pub mod uplink;
+pub mod view;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_common::ProxyGuard;
 use agent_common::map_names;
+use agent_common::{Learned, LearnedKey, ProxyGuard, ProxyNetns};
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::cli::AgentArgs;
-use crate::dns::learn::{Learner, Limits};
+use crate::cli::ProxyOptions;
+use crate::dns::learn::Learner;
 use crate::dns::proxy::Engine;
 use crate::dns::record::DnsRecord;
 use crate::dns::serve::{MetadataServing, Registry, Shared};
@@ -32,8 +43,51 @@ const RECORD_QUEUE: usize = 65_536;
 /// How often the processes of name tiers are swept for their namespaces.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The maps the proxies write.
+pub struct ProxyMaps {
+    learned: BpfHashMap<MapData, LearnedKey, Learned>,
+    netns: BpfHashMap<MapData, u64, ProxyNetns>,
+    guard: Array<MapData, ProxyGuard>,
+}
+
+impl ProxyMaps {
+    /// From the agent's loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        Ok(Self {
+            learned: BpfHashMap::try_from(take(map_names::LEARNED)?)?,
+            netns: BpfHashMap::try_from(take(map_names::DNS_NETNS)?)?,
+            guard: Array::try_from(take(map_names::GUARD)?)?,
+        })
+    }
+
+    /// From the pins an agent made under `bpffs` (`tiergate proxy`).
+    pub fn pinned(bpffs: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = crate::enforcement::bpffs::PinLayout::new(bpffs).maps;
+        let open = |name: &'static str| -> anyhow::Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "cannot open {} (is an agent running with --bpffs {}?)",
+                    path.display(),
+                    bpffs.display()
+                )
+            })?;
+            Map::from_map_data(data).with_context(|| format!("{} is not a map", path.display()))
+        };
+        Ok(Self {
+            learned: BpfHashMap::try_from(open(map_names::LEARNED)?)?,
+            netns: BpfHashMap::try_from(open(map_names::DNS_NETNS)?)?,
+            guard: Array::try_from(open(map_names::GUARD)?)?,
+        })
+    }
+}
+
 /// The running proxies (DNS and metadata: they serve the same namespaces).
-pub(super) struct DnsPath {
+pub struct DnsPath {
     /// For the writer: the learner and the serve requests.
     pub link: DnsLink,
     /// The proxies' records, for the writer.
@@ -44,10 +98,10 @@ pub(super) struct DnsPath {
     serve_rx: Option<mpsc::UnboundedReceiver<u32>>,
 }
 
-/// Takes the proxy's maps and builds it (nothing is served yet).
-pub(super) fn setup(
-    args: &AgentArgs,
-    ebpf: &mut aya::Ebpf,
+/// Builds the proxies on their maps (nothing is served yet).
+pub fn setup(
+    args: &ProxyOptions,
+    maps: ProxyMaps,
     state: Arc<NodeState>,
 ) -> anyhow::Result<DnsPath> {
     if args.dns_proxy_port == args.metadata_proxy_port {
@@ -56,16 +110,13 @@ pub(super) fn setup(
             args.dns_proxy_port
         );
     }
-    let mut take = |name: &'static str| {
-        ebpf.take_map(name)
-            .with_context(|| format!("map {name} missing from the eBPF object"))
-    };
-    let learned = BpfHashMap::try_from(take(map_names::LEARNED)?)?;
-    let mut netns: BpfHashMap<_, u64, agent_common::ProxyNetns> =
-        BpfHashMap::try_from(take(map_names::DNS_NETNS)?)?;
-    let mut guard: Array<_, ProxyGuard> = Array::try_from(take(map_names::GUARD)?)?;
-    // Before any listener exists: from now on only this agent's cgroup may
-    // bind the proxies' ports, also after it dies.
+    let ProxyMaps {
+        learned,
+        mut netns,
+        mut guard,
+    } = maps;
+    // Before any listener exists: from now on only this process's cgroup
+    // may bind the proxies' ports, also after it dies.
     guard
         .set(
             0,
@@ -77,18 +128,14 @@ pub(super) fn setup(
             0,
         )
         .context("cannot write TG_GUARD")?;
-    // An earlier agent's namespaces: their sockets died with it. Until this
-    // agent serves them again their queries fail at once (EPERM), rather
+    // An earlier server's namespaces: their sockets died with it. Until
+    // this process serves them again their queries fail at once (EPERM), rather
     // than going to a port nobody holds.
     let stale: Vec<u64> = netns.keys().flatten().collect();
     for k in stale {
         let _ = netns.remove(&k);
     }
-    let limits = Limits {
-        per_workload: args.dns_max_per_workload as usize,
-        per_name: args.dns_max_per_name as usize,
-    };
-    let learner = Arc::new(Learner::new(learned, limits));
+    let learner = Arc::new(Learner::new(learned, args.limits()));
     let (tx, records) = mpsc::channel(RECORD_QUEUE);
     let engine = Arc::new(Engine::new(state.clone(), learner.clone(), tx));
     let lost = engine.lost_records.clone();
@@ -123,14 +170,14 @@ pub(super) fn setup(
 }
 
 impl DnsPath {
-    /// The proxies' records, handed to the writer once.
+    /// The proxies' records, handed to their consumer once.
     pub fn take_records(&mut self) -> (mpsc::Receiver<DnsRecord>, mpsc::Receiver<MetadataRecord>) {
         self.records.take().expect("taken once")
     }
 }
 
 /// Starts serving: requests from the writer, and the periodic sweep.
-pub(super) fn start(
+pub fn start(
     path: &mut DnsPath,
     state: Arc<NodeState>,
     cgfs: CgroupFs,
@@ -240,14 +287,14 @@ fn proxied_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
     pids
 }
 
-/// The cgroup id of the agent itself (the one allowed to bind the proxies'
+/// The cgroup id of this process (the one allowed to bind the proxies'
 /// ports).
 fn own_cgroup() -> anyhow::Result<u64> {
-    let path =
-        cgroupfs::path_of_pid(std::process::id()).context("cannot read the agent's own cgroup")?;
+    let path = cgroupfs::path_of_pid(std::process::id())
+        .context("cannot read this process's own cgroup")?;
     let cgfs = CgroupFs::discover().context("cannot find cgroup v2")?;
-    let dir = cgfs
-        .dir_of(&path)
-        .with_context(|| format!("the agent's cgroup {path} is not under the cgroup v2 mount"))?;
-    cgroupfs::cgroup_id(&dir).context("cannot read the agent's cgroup id")
+    let dir = cgfs.dir_of(&path).with_context(|| {
+        format!("this process's cgroup {path} is not under the cgroup v2 mount")
+    })?;
+    cgroupfs::cgroup_id(&dir).context("cannot read this process's cgroup id")
 }

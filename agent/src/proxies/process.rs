@@ -1,0 +1,149 @@
+//! `tiergate proxy`: the DNS and metadata proxies in a process of their own,
+//! so that DNS outlives the agent (a crash, `kill -9`, an upgrade): the
+//! kernel keeps redirecting the tiers' queries to the sockets this process
+//! holds, and this process keeps answering them, learning new names into
+//! the pinned map, by the last view the agent published.
+//!
+//! It takes the maps from their pins, its node state from the view
+//! (`view.rs`, re-read when it changes), writes `TG_GUARD` with its own
+//! cgroup (only it may bind the proxy ports from then on), and hands its
+//! records to the agent (`uplink.rs`). Until it has read a view it serves
+//! nothing: the kernel answers the tiers' DNS with EPERM (never a bypass).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use inotify::{Inotify, WatchMask};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::uplink::{SOCKET_FILE, Uplink};
+use super::view::{Reader, VIEW_FILE, make_private_dir};
+use super::{ProxyMaps, setup, start};
+use crate::admin::{self, Readiness};
+use crate::cli::ProxyArgs;
+use crate::identity::cgroupfs::CgroupFs;
+use crate::metrics::Metrics;
+use crate::state::NodeState;
+
+/// A view is looked at this often even without an inotify event.
+const VIEW_POLL: Duration = Duration::from_secs(1);
+
+/// Runs until SIGTERM/SIGINT (after `app::prepare`: privileges, the node's
+/// cgroup namespace).
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let cgfs = CgroupFs::discover().context("no cgroup v2")?;
+    make_private_dir(&args.proxy_dir)
+        .with_context(|| format!("cannot create --proxy-dir {}", args.proxy_dir.display()))?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(Readiness::default());
+    let state = Arc::new(NodeState::default());
+    let learner = admin::learned::LearnerSlot::default();
+    let _admin = admin::serve(
+        args.admin_addr,
+        metrics.clone(),
+        ready.clone(),
+        Arc::new(admin::inventory::Inventory {
+            node: crate::app::hostname(),
+            state: state.clone(),
+        }),
+        learner.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
+
+    // The view first: serving needs to know whose queries arrive.
+    let view = args.proxy_dir.join(VIEW_FILE);
+    let mut reader = Reader::default();
+    let mut watch = ViewWatch::new(&args.proxy_dir)?;
+    let mut waiting_logged = false;
+    while let Err(e) = reader.apply(&view, &state) {
+        if !waiting_logged {
+            tracing::warn!(error = %e, "waiting for the agent's view (serving nothing until then)");
+            waiting_logged = true;
+        }
+        watch.next().await;
+    }
+    tracing::info!(view = %view.display(), "serving by the agent's view");
+
+    let maps = ProxyMaps::pinned(&args.bpffs)?;
+    let mut path = setup(&args.proxy, maps, state.clone())?;
+    let _ = learner.set(path.link.learner.clone());
+    let (dns, metadata) = path.take_records();
+    let connected = Arc::new(AtomicBool::new(false));
+    let uplink = tokio::spawn(
+        Uplink {
+            socket: args.proxy_dir.join(SOCKET_FILE),
+            dns,
+            metadata,
+            dns_lost: path.link.lost.clone(),
+            metadata_lost: path.link.metadata_lost.clone(),
+            serve: path.link.serve.clone(),
+            connected: connected.clone(),
+        }
+        .run(),
+    );
+    let _tasks = start(&mut path, state.clone(), cgfs, metrics.clone());
+    ready.programs_attached.store(true, Ordering::Release);
+    ready.policy_in_force.store(true, Ordering::Release);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = watch.next() => {
+                if let Err(e) = reader.apply(&view, &state) {
+                    tracing::error!(error = %e, "the agent's new view is not taken; the last one stays");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        metrics
+            .proxy_connections
+            .set(i64::from(connected.load(Ordering::Acquire)));
+    }
+    uplink.abort();
+    tracing::info!("stopping: the tiers' DNS gets EPERM until a proxy serves it again");
+    Ok(())
+}
+
+/// Wakes when the view may have changed: an inotify event in the directory
+/// (the agent renames a new view into place), or every [`VIEW_POLL`].
+struct ViewWatch {
+    events: inotify::EventStream<Vec<u8>>,
+    tick: tokio::time::Interval,
+}
+
+impl ViewWatch {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let ino = Inotify::init().context("inotify")?;
+        ino.watches()
+            .add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        let events = ino.into_event_stream(vec![0u8; 4096])?;
+        let mut tick = tokio::time::interval(VIEW_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self { events, tick })
+    }
+
+    async fn next(&mut self) {
+        loop {
+            tokio::select! {
+                ev = self.events.next() => match ev {
+                    Some(Ok(e)) if e.name.as_deref().is_some_and(|n| n == VIEW_FILE) => return,
+                    Some(Ok(_)) => continue,
+                    _ => {
+                        // The stream ended: polling alone from now on.
+                        self.tick.tick().await;
+                        return;
+                    }
+                },
+                _ = self.tick.tick() => return,
+            }
+        }
+    }
+}
