@@ -171,9 +171,33 @@ impl World {
     /// Starts `tiergate proxy` beside the agent (started with
     /// [`World::separate`]) and waits until it serves by the agent's view.
     pub fn start_proxy(&mut self) -> &mut Agent {
+        self.start_proxy_in(None)
+    }
+
+    /// [`World::start_proxy`], the process starting in cgroup `dir`.
+    pub fn start_proxy_in(&mut self, dir: Option<&std::path::Path>) -> &mut Agent {
         let port = free_port();
         let log = self.f.dir.join("proxy.log");
-        let child = std::process::Command::new(tiergate_bin())
+        let mut cmd = std::process::Command::new(tiergate_bin());
+        if let Some(dir) = dir {
+            let procs = std::ffi::CString::new(
+                dir.join("cgroup.procs").to_str().expect("utf-8").as_bytes(),
+            )
+            .expect("no NUL");
+            // SAFETY: between fork and exec only async-signal-safe calls
+            // (open, write, close) on memory prepared before the fork.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("proxy")
             .arg(format!("--proxy-dir={}", self.proxy_dir().display()))
             .arg(format!("--bpffs={}", self.f.bpffs.display()))

@@ -212,3 +212,52 @@ fn a_dead_proxy_fails_fast_and_closed_then_serves_again() {
     });
     assert!(!dns_events(&w, "www.example.test").is_empty());
 }
+
+/// A proxy whose own cgroup a binding puts in a tier with names is host
+/// all the same: its upstream queries are neither sent to a proxy (itself:
+/// the node would have no DNS) nor judged by the tier. With the agent
+/// running (it reads `TG_GUARD`) and with none (the proxy's own entry).
+#[test]
+fn the_proxy_is_never_its_own_client() {
+    let mut w = World::new("dnsself");
+    let root = w.f.cg_path.clone();
+    let p = dns_policy(&root, "enforce", NAMES);
+    let sep = w.separate();
+    let sep: Vec<&str> = sep.iter().map(String::as_str).collect();
+    w.f.start_agent_with(&p, &sep);
+    let dir = w.f.cgroup("t0/proxy");
+    w.start_proxy_in(Some(&dir));
+    eventually("the agent knows the proxy's cgroup as host", || {
+        let inv = w.f.agent.as_ref().expect("agent").get("/inventory");
+        inv.is_some_and(|(_, body)| {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["workloads"].as_array().is_some_and(|ws| {
+                ws.iter().any(|x| {
+                    x["cgroup_path"]
+                        .as_str()
+                        .is_some_and(|c| c.ends_with("/t0/proxy"))
+                        && x["tier"] == "host"
+                })
+            })
+        })
+    });
+    // (Before it did, the proxy's own namespace was one of a t0 process.)
+    eventually("the proxy serves no namespace of its own", || {
+        w.server().metric("tiergate_dns_namespaces") == Some(0.0)
+    });
+    w.warm_up("t0/a");
+    assert_eq!(
+        w.resolve_connect("t0/b", "www.example.test", 443),
+        "ok 198.18.0.12"
+    );
+
+    // No agent: a proxy restarted in a cgroup the kernel has never been
+    // told of (it inherits t0) still reaches the resolver.
+    w.f.agent.as_mut().expect("agent").kill9();
+    w.proxy.as_mut().expect("proxy").kill9();
+    let dir = w.f.cgroup("t0/proxy2");
+    w.start_proxy_in(Some(&dir));
+    eventually("the new proxy serves the namespace", || {
+        w.resolve_connect("t0/a", "short.example.test", 443) == "ok 198.18.0.13"
+    });
+}

@@ -40,6 +40,7 @@ pub(super) async fn run(
     rescan.tick().await;
     // Grants ending: the kernel stops honouring them on its own; this
     // removes the entries, reports the end and closes what they opened.
+    // The same tick notices a proxy process starting (TG_GUARD).
     let mut expiry = tokio::time::interval(Duration::from_millis(250));
     // When to hand memory freed by reloads back to the kernel.
     let mut trim_at: Option<Instant> = None;
@@ -64,7 +65,10 @@ pub(super) async fn run(
             Some((op, by, reply)) = inputs.admin.recv() => {
                 let _ = reply.send(control.admin(op, by));
             }
-            _ = expiry.tick() => control.expire_grants(),
+            _ = expiry.tick() => {
+                control.expire_grants();
+                control.check_exempt();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

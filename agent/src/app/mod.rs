@@ -109,6 +109,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let kube = watch_kubernetes(&args, &hostname, &shared.metrics).await?;
     control.elevation.status = kube.status.clone();
+    control.exempt = crate::control::Exempt::open(&args.bpffs)
+        .context("cannot learn which cgroups serve the node (the agent's, the proxies')")?;
     control.elevation.node = hostname.clone();
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
     let _proxy_tasks = match serving {

@@ -15,7 +15,8 @@ impl Control {
         let (Ok(id), Ok(path)) = (cgroupfs::cgroup_id(&dir), self.cgfs.path_of(&dir)) else {
             return; // gone again
         };
-        let (info, v, pod_uid) = describe(&self.policy, &self.pods, &path);
+        let exempt = self.exempt.ids().contains(&id);
+        let (info, v, pod_uid) = describe(&self.policy, &self.pods, &path, exempt);
         if info.pod_state == PodState::Malformed {
             tracing::warn!(cgroup = %path, "pod cgroup path not understood; the workload is in defaultTier");
         }
@@ -28,6 +29,26 @@ impl Control {
         }
         self.known.insert(dir, id);
         self.count_cgroups();
+    }
+
+    /// Describes again the cgroups that stopped or started being exempt
+    /// (`TG_GUARD` names another proxy process): within a tick of a proxy's
+    /// start, its cgroup is host.
+    pub fn check_exempt(&mut self) {
+        let changed = self.exempt.changed();
+        if changed.is_empty() {
+            return;
+        }
+        let dirs: Vec<PathBuf> = self
+            .known
+            .iter()
+            .filter(|(_, id)| changed.contains(id))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in dirs {
+            tracing::info!(cgroup = %d.display(), "the cgroup serving the proxies changed; describing it again");
+            self.add(d);
+        }
     }
 
     fn remove(&mut self, dir: &Path) {

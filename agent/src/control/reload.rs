@@ -114,11 +114,12 @@ impl Control {
 
     /// Every known cgroup's identity and kernel entry under `policy`.
     fn describe_known(&self, policy: &Policy) -> Vec<(u64, WorkloadInfo, CgroupVerdicts)> {
+        let exempt = self.exempt.ids();
         self.known
             .iter()
             .filter_map(|(dir, id)| {
                 let path = self.cgfs.path_of(dir).ok()?;
-                let (info, v, _) = describe(policy, &self.pods, &path);
+                let (info, v, _) = describe(policy, &self.pods, &path, exempt.contains(id));
                 Some((*id, info, v))
             })
             .collect()

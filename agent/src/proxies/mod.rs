@@ -289,7 +289,7 @@ fn proxied_tier_pids(state: &NodeState, cgfs: &CgroupFs) -> Vec<u32> {
 
 /// The cgroup id of this process (the one allowed to bind the proxies'
 /// ports).
-fn own_cgroup() -> anyhow::Result<u64> {
+pub fn own_cgroup() -> anyhow::Result<u64> {
     let path = cgroupfs::path_of_pid(std::process::id())
         .context("cannot read this process's own cgroup")?;
     let cgfs = CgroupFs::discover().context("cannot find cgroup v2")?;

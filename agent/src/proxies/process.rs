@@ -71,6 +71,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
 
     let maps = ProxyMaps::pinned(&args.bpffs)?;
     let mut path = setup(&args.proxy, maps, state.clone())?;
+    // setup wrote TG_GUARD with this cgroup: an agent describes it as host
+    // from now on; until one does (none may be running), the entry says so.
+    host_self(&args.bpffs)?;
     let _ = learner.set(path.link.learner.clone());
     let (dns, metadata) = path.take_records();
     let connected = Arc::new(AtomicBool::new(false));
@@ -109,6 +112,33 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     uplink.abort();
     tracing::info!("stopping: the tiers' DNS gets EPERM until a proxy serves it again");
     Ok(())
+}
+
+/// Makes this process's cgroup host in `TG_CGROUPS` (keeping what an agent
+/// wrote for its descendants), so the proxy's own upstream queries are
+/// never sent to a proxy nor judged by a tier, also while no agent runs.
+fn host_self(bpffs: &Path) -> anyhow::Result<()> {
+    use agent_common::{CgroupTier, GENERATIONS, TIER_HOST, map_names};
+    let path = crate::enforcement::bpffs::PinLayout::new(bpffs)
+        .maps
+        .join(map_names::CGROUPS);
+    let data = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut map: aya::maps::HashMap<_, u64, CgroupTier> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let me = super::own_cgroup()?;
+    let entry = match map.get(&me, 0) {
+        Ok(e) => CgroupTier {
+            tier: [TIER_HOST; GENERATIONS],
+            ..e
+        },
+        Err(_) => CgroupTier {
+            tier: [TIER_HOST; GENERATIONS],
+            child_tier: [TIER_HOST; GENERATIONS],
+        },
+    };
+    map.insert(me, entry, 0)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Wakes when the view may have changed: an inotify event in the directory
