@@ -149,11 +149,13 @@ fn daemonset_security() -> DaemonSetSecurity {
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read manifest");
         // The DaemonSet document that adds the agent's capabilities (an
-        // overlay's sidecars may only drop theirs).
+        // overlay's sidecars may only drop theirs; tiergate-proxy's are its
+        // own).
         for doc in text.split("\n---") {
             if doc.contains("kind: DaemonSet")
                 && doc.contains("capabilities:")
                 && doc.contains("add:")
+                && doc.contains("            - agent\n")
             {
                 found.push((file.clone(), doc.to_string()));
             }
@@ -162,7 +164,7 @@ fn daemonset_security() -> DaemonSetSecurity {
     assert_eq!(
         found.len(),
         1,
-        "expected exactly one DaemonSet adding capabilities under deploy/kubernetes, found {:?}",
+        "expected exactly one agent DaemonSet adding capabilities under deploy/kubernetes, found {:?}",
         found.iter().map(|(f, _)| f).collect::<Vec<_>>()
     );
     let (file, doc) = found.remove(0);

@@ -106,6 +106,7 @@ pub fn check(tiergate: &Path) -> Result<()> {
         let mut p = |m: String| problems.push(format!("{name}: {m}"));
         check_policy(&objects, tiergate, &out_dir, &name, &mut p)?;
         check_mounts(&objects, &mut p);
+        check_proxies(&objects, &mut p);
         check_svids(&objects, &mut p);
         check_monitors(&objects, &mut p);
         say(&format!(
@@ -278,7 +279,12 @@ fn tiergate_containers(o: &Value) -> Vec<&Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| matches!(c["args"][0].as_str(), Some("agent") | Some("collector")))
+        .filter(|c| {
+            matches!(
+                c["args"][0].as_str(),
+                Some("agent") | Some("collector") | Some("proxy")
+            )
+        })
         .collect()
 }
 
@@ -315,7 +321,14 @@ fn check_mounts(objects: &[Value], problem: &mut impl FnMut(String)) {
                 c["name"].as_str().unwrap_or("?")
             );
             let mounts: Vec<&Value> = c["volumeMounts"].as_array().into_iter().flatten().collect();
-            for f in ["--policy", "--tls-ca", "--tls-cert", "--tls-key", "--spool"] {
+            for f in [
+                "--policy",
+                "--tls-ca",
+                "--tls-cert",
+                "--tls-key",
+                "--spool",
+                "--proxy-dir",
+            ] {
                 for path in flag(c, f) {
                     let Some(m) = mounts.iter().find(|m| {
                         m["mountPath"]
@@ -325,25 +338,33 @@ fn check_mounts(objects: &[Value], problem: &mut impl FnMut(String)) {
                         problem(format!("{who}: {f}={path} is in no mounted volume"));
                         continue;
                     };
-                    if f == "--spool" {
-                        let vol = pod["volumes"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|v| v["name"] == m["name"]);
-                        if m["readOnly"] == true || vol.is_none_or(|v| v["hostPath"].is_null()) {
-                            problem(format!(
-                                "{who}: --spool={path} must be a writable hostPath (events outlive the pod)"
-                            ));
-                        }
+                    let why = match f {
+                        "--spool" => "events outlive the pod",
+                        "--proxy-dir" => "the agent and tiergate proxy share it",
+                        _ => continue,
+                    };
+                    let vol = pod["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|v| v["name"] == m["name"]);
+                    if m["readOnly"] == true || vol.is_none_or(|v| v["hostPath"].is_null()) {
+                        problem(format!(
+                            "{who}: {f}={path} must be a writable hostPath ({why})"
+                        ));
                     }
                 }
             }
-            if c["args"][0] == "agent" {
+            let default_port = match c["args"][0].as_str() {
+                Some("agent") => Some(9464),
+                Some("proxy") => Some(9465),
+                _ => None,
+            };
+            if let Some(default_port) = default_port {
                 let port = flag(c, "--admin-addr")
                     .first()
                     .and_then(|a| a.rsplit(':').next()?.parse::<u64>().ok())
-                    .unwrap_or(9464);
+                    .unwrap_or(default_port);
                 for probe in ["readinessProbe", "livenessProbe"] {
                     if c[probe]["httpGet"]["port"].as_u64() != Some(port) {
                         problem(format!(
@@ -351,12 +372,79 @@ fn check_mounts(objects: &[Value], problem: &mut impl FnMut(String)) {
                         ));
                     }
                 }
+            }
+            if c["args"][0] == "agent" {
                 if flag(c, "--spool").is_empty() && !flag(c, "--collector").is_empty() {
                     problem(format!(
                         "{who}: --collector without --spool (the default spool is on the read-only root)"
                     ));
                 }
             }
+        }
+    }
+}
+
+/// The node path a container's `path` is, through its hostPath mounts.
+fn node_path(o: &Value, c: &Value, path: &str) -> Option<String> {
+    let m = c["volumeMounts"].as_array()?.iter().find(|m| {
+        m["mountPath"]
+            .as_str()
+            .is_some_and(|mp| Path::new(path).starts_with(mp))
+    })?;
+    let vol = o["spec"]["template"]["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == m["name"])?;
+    let host = vol["hostPath"]["path"].as_str()?;
+    let rest = Path::new(path)
+        .strip_prefix(m["mountPath"].as_str()?)
+        .ok()?;
+    // Components: `/a/b/` and `/a/b` are one node path.
+    let joined: std::path::PathBuf = Path::new(host).join(rest).components().collect();
+    Some(joined.display().to_string())
+}
+
+/// An agent with `--proxies=separate` has a `tiergate proxy` beside it on
+/// the same node paths (the view and socket directory, the pinned maps),
+/// and a proxy has such an agent.
+fn check_proxies(objects: &[Value], problem: &mut impl FnMut(String)) {
+    let shared = |o: &Value, c: &Value| {
+        let dir = flag(c, "--proxy-dir")
+            .first()
+            .copied()
+            .unwrap_or("/run/tiergate/proxy");
+        let bpffs = flag(c, "--bpffs").first().copied().unwrap_or("/sys/fs/bpf");
+        (node_path(o, c, dir), node_path(o, c, bpffs))
+    };
+    let of = |cmd: &str| -> Vec<(String, (Option<String>, Option<String>))> {
+        objects
+            .iter()
+            .flat_map(|o| {
+                tiergate_containers(o)
+                    .into_iter()
+                    .filter(move |c| c["args"][0] == cmd)
+                    .map(move |c| (kind_name(o), c, shared(o, c)))
+            })
+            .filter(|(_, c, _)| cmd != "agent" || flag(c, "--proxies").contains(&"separate"))
+            .map(|(w, _, s)| (w, s))
+            .collect()
+    };
+    let (agents, proxies) = (of("agent"), of("proxy"));
+    for (who, s) in &agents {
+        if !proxies
+            .iter()
+            .any(|(_, p)| p == s && s.0.is_some() && s.1.is_some())
+        {
+            problem(format!(
+                "{who}: --proxies=separate, but no tiergate proxy shares its --proxy-dir and --bpffs node paths {s:?}"
+            ));
+        }
+    }
+    for (who, s) in &proxies {
+        if !agents.iter().any(|(_, a)| a == s) {
+            problem(format!(
+                "{who}: tiergate proxy with no agent (--proxies=separate) on its --proxy-dir and --bpffs node paths {s:?}"
+            ));
         }
     }
 }
@@ -602,5 +690,33 @@ mod tests {
             problems.join("").contains("writable hostPath"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn separate_proxies_come_in_pairs() {
+        let host = |dir: &str| {
+            (
+                json!([{"name": "d", "mountPath": "/run/p"}, {"name": "b", "mountPath": "/sys/fs/bpf"}]),
+                json!([{"name": "d", "hostPath": {"path": dir}}, {"name": "b", "hostPath": {"path": "/sys/fs/bpf"}}]),
+            )
+        };
+        let (m, v) = host("/run/tiergate/proxy");
+        let agent = daemonset(
+            &["agent", "--proxies=separate", "--proxy-dir=/run/p"],
+            m.clone(),
+            v.clone(),
+        );
+        let proxy = daemonset(&["proxy", "--proxy-dir=/run/p"], m, v);
+        let mut problems = Vec::new();
+        check_proxies(&[agent.clone(), proxy], &mut |m| problems.push(m));
+        assert!(problems.is_empty(), "{problems:?}");
+
+        let (m, v) = host("/elsewhere");
+        let stray = daemonset(&["proxy", "--proxy-dir=/run/p"], m, v);
+        let mut problems = Vec::new();
+        check_proxies(&[agent, stray], &mut |m| problems.push(m));
+        let all = problems.join("\n");
+        assert!(all.contains("no tiergate proxy shares"), "{all}");
+        assert!(all.contains("tiergate proxy with no agent"), "{all}");
     }
 }
