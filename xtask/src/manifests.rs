@@ -373,12 +373,13 @@ fn check_mounts(objects: &[Value], problem: &mut impl FnMut(String)) {
                     }
                 }
             }
-            if c["args"][0] == "agent" {
-                if flag(c, "--spool").is_empty() && !flag(c, "--collector").is_empty() {
-                    problem(format!(
-                        "{who}: --collector without --spool (the default spool is on the read-only root)"
-                    ));
-                }
+            if c["args"][0] == "agent"
+                && flag(c, "--spool").is_empty()
+                && !flag(c, "--collector").is_empty()
+            {
+                problem(format!(
+                    "{who}: --collector without --spool (the default spool is on the read-only root)"
+                ));
             }
         }
     }
@@ -416,7 +417,8 @@ fn check_proxies(objects: &[Value], problem: &mut impl FnMut(String)) {
         let bpffs = flag(c, "--bpffs").first().copied().unwrap_or("/sys/fs/bpf");
         (node_path(o, c, dir), node_path(o, c, bpffs))
     };
-    let of = |cmd: &str| -> Vec<(String, (Option<String>, Option<String>))> {
+    type Shared = (Option<String>, Option<String>);
+    let of = |cmd: &str| -> Vec<(String, Shared)> {
         objects
             .iter()
             .flat_map(|o| {
