@@ -22,8 +22,11 @@ fn init_logs(format: LogFormat) {
 
 /// Runs a node daemon (the agent, the proxies) after the checks that need
 /// one thread (privileges, the node's cgroup namespace); its exit code.
-fn daemon(run: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
-    if let Err(e) = tiergate::app::prepare() {
+fn daemon(
+    which: tiergate::app::Daemon,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> i32 {
+    if let Err(e) = tiergate::app::prepare(which) {
         eprintln!("tiergate: {e:#}");
         std::process::exit(1);
     }
@@ -47,7 +50,7 @@ fn main() {
     let code = match cli.command {
         Command::Agent(args) => {
             init_logs(args.log_format);
-            daemon(tiergate::app::run(*args))
+            daemon(tiergate::app::Daemon::Agent, tiergate::app::run(*args))
         }
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check::run(&file),
         Command::Policy(PolicyCommand::Explain(args)) => commands::explain::run(&args),
@@ -67,7 +70,10 @@ fn main() {
         }
         Command::Proxy(args) => {
             init_logs(args.log_format);
-            daemon(tiergate::proxies::process::run(*args))
+            daemon(
+                tiergate::app::Daemon::Proxy,
+                tiergate::proxies::process::run(*args),
+            )
         }
         Command::Inventory(args) => commands::inventory::run(&args),
         Command::Uninstall(args) => commands::uninstall::run(&args),

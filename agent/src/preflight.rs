@@ -52,6 +52,12 @@ pub const SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",
     why: "to load and attach the eBPF programs and to enter other namespaces: workloads' network namespaces for the DNS and metadata proxies, the node's cgroup namespace",
 };
+/// `tiergate proxy`'s CAP_SYS_ADMIN.
+pub const PROXY_SYS_ADMIN: Capability = Capability {
+    bit: CAP_SYS_ADMIN,
+    name: "CAP_SYS_ADMIN",
+    why: "to enter workloads' network namespaces (the proxies' sockets live there) and the node's cgroup namespace, and to write the pinned maps",
+};
 pub const SYS_PTRACE: Capability = Capability {
     bit: CAP_SYS_PTRACE,
     name: "CAP_SYS_PTRACE",
@@ -111,9 +117,11 @@ impl std::fmt::Display for Kernel {
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "tiergate agent lacks {missing}: on {kernel} it needs exactly {needed} (README, Least privilege)"
+        "tiergate {daemon} lacks {missing}: on {kernel} it needs exactly {needed} (README, Least privilege)"
     )]
     Privileges {
+        /// `agent` or `proxy`.
+        daemon: &'static str,
         /// Each missing capability with what it is for.
         missing: String,
         /// The whole set for this kernel.
@@ -156,7 +164,36 @@ pub fn check_caps(
     kernel: Option<Kernel>,
     memlock_hard: Option<u64>,
 ) -> Result<(), PreflightError> {
-    let needed = needed_capabilities(kernel, memlock_hard);
+    check_set(
+        "agent",
+        effective,
+        kernel,
+        &needed_capabilities(kernel, memlock_hard),
+    )
+}
+
+/// The capabilities `tiergate proxy` needs (it loads nothing: the agent's
+/// pinned maps are there already).
+pub fn proxy_capabilities() -> Vec<Capability> {
+    vec![PROXY_SYS_ADMIN, SYS_PTRACE]
+}
+
+/// `tiergate proxy`'s check: [`proxy_capabilities`].
+pub fn check_proxy_privileges() -> Result<(), PreflightError> {
+    check_set(
+        "proxy",
+        effective_caps(),
+        Kernel::current(),
+        &proxy_capabilities(),
+    )
+}
+
+fn check_set(
+    daemon: &'static str,
+    effective: u64,
+    kernel: Option<Kernel>,
+    needed: &[Capability],
+) -> Result<(), PreflightError> {
     let missing: Vec<String> = needed
         .iter()
         .filter(|c| effective & (1u64 << c.bit) == 0)
@@ -167,6 +204,7 @@ pub fn check_caps(
     }
     let names: Vec<&str> = needed.iter().map(|c| c.name).collect();
     Err(PreflightError::Privileges {
+        daemon,
         missing: and_list(&missing),
         needed: and_list(&names),
         kernel: kernel_name(kernel),

@@ -176,9 +176,19 @@ impl World {
 
     /// [`World::start_proxy`], the process starting in cgroup `dir`.
     pub fn start_proxy_in(&mut self, dir: Option<&std::path::Path>) -> &mut Agent {
+        self.start_proxy_with(dir, &[])
+    }
+
+    /// [`World::start_proxy_in`], run through `wrapper` (e.g. `setpriv`
+    /// with a smaller capability set) when it is not empty.
+    pub fn start_proxy_with(
+        &mut self,
+        dir: Option<&std::path::Path>,
+        wrapper: &[&str],
+    ) -> &mut Agent {
         let port = free_port();
         let log = self.f.dir.join("proxy.log");
-        let mut cmd = std::process::Command::new(tiergate_bin());
+        let mut cmd = self.proxy_command(port, wrapper);
         if let Some(dir) = dir {
             let procs = std::ffi::CString::new(
                 dir.join("cgroup.procs").to_str().expect("utf-8").as_bytes(),
@@ -198,11 +208,6 @@ impl World {
             }
         }
         let child = cmd
-            .arg("proxy")
-            .arg(format!("--proxy-dir={}", self.proxy_dir().display()))
-            .arg(format!("--bpffs={}", self.f.bpffs.display()))
-            .arg(format!("--admin-addr=127.0.0.1:{port}"))
-            .env("TIERGATE_LOG", "info,tiergate=debug")
             .stdout(std::process::Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -216,6 +221,25 @@ impl World {
         let proxy = self.proxy.insert(Agent { child, port, log });
         proxy.wait_ready(Duration::from_secs(30));
         proxy
+    }
+
+    /// `tiergate proxy` for this world, admin on `port`, through `wrapper`.
+    pub fn proxy_command(&self, port: u16, wrapper: &[&str]) -> std::process::Command {
+        let bin = tiergate_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => std::process::Command::new(&bin),
+        };
+        cmd.arg("proxy")
+            .arg(format!("--proxy-dir={}", self.proxy_dir().display()))
+            .arg(format!("--bpffs={}", self.f.bpffs.display()))
+            .arg(format!("--admin-addr=127.0.0.1:{port}"))
+            .env("TIERGATE_LOG", "info,tiergate=debug");
+        cmd
     }
 
     /// Whoever serves the namespaces: the proxy process, else the agent.

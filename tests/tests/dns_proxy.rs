@@ -261,3 +261,50 @@ fn the_proxy_is_never_its_own_client() {
         w.resolve_connect("t0/a", "short.example.test", 443) == "ok 198.18.0.13"
     });
 }
+
+/// `tiergate proxy` needs exactly CAP_SYS_ADMIN and CAP_SYS_PTRACE (the
+/// tiergate-proxy DaemonSet adds those two): with only them it serves; with
+/// either missing it refuses to start, naming it.
+#[test]
+fn the_proxy_runs_with_exactly_two_capabilities() {
+    let mut w = World::new("dnscaps");
+    let root = w.f.cg_path.clone();
+    let p = dns_policy(&root, "enforce", NAMES);
+    let sep = w.separate();
+    let sep: Vec<&str> = sep.iter().map(String::as_str).collect();
+    w.f.start_agent_with(&p, &sep);
+    for (drop, name) in [
+        ("sys_admin", "CAP_SYS_ADMIN"),
+        ("sys_ptrace", "CAP_SYS_PTRACE"),
+    ] {
+        let keep = if drop == "sys_admin" {
+            "+sys_ptrace"
+        } else {
+            "+sys_admin"
+        };
+        let bounding = format!("--bounding-set=-all,{keep}");
+        let out = w
+            .proxy_command(tiergate_tests::free_port(), &["setpriv", &bounding, "--"])
+            .output()
+            .expect("run tiergate proxy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("tiergate proxy lacks {name}")),
+            "{err}"
+        );
+    }
+    w.start_proxy_with(
+        None,
+        &[
+            "setpriv",
+            "--bounding-set=-all,+sys_admin,+sys_ptrace",
+            "--",
+        ],
+    );
+    w.warm_up("t0/a");
+    assert_eq!(
+        w.resolve_connect("t0/b", "www.example.test", 443),
+        "ok 198.18.0.12"
+    );
+}

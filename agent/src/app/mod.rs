@@ -54,18 +54,28 @@ pub enum StartError {
     Compile { path: PathBuf, error: String },
 }
 
+/// Which node daemon is starting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    Agent,
+    Proxy,
+}
+
 /// What must happen while the process has one thread, before the runtime
 /// starts: the privilege check (first, so a missing capability is the one
 /// sentence the agent prints) and entering the node's cgroup namespace
 /// (a namespace belongs to the thread that enters it).
-pub fn prepare() -> anyhow::Result<()> {
-    preflight::check_privileges()?;
+pub fn prepare(daemon: Daemon) -> anyhow::Result<()> {
+    match daemon {
+        Daemon::Agent => preflight::check_privileges()?,
+        Daemon::Proxy => preflight::check_proxy_privileges()?,
+    }
     if let Some(pid) =
         cgroupfs::join_node_cgroup_namespace().map_err(StartError::CgroupNamespace)?
     {
         tracing::info!(
             pid,
-            "entered the node's cgroup namespace (the agent's own put the cgroup v2 mount outside it)"
+            "entered the node's cgroup namespace (the container's own put the cgroup v2 mount outside it)"
         );
     }
     Ok(())
