@@ -242,6 +242,27 @@ impl World {
         cmd
     }
 
+    /// With whoever served `rel`'s namespace dead: the address it learned
+    /// stays open (the kernel alone decides), a new lookup fails at once
+    /// (the proxy's port refuses; no C library timeout), nothing it would
+    /// have taught opens, and nothing reaches the resolver.
+    pub fn assert_unserved_fails_fast_and_closed(&self, rel: &str) {
+        assert_eq!(self.f.tcp(rel, "198.18.0.10:443"), "ok");
+        let started = Instant::now();
+        let r = self.resolve_connect(rel, "www.example.test", 443);
+        assert!(r.starts_with("resolve-error"), "{r}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(self.f.tcp(rel, "198.18.0.12:443"), "EPERM");
+        assert!(
+            !self.queried(&self.log).contains("www.example.test"),
+            "a query went around the proxy"
+        );
+    }
+
     /// Whoever serves the namespaces: the proxy process, else the agent.
     pub fn server(&self) -> &Agent {
         self.proxy

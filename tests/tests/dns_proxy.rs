@@ -5,7 +5,7 @@
 //! closed; and every record still reaches the event stream through the
 //! agent, attributed, also those made while no agent ran.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tiergate_tests::dns_world::{NAMES, World, dns_policy, eventually, is_dns};
@@ -184,20 +184,7 @@ fn dns_outlives_the_agent_new_names_included() {
 fn a_dead_proxy_fails_fast_and_closed_then_serves_again() {
     let (mut w, _) = world("dnsproxykill");
     w.proxy.as_mut().expect("proxy").kill9();
-    // The learned address stays open (the kernel alone decides).
-    assert_eq!(w.f.tcp("t0/a", "198.18.0.10:443"), "ok");
-    // A new lookup fails at once, not after the C library's timeout, and
-    // nothing it would have taught opens; nothing reaches the resolver.
-    let started = Instant::now();
-    let r = w.resolve_connect("t0/a", "www.example.test", 443);
-    assert!(r.starts_with("resolve-error"), "{r}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(w.f.tcp("t0/a", "198.18.0.12:443"), "EPERM");
-    assert!(!w.queried(&w.log).contains("www.example.test"));
+    w.assert_unserved_fails_fast_and_closed("t0/a");
     // The agent notices; a new proxy serves the namespace again.
     eventually("the agent sees the proxy gone", || {
         w.f.agent

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::uplink::SOCKET_FILE;
 use super::view::{Publisher, make_private_dir};
-use super::wire::{self, Down, Up};
+use super::wire::{self, Down, GrantWire, PolicyLabel, Up};
 use crate::dns::learn::Limits;
 use crate::dns::origins::Mirror;
 use crate::dns::record::DnsRecord;
@@ -28,6 +28,7 @@ use crate::events::pipeline::DnsLink;
 use crate::events::pipeline::proxy_records::Receipt;
 use crate::metadata::record::MetadataRecord;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::state::NodeState;
 
 /// Records from proxies the writer may have queued before it counts losses.
@@ -258,6 +259,19 @@ impl Conn {
         tracing::warn!("a tiergate proxy disconnected");
     }
 
+    /// A record's policy (the agent's own copy when it has that version)
+    /// and grant, from the frame.
+    fn labels(
+        &self,
+        policy: Option<PolicyLabel>,
+        elevation: Option<GrantWire>,
+    ) -> (Option<Arc<Policy>>, Option<Arc<ElevationTag>>) {
+        (
+            policy.map(|p| p.resolve(&self.state)),
+            elevation.map(|g| Arc::new(ElevationTag::from(g))),
+        )
+    }
+
     /// Hands a frame's record to the writer (a full writer queue counts it
     /// lost; it is not acknowledged, so the proxy keeps it until a later
     /// record's ack).
@@ -276,8 +290,7 @@ impl Conn {
                 policy,
                 elevation,
             } => {
-                record.policy = policy.map(|p| p.resolve(&self.state));
-                record.elevation = elevation.map(|g| Arc::new(ElevationTag::from(g)));
+                (record.policy, record.elevation) = self.labels(policy, elevation);
                 record.receipt = receipt(seq);
                 acks.received = acks.received.max(seq);
                 self.mirror.note(&record);
@@ -291,8 +304,7 @@ impl Conn {
                 policy,
                 elevation,
             } => {
-                record.policy = policy.map(|p| p.resolve(&self.state));
-                record.elevation = elevation.map(|g| Arc::new(ElevationTag::from(g)));
+                (record.policy, record.elevation) = self.labels(policy, elevation);
                 record.receipt = receipt(seq);
                 acks.received = acks.received.max(seq);
                 if self.metadata.try_send(record).is_err() {
