@@ -159,7 +159,8 @@ fn main() {
             r#"{{"class_uid":4001,"time":{},"metadata":{{"uid":"a1b2c3d4e5f60718-{seq}"}},"unmapped":{{"tiergate":{{"kind":"{kind}","seq":{seq}}}}}}}"#,
             1_764_000_000_000 + seq
         )
-        .into_bytes(),
+        .into_bytes()
+        .into(),
     }
     };
     let batch = |id, events| Batch {

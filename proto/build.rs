@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // The agent brings its own (mTLS) transport.
         .build_transport(false)
+        // The collector takes each record's JSON as a slice of the received
+        // message (no copy per record); see collector/src/service.rs.
+        .bytes(".tiergate.events.v1.Event.ocsf_json")
         .compile_fds(fds)?;
     Ok(())
 }

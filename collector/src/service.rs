@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use tiergate_proto::events::v1::event_collector_server::EventCollector;
 use tiergate_proto::events::v1::{Ack, Batch};
 use tokio::sync::{mpsc, oneshot};
@@ -26,11 +28,13 @@ pub struct WriteJob {
 
 /// A record as the writer thread needs it.
 pub struct OwnedRecord {
-    pub json: Vec<u8>,
+    /// A slice of the received message (no copy per record).
+    pub json: Bytes,
     pub time_ms: u64,
     pub severity: Severity,
     pub kind: String,
-    pub agent: String,
+    /// The agent's node name, shared by the records of a batch.
+    pub agent: Arc<str>,
 }
 
 /// Runs the sinks on a dedicated thread (they do blocking I/O and fsync).
@@ -281,13 +285,15 @@ pub fn batch_records(
     let dups = plan.dup.iter().filter(|d| **d).count() as u64;
     metrics.duplicates.inc_by(dups);
     let mut records: Vec<OwnedRecord> = Vec::with_capacity(batch.events.len() + plan.gaps.len());
+    let node: Arc<str> = Arc::from(batch.node.as_str());
     for g in &plan.gaps {
         metrics.gaps.inc();
         metrics.missing.inc_by(g.to - g.from + 1);
         tracing::warn!(agent = %batch.agent_id, node = %batch.node, from = g.from, to = g.to, "sequence gap");
-        records.push(gap_record(hostname, &batch, spiffe, g));
+        records.push(gap_record(hostname, &batch, &node, spiffe, g));
     }
-    // The events move into the records: each record's JSON is not copied.
+    // The events move into the records: each record's JSON stays where the
+    // decoder left it.
     for (e, dup) in batch.events.into_iter().zip(&plan.dup) {
         if *dup {
             continue;
@@ -301,7 +307,7 @@ pub fn batch_records(
             json: one_line(e.ocsf_json),
             time_ms: e.time_ms,
             kind: e.kind,
-            agent: batch.node.clone(),
+            agent: node.clone(),
         });
     }
     records
@@ -312,8 +318,8 @@ pub fn batch_records(
 /// or broken agent) would become several lines, each read as an event of
 /// its own, so it is written again on one line: as compact JSON when it is
 /// JSON, else as a JSON string of its text.
-pub fn one_line(json: Vec<u8>) -> Vec<u8> {
-    if !json.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+pub fn one_line(json: Bytes) -> Bytes {
+    if memchr::memchr2(b'\n', b'\r', &json).is_none() {
         return json;
     }
     match serde_json::from_slice::<serde_json::Value>(&json) {
@@ -321,10 +327,17 @@ pub fn one_line(json: Vec<u8>) -> Vec<u8> {
         Err(_) => serde_json::to_vec(&String::from_utf8_lossy(&json)),
     }
     .expect("serializing to a Vec")
+    .into()
 }
 
 /// An OCSF Base Event reporting a sequence gap (`unmapped.tiergate.kind: "gap"`).
-fn gap_record(hostname: &str, batch: &Batch, spiffe: &str, g: &Gap) -> OwnedRecord {
+fn gap_record(
+    hostname: &str,
+    batch: &Batch,
+    node: &Arc<str>,
+    spiffe: &str,
+    g: &Gap,
+) -> OwnedRecord {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -342,11 +355,13 @@ fn gap_record(hostname: &str, batch: &Batch, spiffe: &str, g: &Gap) -> OwnedReco
                                    "count": g.to - g.from + 1}},
     });
     OwnedRecord {
-        json: serde_json::to_vec(&json).expect("serializing to a Vec"),
+        json: serde_json::to_vec(&json)
+            .expect("serializing to a Vec")
+            .into(),
         time_ms: now,
         severity: Severity::Error,
         kind: "gap".into(),
-        agent: batch.node.clone(),
+        agent: node.clone(),
     }
 }
 
@@ -424,7 +439,7 @@ mod tests {
         let event = |seq, json: &str| Event {
             seq,
             kind: "connection".into(),
-            ocsf_json: json.as_bytes().to_vec(),
+            ocsf_json: Bytes::copy_from_slice(json.as_bytes()),
             ..Event::default()
         };
         let batch = Batch {
@@ -435,7 +450,7 @@ mod tests {
         };
         let plan = SeqTracker::default().plan("a", &[1, 2, 3]);
         let records = batch_records(batch, &plan, &CollectorMetrics::new(), "c", "");
-        let json: Vec<&[u8]> = records.iter().map(|r| r.json.as_slice()).collect();
+        let json: Vec<&[u8]> = records.iter().map(|r| &r.json[..]).collect();
         for j in &json {
             assert!(
                 !j.contains(&b'\n') && !j.contains(&b'\r'),

@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             let e = &fresh[i - gaps];
             assert_eq!(r.kind, e.kind);
             assert_eq!(r.time_ms, e.time_ms);
-            assert_eq!(r.agent, batch.node);
+            assert_eq!(*r.agent, *batch.node);
         }
     }
     // Written and sent again: every event is a duplicate, nothing is written.

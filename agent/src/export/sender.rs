@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use prost::Message;
-use tiergate_proto::events::v1::event_collector_client::EventCollectorClient;
-use tiergate_proto::events::v1::{Batch, Event};
+use tiergate_proto::wire::{BatchBuf, is_event, stream_raw};
 use tiergate_tls::ClientTls;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +23,8 @@ use crate::metrics::Metrics;
 const WINDOW: usize = 8;
 const MAX_BATCH_RECORDS: usize = 1000;
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// What a batch's buffer starts with: most batches under load fill it.
+const BATCH_CAPACITY: usize = MAX_BATCH_BYTES + MAX_BATCH_RECORDS * 8;
 
 /// Where and as whom to send.
 pub struct SenderConfig {
@@ -135,9 +135,13 @@ async fn stream_once(
         .connect_with_connector(connector)
         .await
         .map_err(|e| StreamError::Connect(crate::error_chain(&e)))?;
-    let mut client = EventCollectorClient::new(channel);
-    let (tx, rx) = mpsc::channel::<Batch>(WINDOW);
-    let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    // Batches go as encoded `Batch` messages made of the spooled `Event`
+    // encodings: nothing is decoded or encoded again on the way out.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(WINDOW);
+    let mut acks = stream_raw(&mut grpc, ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     metrics.export_connected.set(1);
     tracing::info!(collector = %format!("{}:{}", cfg.host, cfg.port), "streaming events to the collector");
 
@@ -146,33 +150,32 @@ async fn stream_once(
     let mut batch_id = 0u64;
     loop {
         while inflight.len() < WINDOW {
-            let records = spool
+            let mut batch = BatchBuf::new(&cfg.agent_id, &cfg.node, batch_id + 1, BATCH_CAPACITY);
+            let mut last = None;
+            spool
                 .lock()
                 .expect("spool lock")
-                .read_after(sent_upto, MAX_BATCH_RECORDS, MAX_BATCH_BYTES)
+                .visit_after(
+                    sent_upto,
+                    MAX_BATCH_RECORDS,
+                    MAX_BATCH_BYTES,
+                    |seq, _, payload| {
+                        last = Some(seq);
+                        // CRC-checked, so only a version skew could fail this.
+                        if is_event(payload) {
+                            batch.push_event(payload);
+                        } else {
+                            tracing::error!(seq, "undecodable spool record skipped");
+                        }
+                    },
+                )
                 .map_err(|e| StreamError::Spool(e.to_string()))?;
-            let Some(last) = records.last().map(|r| r.seq) else {
+            let Some(last) = last else {
                 break;
             };
-            let mut events = Vec::with_capacity(records.len());
-            for r in &records {
-                match Event::decode(r.payload.as_slice()) {
-                    Ok(ev) => events.push(ev),
-                    // CRC-checked, so only a version skew could do this.
-                    Err(e) => {
-                        tracing::error!(seq = r.seq, error = %e, "undecodable spool record skipped")
-                    }
-                }
-            }
             batch_id += 1;
-            let n = events.len();
-            let batch = Batch {
-                agent_id: cfg.agent_id.clone(),
-                node: cfg.node.clone(),
-                batch_id,
-                events,
-            };
-            if tx.send(batch).await.is_err() {
+            let n = batch.events();
+            if tx.send(batch.into_bytes()).await.is_err() {
                 return Err(StreamError::Closed);
             }
             inflight.push_back((batch_id, last, n));

@@ -1,10 +1,10 @@
 //! The writer's side of the spool: encodes each record as a protocol
-//! `Event` and appends it; counts what the spool had to give up.
+//! `Event` (once: the sender sends these bytes as they are) and appends it;
+//! counts what the spool had to give up.
 
 use std::sync::{Arc, Mutex};
 
-use prost::Message;
-use tiergate_proto::events::v1::Event;
+use tiergate_proto::wire::{EventFields, encode_event};
 use tokio::sync::Notify;
 
 use super::spool::{Appended, DropReason, Record, Spool};
@@ -84,17 +84,18 @@ impl Sink for SpoolSink {
     }
 
     fn write(&mut self, meta: &RecordMeta<'_>, line: &[u8]) {
-        let ev = Event {
-            seq: meta.seq,
-            uid: meta.uid.to_string(),
-            kind: meta.kind.to_string(),
-            priority: meta.priority,
-            time_ms: meta.time_ms,
-            ocsf_json: line.to_vec(),
-        };
         self.buf.clear();
-        ev.encode(&mut self.buf)
-            .expect("encoding into a Vec cannot fail");
+        encode_event(
+            &mut self.buf,
+            &EventFields {
+                seq: meta.seq,
+                uid: meta.uid,
+                kind: meta.kind,
+                priority: meta.priority,
+                time_ms: meta.time_ms,
+                ocsf_json: line,
+            },
+        );
         let rec = Record {
             seq: meta.seq,
             priority: meta.priority,

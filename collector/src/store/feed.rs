@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::{Aggregate, Store, StoreError};
 use crate::metrics::CollectorMetrics;
 
@@ -33,7 +35,7 @@ pub const MAX_HELD_KEYS: usize = 100_000;
 const KINDS: &[&str] = &["connection", "dns", "policy"];
 
 enum Msg {
-    Records(Vec<Vec<u8>>),
+    Records(Vec<Bytes>),
     Stop,
 }
 
@@ -123,11 +125,11 @@ const STORE_NICE: libc::c_int = 10;
 impl Feed {
     /// Hands over records the sinks have taken; never blocks.
     /// `records` are (kind, OCSF JSON) pairs.
-    pub fn offer<K: AsRef<str>>(&self, records: impl IntoIterator<Item = (K, Vec<u8>)>) {
-        let lines: Vec<Vec<u8>> = records
+    pub fn offer<K: AsRef<str>, J: Into<Bytes>>(&self, records: impl IntoIterator<Item = (K, J)>) {
+        let lines: Vec<Bytes> = records
             .into_iter()
             .filter(|(kind, _)| KINDS.contains(&kind.as_ref()))
-            .map(|(_, json)| json)
+            .map(|(_, json)| json.into())
             .collect();
         let n = lines.len();
         if n == 0 {

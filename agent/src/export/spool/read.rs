@@ -21,6 +21,26 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Record>, SpoolError> {
         let mut out: Vec<Record> = Vec::new();
+        self.visit_after(seq, max_records, max_bytes, |s, priority, payload| {
+            out.push(Record {
+                seq: s,
+                priority,
+                payload: payload.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// `read_after` without copies: calls `f(seq, priority, payload)` for
+    /// each of those records, in order; returns how many.
+    pub fn visit_after(
+        &self,
+        seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(u64, bool, &[u8]),
+    ) -> Result<usize, SpoolError> {
+        let mut n = 0usize;
         let mut bytes = 0usize;
         let first = self.segments.partition_point(|s| s.last_seq <= seq);
         for idx in first..self.segments.len() {
@@ -35,25 +55,20 @@ impl Spool {
                 if s <= seq {
                     return true;
                 }
-                if out.len() >= max_records
-                    || (!out.is_empty() && bytes + payload.len() > max_bytes)
-                {
+                if n >= max_records || (n > 0 && bytes + payload.len() > max_bytes) {
                     limit_reached = true;
                     return false;
                 }
                 bytes += payload.len();
-                out.push(Record {
-                    seq: s,
-                    priority,
-                    payload: payload.to_vec(),
-                });
+                n += 1;
+                f(s, priority, payload);
                 true
             })?;
-            if limit_reached || out.len() >= max_records {
+            if limit_reached || n >= max_records {
                 break;
             }
         }
-        Ok(out)
+        Ok(n)
     }
 
     /// Stored records above the acknowledged seq. Only the first segment can
