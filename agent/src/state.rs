@@ -139,6 +139,37 @@ impl NodeState {
         }
     }
 
+    /// Whom an answer to `cgroup` opens its addresses for under `scope`:
+    /// itself, and with `pod` its pod's enforced workloads of the same tier,
+    /// with `tier` every enforced workload of its tier (itself first).
+    pub fn scope_members(&self, cgroup: u64, scope: crate::policy::model::DnsScope) -> Vec<u64> {
+        use crate::policy::model::DnsScope;
+        let mut members = vec![cgroup];
+        let Some(me) = self.workload(cgroup) else {
+            return members;
+        };
+        let pod_uid = me.pod.as_ref().map(|p| p.pod_uid.as_str());
+        let same = |w: &WorkloadInfo| match scope {
+            DnsScope::Workload => false,
+            DnsScope::Pod => {
+                pod_uid.is_some() && w.pod.as_ref().map(|p| p.pod_uid.as_str()) == pod_uid
+            }
+            DnsScope::Tier => true,
+        };
+        if scope == DnsScope::Workload || (scope == DnsScope::Pod && pod_uid.is_none()) {
+            return members;
+        }
+        let map = self.workloads.read().expect("lock");
+        members.extend(
+            map.iter()
+                .filter(|(id, e)| {
+                    **id != cgroup && e.info.enforced() && e.info.tier == me.tier && same(&e.info)
+                })
+                .map(|(id, _)| *id),
+        );
+        members
+    }
+
     pub fn workload(&self, id: u64) -> Option<Arc<WorkloadInfo>> {
         self.workloads
             .read()
@@ -315,5 +346,48 @@ mod tests {
         assert!(usage(&s, 7).is_none());
         s.set_workload(7, info("/a", "t0"));
         assert_eq!(usage(&s, 7).unwrap(), Usage::default());
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+    use crate::policy::model::DnsScope;
+
+    fn w(tier: &str, pod: Option<&str>) -> WorkloadInfo {
+        WorkloadInfo {
+            path: Arc::from("/x"),
+            pod: pod.map(|u| PodIdentity {
+                pod_uid: u.into(),
+                ..Default::default()
+            }),
+            pod_state: PodState::None,
+            spiffe_id: None,
+            tier: tier.into(),
+            binding: None,
+        }
+    }
+
+    #[test]
+    fn scope_members_by_pod_and_by_tier() {
+        let s = NodeState::default();
+        s.set_workload(1, w("t0", Some("p1")));
+        s.set_workload(2, w("t0", Some("p1")));
+        s.set_workload(3, w("t1", Some("p1")));
+        s.set_workload(4, w("t0", Some("p2")));
+        s.set_workload(5, w("host", None));
+        s.set_workload(6, w("t0", None));
+        let sorted = |mut v: Vec<u64>| {
+            v[1..].sort();
+            v
+        };
+        assert_eq!(s.scope_members(1, DnsScope::Workload), [1]);
+        // The same pod and tier only (3 is another tier of the pod).
+        assert_eq!(sorted(s.scope_members(1, DnsScope::Pod)), [1, 2]);
+        // Not a pod: itself.
+        assert_eq!(s.scope_members(6, DnsScope::Pod), [6]);
+        // The tier's enforced workloads, the asker first.
+        assert_eq!(sorted(s.scope_members(4, DnsScope::Tier)), [4, 1, 2, 6]);
+        assert_eq!(s.scope_members(99, DnsScope::Tier), [99]);
     }
 }

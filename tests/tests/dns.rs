@@ -489,3 +489,30 @@ fn an_elevation_grant_brings_the_granted_tiers_names() {
         "ok 198.18.0.10"
     );
 }
+
+/// `spec.dns.scope: tier`: an answer opens its addresses for every
+/// workload of the asking one's tier (a shared resolver in the tier), not
+/// for other tiers; the default (`workload`) is the asker alone (tested
+/// above).
+#[test]
+fn tier_scope_opens_an_answer_for_the_whole_tier() {
+    let mut w = World::new("dnsscope");
+    let root = w.f.cg_path.clone();
+    let p = dns_policy(&root, "enforce", NAMES).replace(
+        &format!("resolvers: [\"{RESOLVER}\"]"),
+        &format!("resolvers: [\"{RESOLVER}\"]\n    scope: tier"),
+    );
+    w.f.cgroup("t0/b");
+    w.f.cgroup("locked/x");
+    w.f.start_agent(&p);
+    w.warm_up("t0/a");
+    assert_eq!(
+        w.resolve_connect("t0/a", "www.example.test", 443),
+        "ok 198.18.0.12"
+    );
+    // t0/b never asked; the tier's answer opened it. Not for another tier,
+    // and still only on the rule's ports.
+    assert_eq!(w.f.tcp("t0/b", "198.18.0.12:443"), "ok");
+    assert_eq!(w.f.tcp("t0/b", "198.18.0.12:80"), "EPERM");
+    assert_eq!(w.f.tcp("locked/x", "198.18.0.12:443"), "EPERM");
+}

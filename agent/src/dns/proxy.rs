@@ -251,6 +251,9 @@ impl Engine {
         rec: &mut DnsRecord,
     ) {
         let started = Instant::now();
+        // Whom the answer opens for (`spec.dns.scope`), the asker first.
+        let scope = policy.dns.as_ref().map(|d| d.scope).unwrap_or_default();
+        let members = self.state.scope_members(cgroup, scope);
         for o in answer::read(msg, &q.name, rules) {
             let rejected = match &o.outcome {
                 Err(why) => Some(why.as_str()),
@@ -263,20 +266,21 @@ impl Engine {
                         .dns
                         .as_ref()
                         .map_or(Duration::from_secs(u64::from(o.ttl)), |d| d.lifetime(o.ttl));
-                    match self
-                        .learner
-                        .learn(cgroup, o.addr, lifetime, &patterns, &q.name)
-                    {
-                        Ok(l) => {
-                            rec.evicted += l.evicted;
-                            rec.cap = rec.cap.or(l.cap.map(|c| c.as_str()));
-                            None
-                        }
-                        Err(e) => {
-                            tracing::warn!(addr = %o.addr, error = %e, "cannot commit a learned address");
-                            Some("commit-failed")
+                    let mut failed = None;
+                    for &m in &members {
+                        match self.learner.learn(m, o.addr, lifetime, &patterns, &q.name) {
+                            Ok(l) if m == cgroup => {
+                                rec.evicted += l.evicted;
+                                rec.cap = rec.cap.or(l.cap.map(|c| c.as_str()));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(addr = %o.addr, cgroup = m, error = %e, "cannot commit a learned address");
+                                failed = Some("commit-failed");
+                            }
                         }
                     }
+                    failed
                 }
             };
             rec.answers.push(AnswerAddr {

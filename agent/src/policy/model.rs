@@ -159,6 +159,39 @@ pub struct DnsSettings {
     /// `maxTTL`: and at most this long (default: the answer's TTL, uncapped).
     #[serde(rename = "maxTTL", skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<Span>,
+    /// `scope`: whom an answer opens its addresses for. Left out of the
+    /// canonical form when `workload` (versions of older policies stay).
+    #[serde(skip_serializing_if = "DnsScope::is_workload")]
+    pub scope: DnsScope,
+}
+
+/// `spec.dns.scope`: who may connect to the addresses an answer taught.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsScope {
+    /// The cgroup that asked (a container, a service): the default.
+    #[default]
+    Workload,
+    /// Every workload of the asking one's pod in the same tier (a sidecar
+    /// resolver asks for its pod's containers).
+    Pod,
+    /// Every workload of the asking one's tier on the node (a shared
+    /// resolver in the tier asks for all of it).
+    Tier,
+}
+
+impl DnsScope {
+    pub fn is_workload(&self) -> bool {
+        *self == DnsScope::Workload
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsScope::Workload => "workload",
+            DnsScope::Pod => "pod",
+            DnsScope::Tier => "tier",
+        }
+    }
 }
 
 impl DnsSettings {
@@ -365,6 +398,7 @@ mod tests {
     #[test]
     fn learned_lifetime_is_the_ttl_within_the_bounds() {
         let d = |min: u64, max: Option<u64>| DnsSettings {
+            scope: DnsScope::Workload,
             resolvers: vec![],
             min_ttl: Span::from_millis(min * 1000),
             max_ttl: max.map(|m| Span::from_millis(m * 1000)),

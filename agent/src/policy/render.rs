@@ -143,6 +143,9 @@ pub fn to_yaml(p: &Policy, c: &Comments) -> String {
         if let Some(m) = d.max_ttl {
             let _ = writeln!(out, "    maxTTL: {m}");
         }
+        if !d.scope.is_workload() {
+            let _ = writeln!(out, "    scope: {}", d.scope.as_str());
+        }
     }
     let _ = writeln!(out, "  tiers:");
     for (ti, t) in p.tiers.iter().enumerate() {

@@ -50,6 +50,9 @@ pub struct ViewWorkload {
     pub cgroup: u64,
     pub path: String,
     pub tier: String,
+    /// The pod's uid, when the cgroup is a pod's (`spec.dns.scope: pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +128,7 @@ impl Publisher {
                 cgroup: id,
                 path: w.path.to_string(),
                 tier: w.tier.clone(),
+                pod_uid: w.pod.as_ref().map(|p| p.pod_uid.clone()),
             })
             .collect();
         workloads.sort_by_key(|w| w.cgroup);
@@ -241,15 +245,21 @@ impl Reader {
             }
         }
         for w in view.workloads {
-            let same = state
-                .workload(w.cgroup)
-                .is_some_and(|old| *old.path == *w.path && old.tier == w.tier);
+            let same = state.workload(w.cgroup).is_some_and(|old| {
+                *old.path == *w.path
+                    && old.tier == w.tier
+                    && old.pod.as_ref().map(|p| &p.pod_uid) == w.pod_uid.as_ref()
+            });
             if !same {
                 state.set_workload(
                     w.cgroup,
                     WorkloadInfo {
                         path: Arc::from(w.path),
-                        pod: None,
+                        // Only what the proxy uses: the pod, for its scope.
+                        pod: w.pod_uid.map(|pod_uid| crate::policy::PodIdentity {
+                            pod_uid,
+                            ..Default::default()
+                        }),
                         pod_state: PodState::None,
                         spiffe_id: None,
                         tier: w.tier,

@@ -7,10 +7,10 @@ use saphyr::Scalar;
 
 use super::walker::{KeyPath, Walker};
 use crate::duration::Span;
-use crate::policy::model::{DnsSettings, normalize_addr};
+use crate::policy::model::{DnsScope, DnsSettings, normalize_addr};
 use crate::policy::yaml::{Data, Node};
 
-const DNS_KEYS: &[&str] = &["resolvers", "minTTL", "maxTTL"];
+const DNS_KEYS: &[&str] = &["resolvers", "minTTL", "maxTTL", "scope"];
 const PATH: KeyPath<'static> = KeyPath::At("spec.dns");
 
 impl Walker<'_> {
@@ -39,11 +39,37 @@ impl Walker<'_> {
             );
             return None;
         }
+        let scope = match f.get("scope") {
+            None => Some(DnsScope::Workload),
+            Some(n) => self.scope(n),
+        };
         Some(DnsSettings {
             resolvers: resolvers?,
             min_ttl: min_ttl?,
             max_ttl: max_ttl?,
+            scope: scope?,
         })
+    }
+
+    /// `workload`, `pod` or `tier`.
+    fn scope(&mut self, node: &Node<'_>) -> Option<DnsScope> {
+        let p = PATH.key("scope");
+        let s = self.string(node, p)?;
+        match s {
+            "workload" => Some(DnsScope::Workload),
+            "pod" => Some(DnsScope::Pod),
+            "tier" => Some(DnsScope::Tier),
+            other => {
+                self.fail(
+                    node,
+                    p,
+                    &format!(
+                        "{other:?} is not a scope: write workload (the asking cgroup, the default), pod (its pod's workloads of the same tier) or tier (every workload of its tier)"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// A resolver: one unicast address (IPv4-mapped IPv6 unmapped).

@@ -165,6 +165,11 @@ fn dns_errors_report_position_and_fix() {
             "policy.yaml:9:13: spec.dns.maxTTL: 30s is shorter than minTTL (1m)",
         ),
         (
+            "unknown scope",
+            dns("    resolvers: [10.0.0.53]\n    scope: node\n"),
+            "policy.yaml:8:12: spec.dns.scope: \"node\" is not a scope: write workload",
+        ),
+        (
             "unknown dns key",
             dns("    resolvers: [10.0.0.53]\n    maxTtl: 30s\n"),
             "spec.dns.maxTtl: unknown key (did you mean \"maxTTL\"?",
@@ -176,5 +181,34 @@ fn dns_errors_report_position_and_fix() {
             got.contains(want),
             "case {what:?}: expected {want:?} in:\n{got}\n--- source ---\n{src}"
         );
+    }
+}
+
+#[test]
+fn scope_is_workload_unless_written_and_only_then_changes_the_version() {
+    use crate::policy::model::DnsScope;
+    let with = |scope: &str| {
+        let src = DNS_EXAMPLE.replace("    minTTL: 5s\n", &format!("    minTTL: 5s\n{scope}"));
+        parse_str(&format!("{HEAD}{src}"), "policy.yaml").unwrap_or_else(|e| panic!("{e}"))
+    };
+    let absent = with("");
+    assert_eq!(absent.dns.as_ref().unwrap().scope, DnsScope::Workload);
+    let explicit = with("    scope: workload\n");
+    assert_eq!(
+        explicit.version, absent.version,
+        "the default is not in the canonical form"
+    );
+    for (word, want) in [("pod", DnsScope::Pod), ("tier", DnsScope::Tier)] {
+        let p = with(&format!("    scope: {word}\n"));
+        assert_eq!(p.dns.as_ref().unwrap().scope, want);
+        assert_ne!(p.version, absent.version);
+        // A rendered policy reads back to the same version (the view
+        // `tiergate proxy` reads is a rendered policy).
+        let back = parse_str(
+            &crate::policy::render::to_yaml(&p, &Default::default()),
+            "rendered.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.version, p.version);
     }
 }
