@@ -128,3 +128,62 @@ impl World {
         }
     }
 }
+
+impl World {
+    /// Spawns `tiergate proxy` beside the agent started with `--proxies
+    /// separate --proxy-dir dir` on `bpffs`; returns ms from spawn until it
+    /// is ready (/readyz 200: serving by the agent's view) and serves at
+    /// least one namespace (`tiergate_dns_namespaces`).
+    pub(crate) fn start_proxy(&mut self, tag: &str, dir: &Path, bpffs: &Path) -> Result<f64> {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("proxy-{tag}.log")))?;
+        let t0 = Instant::now();
+        let child = Command::new(&self.bin)
+            .arg("proxy")
+            .arg("--proxy-dir")
+            .arg(dir)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let p = self.proxy.insert(Agent {
+            child,
+            port,
+            bpffs: bpffs.to_path_buf(),
+        });
+        loop {
+            if let Some((200, _)) = http_get(port, "/readyz")
+                && metric(port, "tiergate_dns_namespaces") >= 1.0
+            {
+                break;
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                bail!(
+                    "tiergate proxy exited ({st}); see {}/proxy-{tag}.log",
+                    self.dir.display()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "tiergate proxy not serving within 30 s; see {}/proxy-{tag}.log",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+
+    /// SIGKILL to the proxy process (the pins stay; nothing is uninstalled).
+    pub(crate) fn kill_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}

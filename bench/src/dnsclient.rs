@@ -2,8 +2,8 @@
 //! raw hickory-proto queries over UDP with a window in flight, and the test
 //! DNS server. Each joins its cgroup and the bench's namespace first.
 //!
-//!   tiergate-bench gai   --cgroup DIR --netns NS --resolv FILE --name N --port P
-//!                        (--secs S | --until-eof) [--connect] [--every-us U]
+//!   tiergate-bench gai   --cgroup DIR --netns NS --resolv FILE (--name N | --fresh FMT [--from I])
+//!                        --port P (--secs S | --until-eof) [--connect] [--every-us U]
 //!   tiergate-bench query --cgroup DIR --netns NS --to IP:PORT (--name N | --fresh FMT --from I)
 //!                        --window W (--secs S | --count K) [--lat]
 //!   tiergate-bench dns-serve --netns NS --addr IP:PORT --zone FILE
@@ -84,19 +84,31 @@ fn lookup(name: &CString, port: &CString) -> Result<SocketAddrV4, i32> {
 const SLOW_NS: u64 = 500_000_000;
 
 /// Lookups (and TCP connects to the address found) in a loop; prints one
-/// JSON line. `--every-us` paces them; outages (runs of failed lookups) are
-/// listed as [first failure ns, first success after ns, failures, slow
-/// failures], successful lookups slower than `SLOW_NS` as [start, end].
+/// JSON line. `--fresh FMT` looks up a name never asked before each time
+/// (`{}` in FMT: `--from`, then counting up). `--every-us` paces them;
+/// outages (runs of failed lookups) are listed as [first failure ns, first
+/// success after ns, failures, slow failures], successful lookups slower
+/// than `SLOW_NS` as [start, end]. With `--connect`, a connect refused by
+/// the host (EPERM: the address did not open) is counted apart from one the
+/// destination refused (ECONNREFUSED: the hook let it through, nothing
+/// listens there).
 pub fn gai(args: &[String]) {
     join(args);
     use_resolv_conf(&arg(args, "--resolv").expect("--resolv"));
-    let name = CString::new(arg(args, "--name").expect("--name")).expect("name");
+    let fixed = arg(args, "--name").map(|n| CString::new(n).expect("name"));
+    let fresh = arg(args, "--fresh");
+    let from: u64 = arg(args, "--from").map_or(0, |s| s.parse().expect("from"));
     let port = CString::new(arg(args, "--port").unwrap_or("80".into())).expect("port");
     let connect = args.iter().any(|a| a == "--connect");
     let every = arg(args, "--every-us").map(|u| Duration::from_micros(u.parse().expect("us")));
     let secs: Option<f64> = arg(args, "--secs").map(|s| s.parse().expect("secs"));
     let stop = args.iter().any(|a| a == "--until-eof").then(stdin_closed);
     let (mut n, mut ok, mut resolve_fail, mut connect_fail) = (0u64, 0u64, 0u64, 0u64);
+    let (mut connect_eperm, mut connect_other) = (0u64, 0u64);
+    // getaddrinfo's error codes of the failed lookups, counted.
+    let mut errors: std::collections::BTreeMap<i32, u64> = Default::default();
+    // Every lookup's µs (for the percentiles).
+    let mut took_us: Vec<u32> = Vec::new();
     let mut outages: Vec<[u64; 4]> = Vec::new();
     // Lookups that succeeded only after SLOW_NS: [start ns, end ns].
     let mut stalls: Vec<[u64; 2]> = Vec::new();
@@ -106,21 +118,32 @@ pub fn gai(args: &[String]) {
     let end = secs.map(|s| start + Duration::from_secs_f64(s));
     let mut next = start;
     loop {
+        let name = match (&fixed, &fresh) {
+            (Some(name), _) => name.clone(),
+            (None, Some(fmt)) => {
+                CString::new(fmt.replace("{}", &(from + n).to_string())).expect("name")
+            }
+            (None, None) => panic!("--name or --fresh"),
+        };
         let t = mono_ns();
         let good = match lookup(&name, &port) {
             Ok(a) if connect => {
                 let err = attempt(true, &crate::client::sockaddr(&a));
                 connect_fail += u64::from(err != 0);
+                connect_eperm += u64::from(err == libc::EPERM);
+                connect_other += u64::from(![0, libc::EPERM, libc::ECONNREFUSED].contains(&err));
                 true
             }
             Ok(_) => true,
-            Err(_) => {
+            Err(e) => {
                 resolve_fail += 1;
+                *errors.entry(e).or_default() += 1;
                 false
             }
         };
         n += 1;
         let done = mono_ns();
+        took_us.push(((done - t) / 1000).min(u64::from(u32::MAX)) as u32);
         if good {
             ok += 1;
             if let Some((first, fails, slow)) = failing.take() {
@@ -149,10 +172,22 @@ pub fn gai(args: &[String]) {
         outages.push([first, 0, fails, slow]);
     }
     let el = start.elapsed().as_secs_f64();
+    took_us.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((took_us.len() as f64 - 1.0) * p / 100.0).round() as usize;
+        took_us.get(i).copied().unwrap_or(0)
+    };
+    let errors: serde_json::Map<String, serde_json::Value> = errors
+        .into_iter()
+        .map(|(e, c)| (e.to_string(), c.into()))
+        .collect();
     println!(
         "{}",
         serde_json::json!({"n": n, "ok": ok, "resolve_fail": resolve_fail,
-            "connect_fail": connect_fail, "secs": el, "rate": n as f64 / el,
+            "connect_fail": connect_fail, "connect_eperm": connect_eperm,
+            "connect_other": connect_other, "errors": errors,
+            "took_us": {"p50": pct(50.0), "p99": pct(99.0), "p999": pct(99.9), "max": pct(100.0)},
+            "secs": el, "rate": n as f64 / el,
             "outages": outages, "stalls": stalls})
     );
 }

@@ -22,6 +22,8 @@ pub(crate) struct World {
     pub(crate) bpffs: Vec<PathBuf>,
     pub(crate) children: Vec<Child>,
     pub(crate) agent: Option<Agent>,
+    /// `tiergate proxy`, beside an agent run with `--proxies separate`.
+    pub(crate) proxy: Option<Agent>,
 }
 
 impl World {
@@ -39,6 +41,7 @@ impl World {
             bpffs: Vec::new(),
             children: Vec::new(),
             agent: None,
+            proxy: None,
         };
         std::fs::create_dir_all(&w.dir)?;
         for side in ["enf", "plain"] {
@@ -97,6 +100,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        self.kill_proxy();
         self.stop_agent();
         for c in &mut self.children {
             let _ = c.kill();
