@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Agent, Fixture, free_port, sh, spawn_ready, tiergate_bin};
+use crate::{Agent, Fixture, sh, spawn_ready};
 
 pub const RESOLVER: &str = "10.53.0.53";
 pub const ROGUE: &str = "10.99.0.53";
@@ -157,15 +157,11 @@ impl World {
     /// The agent's flags for proxies served by `tiergate proxy`
     /// ([`World::start_proxy`]).
     pub fn separate(&self) -> Vec<String> {
-        vec![
-            "--proxies".into(),
-            "separate".into(),
-            format!("--proxy-dir={}", self.proxy_dir().display()),
-        ]
+        crate::proxyproc::separate_args(&self.f)
     }
 
     pub fn proxy_dir(&self) -> PathBuf {
-        self.f.dir.join("proxy")
+        crate::proxyproc::proxy_dir(&self.f)
     }
 
     /// Starts `tiergate proxy` beside the agent (started with
@@ -179,67 +175,19 @@ impl World {
         self.start_proxy_with(dir, &[])
     }
 
-    /// [`World::start_proxy_in`], run through `wrapper` (e.g. `setpriv`
-    /// with a smaller capability set) when it is not empty.
+    /// [`World::start_proxy_in`], run through `wrapper` (e.g. `setpriv`).
     pub fn start_proxy_with(
         &mut self,
         dir: Option<&std::path::Path>,
         wrapper: &[&str],
     ) -> &mut Agent {
-        let port = free_port();
-        let log = self.f.dir.join("proxy.log");
-        let mut cmd = self.proxy_command(port, wrapper);
-        if let Some(dir) = dir {
-            let procs = std::ffi::CString::new(
-                dir.join("cgroup.procs").to_str().expect("utf-8").as_bytes(),
-            )
-            .expect("no NUL");
-            // SAFETY: between fork and exec only async-signal-safe calls
-            // (open, write, close) on memory prepared before the fork.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(fd);
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .expect("proxy log"),
-            )
-            .spawn()
-            .expect("spawn tiergate proxy");
-        let proxy = self.proxy.insert(Agent { child, port, log });
-        proxy.wait_ready(Duration::from_secs(30));
-        proxy
+        let p = crate::proxyproc::start(&self.f, dir, wrapper, &[]);
+        self.proxy.insert(p)
     }
 
     /// `tiergate proxy` for this world, admin on `port`, through `wrapper`.
     pub fn proxy_command(&self, port: u16, wrapper: &[&str]) -> std::process::Command {
-        let bin = tiergate_bin();
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = std::process::Command::new(first);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => std::process::Command::new(&bin),
-        };
-        cmd.arg("proxy")
-            .arg(format!("--proxy-dir={}", self.proxy_dir().display()))
-            .arg(format!("--bpffs={}", self.f.bpffs.display()))
-            .arg(format!("--admin-addr=127.0.0.1:{port}"))
-            .env("TIERGATE_LOG", "info,tiergate=debug");
-        cmd
+        crate::proxyproc::command(&self.f, port, wrapper, &[])
     }
 
     /// With whoever served `rel`'s namespace dead: the address it learned

@@ -24,6 +24,7 @@ pub use resolv::use_resolv_conf;
 pub mod kubeapi;
 pub mod postgres;
 pub mod promql;
+pub mod proxyproc;
 pub use tiergate_testpki as pki;
 pub mod rsyslog;
 pub mod soak;

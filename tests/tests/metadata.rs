@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tiergate_tests::imds::{self, FakeImds};
-use tiergate_tests::{Fixture, probe_bin, spawn_ready, tg};
+use tiergate_tests::{Fixture, probe_bin, proxyproc, spawn_ready, tg};
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const INSTANCE_ID: &str = "/latest/meta-data/instance-id";
@@ -49,10 +49,15 @@ struct World {
     f: Fixture,
     imds: FakeImds,
     holders: Vec<Child>,
+    /// `tiergate proxy`, when the proxies run apart from the agent.
+    proxy: Option<tiergate_tests::Agent>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            p.kill();
+        }
         for c in &mut self.holders {
             let _ = c.kill();
             let _ = c.wait();
@@ -70,15 +75,35 @@ impl World {
     }
 
     fn with_policy(name: &str, policy: impl Fn(&Fixture) -> String) -> World {
+        World::serving(name, policy, false)
+    }
+
+    /// With `separate`, the proxies run in `tiergate proxy` beside the agent.
+    fn serving(name: &str, policy: impl Fn(&Fixture) -> String, separate: bool) -> World {
         let mut f = Fixture::new(name);
         let imds = FakeImds::start("127.0.0.1:0".parse().expect("addr")).expect("fake imds");
         let upstream = imds.addr().to_string();
         let p = policy(&f);
-        f.start_agent_with(&p, &["--metadata-upstream", &upstream]);
+        let mut proxy = None;
+        if separate {
+            let mut args = proxyproc::separate_args(&f);
+            args.extend(["--metadata-upstream".into(), upstream.clone()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            f.start_agent_with(&p, &args);
+            proxy = Some(proxyproc::start(
+                &f,
+                None,
+                &[],
+                &["--metadata-upstream", &upstream],
+            ));
+        } else {
+            f.start_agent_with(&p, &["--metadata-upstream", &upstream]);
+        }
         let mut w = World {
             f,
             imds,
             holders: Vec::new(),
+            proxy,
         };
         w.hold("t0/hold", true);
         w
@@ -87,7 +112,12 @@ impl World {
     /// Parks a process of cgroup `rel` in the test namespace (or the
     /// host's) and waits until the proxies serve that namespace.
     fn hold(&mut self, rel: &str, in_netns: bool) {
-        let agent = self.f.agent.as_ref().expect("agent");
+        // Whoever serves the namespaces: the proxy process, else the agent.
+        let agent = self
+            .proxy
+            .as_ref()
+            .or(self.f.agent.as_ref())
+            .expect("agent");
         let before = agent.metric("tiergate_dns_namespaces").unwrap_or(0.0);
         let dir = self.f.known_cgroup(rel);
         let dir = dir.to_str().expect("utf-8");
@@ -678,4 +708,29 @@ fn an_elevation_grant_brings_the_granted_tiers_metadata_rules() {
 
     elevate(&["revoke", &id]);
     assert_eq!(w.get(a, &creds, Some(&token), &[]).status, 403, "t0 again");
+}
+
+/// With the proxies in `tiergate proxy` (`--proxies separate`), metadata
+/// requests are filtered the same and their records reach the agent's
+/// stream, attributed; with the agent dead the proxy keeps filtering.
+#[test]
+fn the_proxy_process_filters_metadata_too() {
+    let mut w = World::serving("md-sep", |f| policy(f, FILTER), true);
+    let a = "t0/a";
+    let token = w.token(a);
+    let g = w.get(a, INSTANCE_ID, Some(&token), &[]);
+    assert_eq!((g.status, g.body.as_str()), (200, imds::INSTANCE_ID));
+    let g = w.get(a, &format!("{CREDS}role"), Some(&token), &[]);
+    assert_eq!(g.status, 403, "{g:?}");
+    let denied = w.f.wait_event("the proxy's metadata record", |e| {
+        e["class_uid"] == 4002 && tg(e)["verdict"] == "deny"
+    });
+    assert_eq!(tg(&denied)["tier"], "t0");
+    assert!(cgroup_of(&denied).ends_with("/t0/a"), "{denied}");
+
+    w.f.agent.as_mut().expect("agent").kill9();
+    let g = w.get(a, INSTANCE_ID, Some(&token), &[]);
+    assert_eq!((g.status, g.body.as_str()), (200, imds::INSTANCE_ID));
+    let g = w.get(a, &format!("{CREDS}role"), Some(&token), &[]);
+    assert_eq!(g.status, 403, "with no agent: {g:?}");
 }
