@@ -111,8 +111,13 @@ impl Link {
         let mirror = self.mirror.clone();
         let publish = tokio::spawn(async move {
             loop {
-                let view = publisher.view(&state);
-                if let Err(e) = publisher.write(&view) {
+                // Rendering a new policy and writing the file block: off the
+                // runtime's other tasks (the agent's runtime is multi-thread).
+                let written = tokio::task::block_in_place(|| {
+                    let view = publisher.view(&state);
+                    publisher.write(&view)
+                });
+                if let Err(e) = written {
                     tracing::error!(error = %e, "cannot publish the view for tiergate proxy; it keeps the last one");
                 }
                 mirror.retain(|c| state.workload(c).is_some());

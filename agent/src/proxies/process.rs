@@ -60,7 +60,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut reader = Reader::default();
     let mut watch = ViewWatch::new(&args.proxy_dir)?;
     let mut waiting_logged = false;
-    while let Err(e) = reader.apply(&view, &state) {
+    // Parsing a policy blocks: off the runtime's other tasks.
+    let apply = |reader: &mut Reader| tokio::task::block_in_place(|| reader.apply(&view, &state));
+    while let Err(e) = apply(&mut reader) {
         if !waiting_logged {
             tracing::warn!(error = %e, "waiting for the agent's view (serving nothing until then)");
             waiting_logged = true;
@@ -98,7 +100,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = watch.next() => {
-                if let Err(e) = reader.apply(&view, &state) {
+                if let Err(e) = apply(&mut reader) {
                     tracing::error!(error = %e, "the agent's new view is not taken; the last one stays");
                 }
             }
