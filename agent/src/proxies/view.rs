@@ -208,16 +208,27 @@ pub enum ViewError {
 pub struct Reader {
     /// Parsed policies by version.
     parsed: HashMap<String, Arc<Policy>>,
+    /// (inode, modification time, length) of the file last taken: the
+    /// agent renames a new file into place, so an unchanged stamp is the
+    /// view already in force and is not read again.
+    taken: Option<(u64, i64, i64, u64)>,
 }
 
 impl Reader {
     /// Reads the view at `path` and makes `state` what it says; on any
     /// error `state` is left as it was.
     pub fn apply(&mut self, path: &Path, state: &NodeState) -> Result<(), ViewError> {
-        let bytes = std::fs::read(path).map_err(|source| ViewError::Read {
+        use std::os::unix::fs::MetadataExt as _;
+        let read = |source| ViewError::Read {
             path: path.into(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        let stamp = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len());
+        if self.taken == Some(stamp) {
+            return Ok(());
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
         let view: View = serde_json::from_slice(&bytes).map_err(|source| ViewError::Parse {
             path: path.into(),
             source,
@@ -278,6 +289,7 @@ impl Reader {
         self.parsed.retain(|v, _| {
             (0..GENERATIONS as u32).any(|g| state.policy(g).is_some_and(|p| p.version == *v))
         });
+        self.taken = Some(stamp);
         Ok(())
     }
 
@@ -400,5 +412,30 @@ spec:
             Err(ViewError::Format { .. })
         ));
         assert!(proxy.workload(5).is_some(), "the last good state stays");
+        // A good view is taken; the same file again is not read again (a
+        // workload set meanwhile stays), a new file renamed over it is.
+        std::fs::write(
+            &path,
+            "{\"format\":1,\"active\":0,\"generations\":[],\"workloads\":[],\"grants\":[]}",
+        )
+        .unwrap();
+        reader.apply(&path, &proxy).unwrap();
+        assert!(proxy.workload(5).is_none());
+        proxy.set_workload(6, workload("t0"));
+        reader.apply(&path, &proxy).unwrap();
+        assert!(
+            proxy.workload(6).is_some(),
+            "an unchanged view is not re-applied"
+        );
+        let tmp = dir.join("new.json");
+        std::fs::write(
+            &tmp,
+            "{\"format\":1,\"active\":1,\"generations\":[],\"workloads\":[],\"grants\":[]}",
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        reader.apply(&path, &proxy).unwrap();
+        assert!(proxy.workload(6).is_none());
+        assert_eq!(proxy.active_generation(), 1);
     }
 }
