@@ -239,6 +239,21 @@ fn start_separate_agent(w: &mut World, events: &Path, dir: &Path) -> Result<f64>
     w.start_agent(TAG, events, &flags)
 }
 
+/// Fails unless the running agent's `tiergate_proxy_connections` reaches 1
+/// within 10 s (`what`: which agent, for the message).
+fn await_proxy(w: &World, what: &str) -> Result<()> {
+    let port = w.agent.as_ref().context("agent")?.port;
+    if !wait_metric(
+        port,
+        "tiergate_proxy_connections",
+        1.0,
+        Duration::from_secs(10),
+    ) {
+        bail!("the proxy did not connect to {what} within 10 s");
+    }
+    Ok(())
+}
+
 /// Item 5: the proxies in `tiergate proxy`, the agent with `--proxies
 /// separate`. A steady load of fresh-name lookups while the agent is
 /// killed (`kill -9`) and restarted `KILLS` times, then, in a run of its
@@ -250,15 +265,7 @@ pub(crate) fn agent_kills(w: &mut World, f: &mut DnsFigures) -> Result<()> {
     let ms = start_separate_agent(w, &events, &dir)?;
     let bpffs = w.agent.as_ref().context("agent")?.bpffs.clone();
     let proxy_ms = w.start_proxy(TAG, &dir, &bpffs)?;
-    let port = w.agent.as_ref().context("agent")?.port;
-    if !wait_metric(
-        port,
-        "tiergate_proxy_connections",
-        1.0,
-        Duration::from_secs(10),
-    ) {
-        bail!("the proxy did not connect to the agent within 10 s");
-    }
+    await_proxy(w, "the agent")?;
     say(&format!(
         "DNS: agent (--proxies separate) ready in {ms:.0} ms, tiergate proxy serving in {proxy_ms:.0} ms"
     ));
@@ -300,15 +307,7 @@ pub(crate) fn agent_kills(w: &mut World, f: &mut DnsFigures) -> Result<()> {
             w.kill_agent();
             let reaped = mono_ns();
             let ms = start_separate_agent(w, &events, &dir)?;
-            let port = w.agent.as_ref().context("agent")?.port;
-            if !wait_metric(
-                port,
-                "tiergate_proxy_connections",
-                1.0,
-                Duration::from_secs(10),
-            ) {
-                bail!("the proxy did not connect to the restarted agent within 10 s");
-            }
+            await_proxy(w, "the restarted agent")?;
             let back = (mono_ns() - t) as f64 / 1e6;
             times.push(At {
                 kill: t,
