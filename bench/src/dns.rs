@@ -230,8 +230,9 @@ fn record_gai(f: &mut DnsFigures, side: &'static str, v: &serde_json::Value, tic
     *f.gai_failed.entry(side).or_default() +=
         (num(v, "resolve_fail") + num(v, "connect_fail")) as u64;
     if side == "proxy" {
-        f.cpu_us
-            .push(ticks as f64 / tick * 1e6 / num(v, "n").max(1.0));
+        let us = ticks as f64 / tick * 1e6 / num(v, "n").max(1.0);
+        say(&format!("  agent CPU per lookup: {us:.0} µs"));
+        f.cpu_us.push(us);
     }
 }
 

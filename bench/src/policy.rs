@@ -10,8 +10,11 @@ use crate::agent::metric;
 use crate::world::World;
 
 impl World {
+    /// The policy file, in a directory of its own: the agent watches the
+    /// policy's directory, and the events files the bench writes beside it
+    /// would wake that watch at every write (as no installation lays it out).
     pub(crate) fn policy_path(&self) -> PathBuf {
-        self.dir.join("policy.yaml")
+        self.dir.join("policy").join("policy.yaml")
     }
 
     /// A policy whose tier t0 (bound to enf/t0/**) has `n` /32 rules; the
@@ -57,9 +60,10 @@ impl World {
     }
 
     pub(crate) fn write_policy(&self, yaml: &str) -> Result<()> {
-        let tmp = self.dir.join(".policy.tmp");
+        let path = self.policy_path();
+        let tmp = path.with_file_name(".policy.tmp");
         std::fs::write(&tmp, yaml)?;
-        std::fs::rename(&tmp, self.policy_path())?;
+        std::fs::rename(&tmp, path)?;
         Ok(())
     }
 

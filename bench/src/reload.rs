@@ -62,7 +62,7 @@ fn reload_sample(w: &World, cg: &Path, yaml: &str, allow: bool) -> Result<Option
     let mut out = BufReader::new(c.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line)?;
-    let tmp = w.dir.join(".policy.tmp");
+    let tmp = w.policy_path().with_file_name(".policy.tmp");
     std::fs::write(&tmp, yaml)?;
     let t0 = client::mono_ns();
     std::fs::rename(&tmp, w.policy_path())?;

@@ -43,7 +43,7 @@ impl World {
             agent: None,
             proxy: None,
         };
-        std::fs::create_dir_all(&w.dir)?;
+        std::fs::create_dir_all(w.dir.join("policy"))?;
         for side in ["enf", "plain"] {
             for i in 0..WORKLOADS {
                 std::fs::create_dir_all(w.cg_base.join(format!("{side}/t0/w{i:04}")))?;
