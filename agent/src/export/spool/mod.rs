@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! DIR/agent-id                  16 hex digits, created on first open, never changed
-//! DIR/cursor                    highest acknowledged seq: "TGC1", u64 LE, crc32 LE of the 12 bytes before
+//! DIR/cursor                    highest acknowledged seq, two slots of 16 bytes written in turn
+//!                               (each "TGC1", u64 LE, crc32 LE of the 12 bytes before; the highest
+//!                               valid slot counts), persisted by a thread of its own: see cursor.rs
 //! DIR/lock                      flock held while a spool is open: one agent per directory
 //! DIR/segments/<seq>.seg        append-only record files, named by their first seq (20 digits)
 //! DIR/corrupt/<name>.<unix-s>   damaged files set aside at open; the agent never deletes them
@@ -146,10 +148,10 @@ pub struct Spool {
     dropped_priority: u64,
     dropped_write_errors: u64,
     write_failure: Option<WriteFailure>,
-    /// The last cursor write failed with this error.
-    cursor_failure: Option<String>,
     /// A segment was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// Persists acks; dropped (its last write done) before the flock goes.
+    cursor: cursor::CursorWriter,
     /// Held for the flock; released when the spool is dropped.
     _lock: File,
     #[cfg(test)]
@@ -213,6 +215,7 @@ impl Spool {
                 }
             },
         };
+        let cursor = cursor::CursorWriter::start(&dir, acked)?;
         let mut spool = Spool {
             dir,
             segments_dir,
@@ -229,7 +232,7 @@ impl Spool {
             dropped_priority: 0,
             dropped_write_errors: 0,
             write_failure: None,
-            cursor_failure: None,
+            cursor,
             dir_dirty: false,
             _lock: lock,
             #[cfg(test)]
@@ -287,7 +290,7 @@ impl Spool {
     /// Whether the spool currently fails to write: segments (new records
     /// are dropped and counted) or the acknowledged cursor.
     pub fn write_failing(&self) -> bool {
-        self.write_failure.is_some() || self.cursor_failure.is_some()
+        self.write_failure.is_some() || self.cursor.failure().is_some()
     }
 
     /// Makes every buffer write fail as a full disk does (tests elsewhere in

@@ -356,16 +356,47 @@ fn garbled_or_missing_cursor_resends_everything() {
     let (_, report) = open(&t.spool(), 1 << 20, 10 * FRAME);
     assert_clean(&report);
 
-    // A bit flip in the stored seq is caught by the cursor's CRC.
+    // A bit flip in the newest slot is caught by its CRC: the other slot
+    // (the ack before) counts, and the records after it are sent again.
     let (mut s, _) = open(&t.spool(), 1 << 20, 10 * FRAME);
     s.ack(12).expect("ack");
+    s.sync_cursor().expect("cursor");
+    s.ack(14).expect("ack");
     drop(s);
     let mut cursor = fs::read(t.spool().join("cursor")).expect("read");
-    cursor[4] ^= 0x40;
+    assert_eq!(cursor.len(), 32);
+    let newest = if cursor[4..12] == 14u64.to_le_bytes() {
+        0
+    } else {
+        16
+    };
+    cursor[newest + 4] ^= 0x40;
+    fs::write(t.spool().join("cursor"), &cursor).expect("write");
+    let (_, report) = open(&t.spool(), 1 << 20, 10 * FRAME);
+    assert!(!report.cursor_reset);
+    assert_eq!(report.acked, 12);
+    // Both slots flipped: the cursor is garbled, everything is sent again.
+    let mut cursor = fs::read(t.spool().join("cursor")).expect("read");
+    cursor[12] = cursor[12].wrapping_add(1);
+    cursor[28] = cursor[28].wrapping_add(1);
     fs::write(t.spool().join("cursor"), &cursor).expect("write");
     let (_, report) = open(&t.spool(), 1 << 20, 10 * FRAME);
     assert!(report.cursor_reset);
     assert_eq!(report.acked, 0);
+
+    // The one-slot cursor of earlier agents is read, and acks go on from it.
+    let mut old = b"TGC1".to_vec();
+    old.extend_from_slice(&13u64.to_le_bytes());
+    let crc = crc32fast::hash(&old);
+    old.extend_from_slice(&crc.to_le_bytes());
+    fs::write(t.spool().join("cursor"), &old).expect("write");
+    let (mut s, report) = open(&t.spool(), 1 << 20, 10 * FRAME);
+    assert_clean(&report);
+    assert_eq!(report.acked, 13);
+    s.ack(16).expect("ack");
+    drop(s);
+    let (_, report) = open(&t.spool(), 1 << 20, 10 * FRAME);
+    assert_eq!(report.acked, 16);
 
     fs::remove_file(t.spool().join("cursor")).expect("remove");
     let (_, report) = open(&t.spool(), 1 << 20, 10 * FRAME);

@@ -232,11 +232,10 @@ fn acks_go_on_when_the_cursor_cannot_be_written() {
     store_range(&mut s, 1..=12);
     s.flush().expect("flush");
     let before = segment_files(&t.spool()).len();
-    // A directory where the cursor's temporary file goes: the write fails,
-    // as it does on a full or read-only file system.
-    let blocker = t.spool().join("cursor.tmp");
-    fs::create_dir(&blocker).expect("mkdir");
+    // The cursor write fails, as it does on a full or read-only file system.
+    s.cursor.inject_failures(true);
     s.ack(8).expect("an ack goes on without its cursor");
+    assert!(s.sync_cursor().is_err());
     assert!(s.write_failing());
     assert_eq!(s.acked(), 8);
     assert_eq!(
@@ -248,8 +247,9 @@ fn acks_go_on_when_the_cursor_cannot_be_written() {
         segment_files(&t.spool()).len() < before,
         "acknowledged segments kept: their space is what a full disk needs back"
     );
-    fs::remove_dir(&blocker).expect("rmdir");
+    s.cursor.inject_failures(false);
     s.ack(10).expect("ack");
+    s.sync_cursor().expect("the cursor is written again");
     assert!(!s.write_failing(), "a cursor write succeeded");
     drop(s);
     let (s, report) = open(&t.spool(), 64 << 20, 4 * FRAME);
