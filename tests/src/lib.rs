@@ -25,6 +25,7 @@ pub mod kubeapi;
 pub mod postgres;
 pub mod promql;
 pub mod proxyproc;
+pub mod resolvers;
 pub use tiergate_testpki as pki;
 pub mod rsyslog;
 pub mod soak;

@@ -52,6 +52,10 @@ const APT_PACKAGES: &[&str] = &[
     // The observation store's PostgreSQL tests start their own server from
     // these binaries (the system service is not used).
     "postgresql",
+    // Resolvers other than glibc's for the DNS tests (tests/src/resolvers.rs):
+    // a static musl client (musl-gcc) and a pure-Go one (go build, offline).
+    "musl-tools",
+    "golang-go",
 ];
 
 fn main() -> ExitCode {
