@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 pub use super::ocsf_access::ElevationTag;
+pub use super::ocsf_conn::network_activity;
 use crate::identity::pods::PodFields;
 
 pub const PRODUCT: &str = "tiergate";
@@ -71,32 +72,6 @@ pub(super) struct Device<'a> {
 }
 
 #[derive(Serialize)]
-struct Process<'a> {
-    pid: u32,
-    name: &'a str,
-    tid: u32,
-}
-
-#[derive(Serialize)]
-struct User {
-    uid: String,
-}
-
-#[derive(Serialize)]
-struct Actor<'a> {
-    process: Process<'a>,
-    user: User,
-}
-
-#[derive(Serialize)]
-struct ConnectionInfo<'a> {
-    protocol_name: &'a str,
-    protocol_num: u8,
-    direction_id: u8,
-    direction: &'a str,
-}
-
-#[derive(Serialize)]
 pub(super) struct Endpoint {
     pub(super) ip: String,
     pub(super) port: u16,
@@ -154,42 +129,6 @@ pub struct Span {
     pub end_ms: u64,
 }
 
-/// `unmapped.tiergate.rule`.
-#[derive(Serialize)]
-struct RuleOut<'a> {
-    uid: &'a str,
-    index: usize,
-}
-
-/// OCSF `firewall_rule` (Security Control profile): the rule that decided.
-#[derive(Serialize)]
-struct FirewallRule<'a> {
-    uid: &'a str,
-    name: String,
-}
-
-#[derive(Serialize)]
-struct TiergateConn<'a> {
-    kind: &'a str,
-    seq: u64,
-    verdict: &'a str,
-    reason: &'a str,
-    tier: &'a str,
-    hook: &'a str,
-    metadata_service: bool,
-    tier_inherited: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fqdn: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<RuleOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    elevation: Option<&'a ElevationTag>,
-    policy: PolicyRef<'a>,
-    workload: &'a Workload,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    socket: Option<SocketInfo>,
-}
-
 /// socket() arguments of a refused socket.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SocketInfo {
@@ -244,17 +183,6 @@ impl Outcome {
     }
 }
 
-/// A connection attempt or a refused socket.
-const NETWORK_OPEN: Class = Class {
-    class_uid: 4001,
-    class_name: "Network Activity",
-    category_uid: 4,
-    category_name: "Network Activity",
-    activity_id: 1,
-    activity_name: "Open",
-    type_uid: 400101,
-};
-
 /// A record about the agent itself.
 const BASE_OTHER: Class = Class {
     class_uid: 0,
@@ -266,31 +194,6 @@ const BASE_OTHER: Class = Class {
     type_uid: 99,
 };
 
-#[derive(Serialize)]
-struct NetworkActivity<'a> {
-    #[serde(flatten)]
-    class: Class,
-    type_name: &'a str,
-    time: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    count: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start_time: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_time: Option<u64>,
-    #[serde(flatten)]
-    outcome: Outcome,
-    connection_info: ConnectionInfo<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dst_endpoint: Option<Endpoint>,
-    actor: Actor<'a>,
-    device: Device<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    firewall_rule: Option<FirewallRule<'a>>,
-    metadata: Metadata<'a>,
-    unmapped: Unmapped<TiergateConn<'a>>,
-}
-
 /// The acting process.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
@@ -298,90 +201,6 @@ pub struct ProcessInfo {
     pub tid: u32,
     pub uid: u32,
     pub name: String,
-}
-
-/// Renders a connection attempt (or, with `dst` None and `socket` set, a
-/// refused socket) as one JSON line (no trailing newline).
-#[allow(clippy::too_many_arguments)]
-pub fn network_activity(
-    env: &Envelope<'_>,
-    v: &Verdict<'_>,
-    protocol_num: u8,
-    dst: Option<(std::net::IpAddr, u16)>,
-    socket: Option<SocketInfo>,
-    process: &ProcessInfo,
-    workload: &Workload,
-    out: &mut Vec<u8>,
-) {
-    let protocol_name = match protocol_num {
-        6 => "tcp",
-        17 => "udp",
-        _ => "other",
-    };
-    let rec = NetworkActivity {
-        class: NETWORK_OPEN,
-        type_name: "Network Activity: Open",
-        time: env.time,
-        count: v.span.map(|s| s.count),
-        start_time: v.span.map(|s| s.start_ms),
-        end_time: v.span.map(|s| s.end_ms),
-        outcome: Outcome::of(v.verdict),
-        connection_info: ConnectionInfo {
-            protocol_name,
-            protocol_num,
-            direction_id: 2,
-            direction: "Outbound",
-        },
-        dst_endpoint: dst.map(|(ip, port)| Endpoint {
-            ip: ip.to_string(),
-            port,
-        }),
-        actor: Actor {
-            process: Process {
-                pid: process.pid,
-                name: &process.name,
-                tid: process.tid,
-            },
-            user: User {
-                uid: process.uid.to_string(),
-            },
-        },
-        device: Device {
-            hostname: env.hostname,
-            type_id: 0,
-        },
-        firewall_rule: v.rule.map(|(uid, index)| FirewallRule {
-            uid,
-            name: format!("{}:egress[{index}]", v.tier),
-        }),
-        metadata: metadata(env.uid),
-        unmapped: Unmapped {
-            tiergate: TiergateConn {
-                kind: if socket.is_some() {
-                    "socket"
-                } else {
-                    "connection"
-                },
-                seq: env.seq,
-                verdict: v.verdict,
-                reason: v.reason,
-                tier: v.tier,
-                hook: v.hook,
-                metadata_service: v.metadata_service,
-                tier_inherited: v.inherited,
-                fqdn: v.fqdn,
-                rule: v.rule.map(|(uid, index)| RuleOut { uid, index }),
-                elevation: v.elevation,
-                policy: PolicyRef {
-                    name: env.policy_name,
-                    version: env.policy_version,
-                },
-                workload,
-                socket,
-            },
-        },
-    };
-    serde_json::to_writer(&mut *out, &rec).expect("serializing to a Vec cannot fail");
 }
 
 #[derive(Serialize)]
