@@ -27,6 +27,7 @@ multi.example.test 30 A 198.18.0.21
 multi.example.test 30 A 198.18.0.22
 multi.example.test 30 A 198.18.0.23
 *.fresh.test 30 A 198.19.0.0/16
+slow.example.test 30 A 198.18.0.14
 ";
 
 pub const ROGUE_ZONE: &str = "
@@ -211,6 +212,59 @@ impl World {
         );
     }
 
+    /// SIGTERM to `pid` (whoever serves `t0/a`'s namespace) while a
+    /// lookup of `slow.example.test` waits for the resolver: that lookup
+    /// is answered, and a lookup begun during the stop fails at once.
+    pub fn sigterm_answers_what_was_taken(&self, pid: i32) {
+        let (slow, during) = std::thread::scope(|s| {
+            let slow = s.spawn(|| {
+                let t = Instant::now();
+                let r = self.resolve_connect("t0/a", "slow.example.test", 443);
+                (r, t.elapsed())
+            });
+            // Its queries are at the resolver, answered 600 ms later.
+            eventually("the slow name's query reaches the resolver", || {
+                self.queried(&self.log).contains("slow.example.test")
+            });
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(100));
+            let t = Instant::now();
+            let r = self.resolve_connect("t0/a", "www.example.test", 443);
+            let during = (r, t.elapsed());
+            (slow.join().expect("lookup thread"), during)
+        });
+        assert_eq!(
+            slow.0, "ok 198.18.0.14",
+            "the lookup in flight at the stop is answered"
+        );
+        assert!(
+            slow.1 < Duration::from_millis(1500),
+            "answered, not after a timeout: {:?}",
+            slow.1
+        );
+        assert!(during.0.starts_with("resolve-error"), "{}", during.0);
+        assert!(
+            during.1 < Duration::from_millis(900),
+            "a lookup during the stop fails at once: {:?}",
+            during.1
+        );
+    }
+
+    /// The A record of the slow lookup is in the event stream.
+    pub fn assert_slow_lookup_reported(&self) {
+        eventually(
+            "the answered lookup's record reaches the event stream",
+            || {
+                self.f.events().iter().any(|e| {
+                    is_dns(e, "slow.example.test")
+                        && e["query"]["type"] == "A"
+                        && e["rcode"] == "NoError"
+                })
+            },
+        );
+    }
+
     /// Whoever serves the namespaces: the proxy process, else the agent.
     pub fn server(&self) -> &Agent {
         self.proxy
@@ -310,4 +364,17 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "not within 10 s: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits up to 6 s for `a` to end by itself, with status 0.
+pub fn ends_cleanly(a: &mut Agent) {
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let status = loop {
+        if let Some(st) = a.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "it did not end by itself");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 }

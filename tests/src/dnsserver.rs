@@ -11,6 +11,9 @@
 //! wildcard, an A VALUE may be a range (`*.bulk.test 30 A 198.18.0.0/15`):
 //! each new name then gets the next address of the range (wrapping), so a
 //! benchmark can teach many distinct addresses.
+//!
+//! A name whose first label is `slow` is answered after [`SLOW`] (a query
+//! a test can catch in flight).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -170,6 +173,15 @@ pub fn answer(zone: &Zone, query: &Message) -> Message {
     m
 }
 
+/// How long a `slow.` name's answer waits.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(600);
+
+fn is_slow(q: &Message) -> bool {
+    q.queries
+        .first()
+        .is_some_and(|q| key(&q.name).split('.').next() == Some("slow"))
+}
+
 fn log_question(log: &Mutex<std::fs::File>, q: &Message, transport: &str) {
     if let Some(q) = q.queries.first() {
         let mut f = log.lock().expect("log");
@@ -208,6 +220,16 @@ pub fn serve(addr: SocketAddr, zone: Zone, log_path: &str) {
                     a = a.truncate();
                     bytes = a.to_vec().expect("encode");
                 }
+                if is_slow(&q) {
+                    // Answered later, without holding up other queries.
+                    if let Ok(udp) = udp.try_clone() {
+                        std::thread::spawn(move || {
+                            std::thread::sleep(SLOW);
+                            let _ = udp.send_to(&bytes, from);
+                        });
+                    }
+                    continue;
+                }
                 let _ = udp.send_to(&bytes, from);
             }
         });
@@ -230,6 +252,9 @@ pub fn serve(addr: SocketAddr, zone: Zone, log_path: &str) {
                         return;
                     };
                     log_question(&log, &q, "tcp");
+                    if is_slow(&q) {
+                        std::thread::sleep(SLOW);
+                    }
                     let bytes = answer(&zone, &q).to_vec().expect("encode");
                     let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
                     out.extend_from_slice(&bytes);

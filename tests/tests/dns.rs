@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use tiergate_tests::dns_world::{NAMES, RESOLVER, World, ZONE, dns_policy, eventually, is_dns};
+use tiergate_tests::dns_world::{
+    NAMES, RESOLVER, World, ZONE, dns_policy, ends_cleanly, eventually, is_dns,
+};
 use tiergate_tests::{is_conn, sh, spawn_ready, tg};
 
 #[test]
@@ -294,6 +296,24 @@ fn a_dead_agent_keeps_learned_addresses_and_fails_new_lookups_fast() {
     eventually("a restarted agent serves the namespace", || {
         w.resolve_connect("t0/a", "www.example.test", 443) == "ok 198.18.0.12"
     });
+}
+
+/// An agent told to stop (SIGTERM) answers the queries its proxy has
+/// taken, writes their records, and ends; lookups begun during the stop
+/// fail at once and closed, and so do those after it.
+#[test]
+fn a_stopping_agent_answers_what_it_took() {
+    let mut w = World::new("dnsstop");
+    let root = w.f.cg_path.clone();
+    let names = format!("{NAMES}, \"slow.example.test\"");
+    w.f.start_agent(&dns_policy(&root, "enforce", &names));
+    w.warm_up("t0/a");
+    let pid = w.f.agent.as_ref().expect("agent").child.id() as i32;
+    w.sigterm_answers_what_was_taken(pid);
+    let mut agent = w.f.agent.take().expect("agent");
+    ends_cleanly(&mut agent);
+    w.assert_slow_lookup_reported();
+    w.assert_unserved_fails_fast_and_closed("t0/a");
 }
 
 #[test]

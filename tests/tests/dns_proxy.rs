@@ -8,14 +8,18 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tiergate_tests::dns_world::{NAMES, World, dns_policy, eventually, is_dns};
+use tiergate_tests::dns_world::{NAMES, World, dns_policy, ends_cleanly, eventually, is_dns};
 use tiergate_tests::tg;
 
 /// The agent (separate proxies) and the proxy, serving `t0/a`'s namespace.
 fn world(name: &str) -> (World, String) {
     let mut w = World::new(name);
     let root = w.f.cg_path.clone();
-    let p = dns_policy(&root, "enforce", &format!("{NAMES}, \"**.fresh.test\""));
+    let p = dns_policy(
+        &root,
+        "enforce",
+        &format!("{NAMES}, \"**.fresh.test\", \"slow.example.test\""),
+    );
     let sep = w.separate();
     let sep: Vec<&str> = sep.iter().map(String::as_str).collect();
     w.f.start_agent_with(&p, &sep);
@@ -198,6 +202,22 @@ fn a_dead_proxy_fails_fast_and_closed_then_serves_again() {
         w.resolve_connect("t0/a", "www.example.test", 443) == "ok 198.18.0.12"
     });
     assert!(!dns_events(&w, "www.example.test").is_empty());
+}
+
+/// A proxy told to stop (SIGTERM: an upgrade, a restart) answers the
+/// queries it has already taken, hands their records to the agent, and
+/// ends by itself; from the signal on, new lookups fail at once and
+/// closed. (Without the drain, the lookup in flight fails: its queries
+/// die with the proxy's sockets.)
+#[test]
+fn a_stopping_proxy_answers_what_it_took_then_fails_fast() {
+    let (mut w, _) = world("dnsproxydrain");
+    let pid = w.proxy.as_ref().expect("proxy").child.id() as i32;
+    w.sigterm_answers_what_was_taken(pid);
+    let mut proxy = w.proxy.take().expect("proxy");
+    ends_cleanly(&mut proxy);
+    w.assert_slow_lookup_reported();
+    w.assert_unserved_fails_fast_and_closed("t0/a");
 }
 
 /// A proxy whose own cgroup a binding puts in a tier with names is host

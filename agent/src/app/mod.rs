@@ -123,14 +123,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("cannot learn which cgroups serve the node (the agent's, the proxies')")?;
     control.elevation.node = hostname.clone();
     enforce(&mut control, &start, &shared.ready, &programs, started)?;
-    let _proxy_tasks = match serving {
-        Serving::Agent(mut path) => proxies::start(
-            &mut path,
-            shared.state.clone(),
-            cgfs_for_dns,
-            shared.metrics.clone(),
-        ),
-        Serving::Separate(link) => link.start(shared.metrics.clone())?,
+    let (proxy_tasks, registry) = match serving {
+        Serving::Agent(mut path) => {
+            let registry = path.registry.clone();
+            let tasks = proxies::start(
+                &mut path,
+                shared.state.clone(),
+                cgfs_for_dns,
+                shared.metrics.clone(),
+            );
+            (tasks, Some(registry))
+        }
+        Serving::Separate(link) => (link.start(shared.metrics.clone())?, None),
     };
 
     control.load_grants();
@@ -153,6 +157,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    for t in &proxy_tasks {
+        t.abort();
+    }
+    if let Some(registry) = registry {
+        // The proxies served here: new queries fail at once from now on,
+        // those taken are answered (their records go out with the rest).
+        let unanswered = registry.withdraw(proxies::DRAIN_QUERIES).await;
+        if unanswered > 0 {
+            tracing::warn!(
+                unanswered,
+                "stopping with queries still waiting for their resolver"
+            );
+        }
+    }
     shutdown(event_path, control).await;
     Ok(())
 }

@@ -387,6 +387,33 @@ impl Registry {
         Ok(())
     }
 
+    /// Stops the hook sending anything here: every served namespace leaves
+    /// `TG_DNS_NETNS`, so the tiers' DNS (and filtered metadata) connects
+    /// fail at once with EPERM, then waits up to `limit` for the queries
+    /// already taken, or queued on the sockets, to be answered. Returns how
+    /// many were still unanswered at the limit. The servers keep running:
+    /// the caller ends the process.
+    pub async fn withdraw(&self, limit: Duration) -> usize {
+        let started = tokio::time::Instant::now();
+        {
+            let served = self.served.lock().await;
+            let mut map = self.map.lock().expect("netns map lock");
+            for s in served.values() {
+                let _ = map.remove(&s.cookie);
+            }
+        }
+        // Datagrams queued before the withdrawal are still read and
+        // answered: give the servers a moment to take them.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let busy = MAX_IN_FLIGHT - self.shared.in_flight.available_permits();
+            if busy == 0 || started.elapsed() >= limit {
+                return busy;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Serves the namespaces of `pids` (the processes of DNS-tier cgroups)
     /// and stops serving namespaces none of them has been in for two
     /// sweeps in a row (a served namespace is held open by our sockets, so

@@ -38,6 +38,11 @@ use crate::metadata::server::Server as MetadataServer;
 use crate::metrics::{CapLabels, Metrics, VerdictLabels};
 use crate::state::NodeState;
 
+/// At a stop, the longest wait for the queries in flight (a resolver's
+/// answer, or its timeout, [`crate::dns::proxy::UPSTREAM_TIMEOUT`], per
+/// resolver tried).
+pub const DRAIN_QUERIES: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Records the proxy may queue for the writer before it counts losses.
 const RECORD_QUEUE: usize = 65_536;
 /// How often the processes of name tiers are swept for their namespaces.

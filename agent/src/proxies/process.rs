@@ -31,6 +31,8 @@ use crate::state::NodeState;
 
 /// A view is looked at this often even without an inotify event.
 const VIEW_POLL: Duration = Duration::from_secs(1);
+/// At a stop, the longest wait for the agent to acknowledge the last records.
+const DRAIN_RECORDS: Duration = Duration::from_secs(2);
 
 /// Runs until SIGTERM/SIGINT (after `app::prepare`: privileges, the node's
 /// cgroup namespace).
@@ -79,7 +81,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let _ = learner.set(path.link.learner.clone());
     let (dns, metadata) = path.take_records();
     let connected = Arc::new(AtomicBool::new(false));
-    let uplink = tokio::spawn(
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut uplink = tokio::spawn(
         Uplink {
             socket: args.proxy_dir.join(SOCKET_FILE),
             dns,
@@ -88,10 +91,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             metadata_lost: path.link.metadata_lost.clone(),
             serve: path.link.serve.clone(),
             connected: connected.clone(),
+            stop: stop_rx,
         }
         .run(),
     );
-    let _tasks = start(&mut path, state.clone(), cgfs, metrics.clone());
+    let tasks = start(&mut path, state.clone(), cgfs, metrics.clone());
     ready.programs_attached.store(true, Ordering::Release);
     ready.policy_in_force.store(true, Ordering::Release);
 
@@ -111,8 +115,30 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .proxy_connections
             .set(i64::from(connected.load(Ordering::Acquire)));
     }
-    uplink.abort();
+    // A clean stop (an upgrade, a restart) answers what it took: new
+    // queries fail at once from here on, those in flight are answered,
+    // and their records reach the agent, each within a bound.
+    for t in &tasks {
+        t.abort();
+    }
     tracing::info!("stopping: the tiers' DNS gets EPERM until a proxy serves it again");
+    let unanswered = path.registry.withdraw(super::DRAIN_QUERIES).await;
+    if unanswered > 0 {
+        tracing::warn!(
+            unanswered,
+            "stopping with queries still waiting for their resolver"
+        );
+    }
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_RECORDS, &mut uplink)
+        .await
+        .is_err()
+    {
+        uplink.abort();
+        tracing::error!(
+            "stopping before the agent acknowledged every record: the unacknowledged ones are lost"
+        );
+    }
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub struct Uplink {
     pub serve: mpsc::UnboundedSender<u32>,
     /// True while an agent takes the records.
     pub connected: Arc<AtomicBool>,
+    /// Set when the process stops: [`Uplink::run`] then returns once the
+    /// agent has acknowledged every record (or at once if none is there).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A frame the agent has not acknowledged yet.
@@ -109,11 +112,16 @@ impl Ledger {
 }
 
 impl Uplink {
-    /// Runs for the process's life.
+    /// Runs for the process's life, or until `stop` and every record is
+    /// acknowledged.
     pub async fn run(mut self) {
         let mut ledger = Ledger::default();
         let mut waiting_logged = false;
         loop {
+            if *self.stop.borrow() {
+                self.give_up(&ledger);
+                return;
+            }
             let stream = match UnixStream::connect(&self.socket).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -132,14 +140,55 @@ impl Uplink {
             if self.resend(&mut wr, &ledger).await.is_ok() {
                 tracing::info!(socket = %self.socket.display(), unacknowledged = ledger.unacked.len(), "handing the proxies' records to the agent");
                 self.connected.store(true, Ordering::Release);
-                self.forward(&mut wr, &mut ledger, &mut acks).await;
+                let drained = self.forward(&mut wr, &mut ledger, &mut acks).await;
                 self.connected.store(false, Ordering::Release);
+                if drained {
+                    tracing::info!("every record handed to the agent and acknowledged");
+                    requests.abort();
+                    return;
+                }
                 tracing::warn!(
                     "the agent went away; the proxies keep serving, records wait for the next one"
                 );
             }
             requests.abort();
         }
+    }
+
+    /// Stopping with no agent to take them: says what is not delivered
+    /// (the next agent cannot count it).
+    fn give_up(&mut self, ledger: &Ledger) {
+        let queued = self.dns.len() + self.metadata.len();
+        let unacked = ledger
+            .unacked
+            .iter()
+            .filter(|p| !matches!(p.kind, Kind::Lost(..)))
+            .count();
+        if queued + unacked > 0 {
+            tracing::error!(
+                unacknowledged = unacked,
+                queued,
+                "stopping with records no agent has acknowledged: they are lost"
+            );
+        }
+    }
+
+    /// The loss counts not told yet, as a frame.
+    fn losses<'l>(&self, ledger: &'l mut Ledger) -> Option<&'l [u8]> {
+        let now = (
+            self.dns_lost.load(Ordering::Relaxed) + ledger.dropped.0,
+            self.metadata_lost.load(Ordering::Relaxed) + ledger.dropped.1,
+        );
+        if now == ledger.told {
+            return None;
+        }
+        let (d, m) = (now.0 - ledger.told.0, now.1 - ledger.told.1);
+        ledger.told = now;
+        Some(ledger.push(Kind::Lost(d, m), |seq| Up::Lost {
+            seq,
+            dns: d,
+            metadata: m,
+        }))
     }
 
     /// Hello, then every unacknowledged frame again, in order.
@@ -155,15 +204,23 @@ impl Uplink {
     }
 
     /// Writes records and loss counts, takes acks, until the connection
-    /// fails.
+    /// fails (false) or, stopping, everything is acknowledged (true).
     async fn forward(
         &mut self,
         wr: &mut OwnedWriteHalf,
         ledger: &mut Ledger,
         acks: &mut mpsc::UnboundedReceiver<u64>,
-    ) {
+    ) -> bool {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut stopping = *self.stop.borrow();
         loop {
+            if stopping
+                && self.dns.is_empty()
+                && self.metadata.is_empty()
+                && ledger.unacked.is_empty()
+            {
+                return true;
+            }
             let line = tokio::select! {
                 Some(r) = self.dns.recv() => ledger.push(Kind::Dns, |seq| Up::dns(seq, r)),
                 Some(r) = self.metadata.recv() => ledger.push(Kind::Metadata, |seq| Up::metadata(seq, r)),
@@ -173,24 +230,24 @@ impl Uplink {
                         continue;
                     }
                     // The agent's side closed.
-                    None => return,
+                    None => return false,
                 },
-                _ = tick.tick() => {
-                    let now = (
-                        self.dns_lost.load(Ordering::Relaxed) + ledger.dropped.0,
-                        self.metadata_lost.load(Ordering::Relaxed) + ledger.dropped.1,
-                    );
-                    if now == ledger.told {
-                        continue;
+                _ = self.stop.changed(), if !stopping => {
+                    stopping = true;
+                    // The last counts go with the last records.
+                    match self.losses(ledger) {
+                        Some(line) => line,
+                        None => continue,
                     }
-                    let (d, m) = (now.0 - ledger.told.0, now.1 - ledger.told.1);
-                    ledger.told = now;
-                    ledger.push(Kind::Lost(d, m), |seq| Up::Lost { seq, dns: d, metadata: m })
                 }
+                _ = tick.tick() => match self.losses(ledger) {
+                    Some(line) => line,
+                    None => continue,
+                },
             };
             if wr.write_all(line).await.is_err() {
                 // Kept: sent again on the next connection.
-                return;
+                return false;
             }
         }
     }
