@@ -414,6 +414,11 @@ pub const CONNECT_F_V4MAPPED: u32 = 1 << 1;
 pub const CONNECT_F_INHERITED: u32 = 1 << 2;
 /// The attempt was judged by an elevation grant's tier (`TG_GRANTS`).
 pub const CONNECT_F_ELEVATED: u32 = 1 << 3;
+/// The destination is an address a live DNS answer taught this cgroup
+/// (`TG_LEARNED`), whatever the port: set in tiers with names when no
+/// address rule admitted the attempt. A denied UDP connect with it is what
+/// a resolver's RFC 6724 sort does (the probing detector leaves it out).
+pub const CONNECT_F_LEARNED: u32 = 1 << 4;
 
 /// A judged connect()/sendmsg() (`EVENT_CONNECT`).
 #[repr(C)]

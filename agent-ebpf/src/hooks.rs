@@ -5,13 +5,13 @@
 
 use agent_common::{
     AGG_ENTRIES, AggCtl, AggKey, AggVal, CONFIG_F_GRANTS, CONFIG_F_POLICY_LOADED,
-    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_METADATA, CONNECT_F_V4MAPPED, CgroupTier,
-    Config, ConnectEvent, DNS_PORT, EVENT_CONNECT, EVENT_SOCKET, EventHeader, FqdnKey, GENERATIONS,
-    GRANT_NO_TIER, Grant, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, Learned,
-    LearnedKey, MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS, MAX_PORT_RANGES, MAX_TIERS, OrigDst,
-    PROTO_TCP, PROTO_UDP, PortSet, ProxyGuard, ProxyNetns, REASON_DNS_PROXY_PORT,
-    REASON_DNS_UNSERVED, REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST, REASON_LOOPBACK,
-    REASON_METADATA_PROXY, REASON_METADATA_SERVICE, REASON_METADATA_UNFILTERED,
+    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_LEARNED, CONNECT_F_METADATA,
+    CONNECT_F_V4MAPPED, CgroupTier, Config, ConnectEvent, DNS_PORT, EVENT_CONNECT, EVENT_SOCKET,
+    EventHeader, FqdnKey, GENERATIONS, GRANT_NO_TIER, Grant, HOOK_CONNECT4, HOOK_CONNECT6,
+    HOOK_SENDMSG4, HOOK_SENDMSG6, Learned, LearnedKey, MAX_CGROUP_DEPTH, MAX_LEARNED_PATTERNS,
+    MAX_PORT_RANGES, MAX_TIERS, OrigDst, PROTO_TCP, PROTO_UDP, PortSet, ProxyGuard, ProxyNetns,
+    REASON_DNS_PROXY_PORT, REASON_DNS_UNSERVED, REASON_EGRESS_RULE, REASON_FQDN, REASON_HOST,
+    REASON_LOOPBACK, REASON_METADATA_PROXY, REASON_METADATA_SERVICE, REASON_METADATA_UNFILTERED,
     REASON_NO_MATCHING_RULE, REASON_SOCKET_TYPE, RULE_KEY_FIXED_BITS, RuleKey, SocketEvent,
     TIER_F_AUDIT, TIER_F_DNS, TIER_F_METADATA_ALLOW, TIER_F_METADATA_FILTER, TIER_F_VALID,
     TIER_HOST, TierConfig, VERDICT_ALLOW, VERDICT_AUDIT_DENY, VERDICT_DENY, counter, dns_slot,
@@ -388,22 +388,35 @@ fn is_own_slot(r: &Resolved, addr: &[u8; 16], v4: bool) -> bool {
         && addr[15] == slot as u8
 }
 
-/// Whether an address a DNS answer taught this cgroup admits the port now:
-/// the entry is live and one of its patterns, in the active generation's
-/// policy of the cgroup's tier, admits it.
+/// What a DNS answer taught this cgroup of an address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taught {
+    /// No live entry.
+    Nothing,
+    /// A live entry whose patterns do not admit the port and protocol.
+    Address,
+    /// A live entry that admits them.
+    Admits,
+}
+
+/// What a DNS answer taught this cgroup of `addr`: it admits the port now
+/// when the entry is live and one of its patterns, in the active
+/// generation's policy of the cgroup's tier, admits it; a live entry that
+/// does not still marks the record (`CONNECT_F_LEARNED`). One lookup, as
+/// before.
 #[inline(always)]
-fn learned_admits(r: &Resolved, addr: &[u8; 16], port: u16, proto_bit: u32) -> bool {
+fn learned(r: &Resolved, addr: &[u8; 16], port: u16, proto_bit: u32) -> Taught {
     let key = LearnedKey {
         cgroup_id: r.cgroup,
         addr: *addr,
     };
     // SAFETY: read only.
     let Some(l) = (unsafe { TG_LEARNED.get(&key) }) else {
-        return false;
+        return Taught::Nothing;
     };
     // SAFETY: plain helper call.
     if unsafe { bpf_ktime_get_boot_ns() } >= l.expires_ns {
-        return false;
+        return Taught::Nothing;
     }
     let mut i = 0;
     while i < MAX_LEARNED_PATTERNS {
@@ -418,12 +431,12 @@ fn learned_admits(r: &Resolved, addr: &[u8; 16], port: u16, proto_bit: u32) -> b
             if let Some(set) = unsafe { TG_FQDN_PORTS.get(&k) }
                 && ports_admit(set, port, proto_bit)
             {
-                return true;
+                return Taught::Admits;
             }
         }
         i += 1;
     }
-    false
+    Taught::Address
 }
 
 /// Shows a redirected socket its original peer (recvmsg's source address,
@@ -655,7 +668,19 @@ fn judge(ctx: &SockAddrContext, hook: u8) -> i32 {
             );
             match TG_RULES.get(&key) {
                 Some(set) if ports_admit(set, port, proto_bit) => (true, REASON_EGRESS_RULE),
-                _ if dns && learned_admits(&r, &addr, port, proto_bit) => (true, REASON_FQDN),
+                _ if dns => match learned(&r, &addr, port, proto_bit) {
+                    Taught::Admits => {
+                        flags |= CONNECT_F_LEARNED;
+                        (true, REASON_FQDN)
+                    }
+                    Taught::Address => {
+                        // Denied, but the record says the workload was
+                        // given this address (a resolver's sort probe).
+                        flags |= CONNECT_F_LEARNED;
+                        (false, REASON_NO_MATCHING_RULE)
+                    }
+                    Taught::Nothing => (false, REASON_NO_MATCHING_RULE),
+                },
                 _ => (false, REASON_NO_MATCHING_RULE),
             }
         };

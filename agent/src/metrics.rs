@@ -64,6 +64,10 @@ pub struct Metrics {
     pub events_lost: Family<StageLabels, Counter>,
     /// Probing findings written (Detection Finding records).
     pub findings: Family<FindingLabels, Counter>,
+    /// Denied UDP connects to addresses the workload's own DNS answers
+    /// taught it (resolvers' RFC 6724 sort probes): written, not counted
+    /// by the probing detector.
+    pub probing_sort_probes: Counter,
     pub kernel_verdicts: Family<VerdictLabels, Gauge<u64, AtomicU64>>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_info: Family<PolicyLabels, Gauge>,
@@ -126,6 +130,12 @@ impl Metrics {
             "findings",
             "Probing finding records written, by kind (sweep, scan) and activity (create, update, close)",
             findings.clone(),
+        );
+        let probing_sort_probes = Counter::default();
+        registry.register(
+            "probing_sort_probes",
+            "Denied UDP connects to addresses the workload's own DNS answers taught it (resolvers' RFC 6724 sort probes): written as deny records, not counted by the probing detector",
+            probing_sort_probes.clone(),
         );
         let kernel_verdicts = Family::<VerdictLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
@@ -314,6 +324,7 @@ impl Metrics {
             events,
             events_lost,
             findings,
+            probing_sort_probes,
             kernel_verdicts,
             policy_reloads,
             policy_info,

@@ -1,6 +1,7 @@
 //! Resolvers other than glibc's for the DNS tests
 //! (`tests/tests/dns_resolvers.rs`): a static musl client (`musl-gcc
-//! -static`) and a pure-Go one (`go build`, CGO_ENABLED=0, run with
+//! -static`), the same C client against glibc (`cc`, for its RFC 6724
+//! sort) and a pure-Go one (`go build`, CGO_ENABLED=0, run with
 //! GODEBUG=netdns=go), each built at test time from
 //! `tests/src/resolvers/lookup.{c,go}` into the target directory and cached
 //! there by a hash of its source and compiler version. Each looks a name up,
@@ -101,6 +102,25 @@ impl Client {
         });
         Client {
             label: "musl",
+            bin,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same C client against the system's glibc (`cc`, dynamic):
+    /// getaddrinfo(NAME, PORT) with glibc's RFC 6724 sort, which connects a
+    /// UDP socket to every answered address on PORT (`rfc3484_sort`).
+    pub fn glibc() -> Client {
+        let version = tool_version("cc", &["--version"], "gcc");
+        let bin = cached("glibc", &[LOOKUP_C, &version], |dir, out| {
+            let src = dir.join("lookup.c");
+            std::fs::write(&src, LOOKUP_C).expect("write lookup.c");
+            let mut c = Command::new("cc");
+            c.args(["-O2", "-Wall", "-Werror", "-o"]).arg(out).arg(&src);
+            c
+        });
+        Client {
+            label: "glibc",
             bin,
             env: Vec::new(),
         }

@@ -9,8 +9,16 @@
 //! over UDP it comes back truncated (TC=1) and Go retries over TCP through
 //! the proxy; musl 1.2.3 (Debian bookworm) has no TCP fallback, so there
 //! the test only checks that nothing opens without an answer.
+//!
+//! The long answer's 40 addresses also show resolvers' RFC 6724 sort
+//! probes (a UDP connect per address, nothing sent): glibc (the same C
+//! client built against the system's glibc) and Go resolve it under a
+//! TCP/443 rule; every probe is denied and written, and none is counted
+//! as probing, while datagrams or TCP to those addresses, or UDP connects
+//! to addresses never resolved, still raise sweeps.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tiergate_tests::dns_world::{NAMES, RESOLVER, World, dns_policy, is_dns};
@@ -203,4 +211,186 @@ fn go_resolves_through_the_proxy() {
     );
     assert!(r.result.starts_with("lookup notfound "), "{r:?}");
     assert!(!asked(&w, &log, "other.example.test"));
+}
+
+/// Connection records of cgroup `rel`.
+fn conns_of(w: &World, rel: &str) -> Vec<Value> {
+    let cg = w.f.cg(rel);
+    w.f.events()
+        .into_iter()
+        .filter(|e| {
+            tg(e)["kind"] == "connection" && tg(e)["workload"]["cgroup_path"] == cg.as_str()
+        })
+        .collect()
+}
+
+/// One line per connection record: what the SIEM sees of it.
+fn summary(e: &Value) -> String {
+    let t = tg(e);
+    format!(
+        "{} {} {} {}:{} {} fqdn={}",
+        t["hook"],
+        t["verdict"],
+        t["reason"],
+        e["dst_endpoint"]["ip"].as_str().unwrap_or("?"),
+        e["dst_endpoint"]["port"],
+        e["connection_info"]["protocol_name"],
+        t["fqdn"]
+    )
+}
+
+/// Waits until cgroup `rel` has a deny record for each of `want`
+/// (`ip:port`) made with `hook` over `proto`; returns them.
+fn denies(w: &World, rel: &str, hook: &str, proto: &str, want: &[String]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<Value> = conns_of(w, rel)
+            .into_iter()
+            .filter(|e| {
+                tg(e)["verdict"] == "deny"
+                    && tg(e)["hook"] == hook
+                    && e["connection_info"]["protocol_name"] == proto
+            })
+            .collect();
+        let dst = |e: &Value| {
+            format!(
+                "{}:{}",
+                e["dst_endpoint"]["ip"].as_str().unwrap_or("?"),
+                e["dst_endpoint"]["port"]
+            )
+        };
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|t| !got.iter().any(|e| dst(e) == **t))
+            .collect();
+        if missing.is_empty() {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rel}: no {hook} {proto} deny for {missing:?}; has {:?}",
+            conns_of(w, rel).iter().map(summary).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Probing findings of cgroup `rel`.
+fn findings_of(w: &World, rel: &str) -> Vec<Value> {
+    let cg = w.f.cg(rel);
+    (w.f.events().into_iter())
+        .filter(|e| e["class_uid"] == 2004 && tg(e)["workload"]["cgroup_path"] == cg.as_str())
+        .collect()
+}
+
+/// Waits for the sweep Create of port `port` from cgroup `rel`.
+fn sweep_of(w: &World, rel: &str, port: u16) -> Value {
+    let cg = w.f.cg(rel);
+    w.f.wait_event(&format!("a sweep of port {port} from {rel}"), |e| {
+        e["class_uid"] == 2004
+            && e["activity_id"] == 1
+            && tg(e)["workload"]["cgroup_path"] == cg.as_str()
+            && tg(e)["probing"]["kind"] == "sweep"
+            && tg(e)["probing"]["port"] == port
+    })
+}
+
+/// Resolvers sort a multi-address answer by RFC 6724: they connect a UDP
+/// socket to every address (glibc on the asked port, Go on port 9) and
+/// read its source address, sending nothing. With a TCP/443-only name
+/// rule each probe is denied (EPERM, which the resolvers take as "no
+/// source address") and reported, with the name that gave the address,
+/// but 40 of them are no probing finding. The same workloads sending
+/// datagrams or connecting over TCP to those addresses on other ports, or
+/// a workload connecting UDP sockets to addresses it never resolved, are.
+#[test]
+fn resolver_sort_probes_are_denied_and_reported_but_are_no_probing() {
+    let (w, _log) = world("dnssort");
+    let mut want_all = big_addresses();
+    want_all.sort();
+    for (c, port) in [(Client::glibc(), 443), (Client::go(), 9)] {
+        let rel = format!("t0/{}-sort", c.label);
+        let r = c.lookup(&w, &rel, "resolv.conf", BIG_NAME, 443);
+        // The lookup succeeds with all 40 addresses (the answer is over
+        // 512 bytes: both retry over TCP), and the first one opens.
+        assert!(r.result.starts_with("ok 198.18.1."), "{}: {r:?}", c.label);
+        let mut got = r.addresses.clone();
+        got.sort();
+        assert_eq!(got, want_all, "{}: {r:?}", c.label);
+        // One denied UDP connect per address: still EPERM, still written.
+        let want: Vec<String> = big_addresses()
+            .iter()
+            .map(|a| format!("{a}:{port}"))
+            .collect();
+        let probes = denies(&w, &rel, "connect4", "udp", &want);
+        assert_eq!(probes.len(), BIG_COUNT as usize, "{}: one each", c.label);
+        for e in &probes {
+            let t = tg(e);
+            assert_eq!(t["reason"], "no-matching-rule", "{e}");
+            assert_eq!(e["disposition"], "Blocked", "{e}");
+            // Which answer gave the address: the SIEM can tell a sort
+            // probe from a connect to an address never resolved.
+            assert_eq!(t["fqdn"], BIG_NAME, "{e}");
+        }
+    }
+    // getaddrinfo without a service (Rust's std, tg-probe `resolve`):
+    // glibc probes port 0.
+    let out = w.probe("t0/std-sort", "resolv.conf", &["resolve", BIG_NAME]);
+    assert_eq!(out[0].split(' ').count(), BIG_COUNT as usize, "{out:?}");
+    let want: Vec<String> = big_addresses().iter().map(|a| format!("{a}:0")).collect();
+    let probes = denies(&w, "t0/std-sort", "connect4", "udp", &want);
+    assert!(
+        probes.iter().all(|e| tg(e)["fqdn"] == BIG_NAME),
+        "{probes:?}"
+    );
+    let agent = w.f.agent.as_ref().expect("agent");
+    assert_eq!(
+        agent.metric("tiergate_probing_sort_probes_total"),
+        Some(f64::from(3 * BIG_COUNT))
+    );
+    // No finding: 40 hosts on port 9 (Go), 443 and 0 (glibc) are over the
+    // sweep threshold (25); a finding is written right after the deny that
+    // makes it, so a second is plenty.
+    std::thread::sleep(Duration::from_secs(1));
+    for rel in ["t0/glibc-sort", "t0/go-sort", "t0/std-sort"] {
+        let f = findings_of(&w, rel);
+        assert!(f.is_empty(), "{rel}: sort probes raised {f:?}");
+    }
+
+    // Controls. Datagrams sent to the learned addresses on port 9 (the
+    // port of Go's probes): traffic, a sweep.
+    let targets = |port: u16| -> Vec<String> {
+        big_addresses()
+            .iter()
+            .map(|a| format!("{a}:{port}"))
+            .collect()
+    };
+    let run = |rel: &str, mode: &str, targets: &[String]| {
+        let mut args = vec!["connect", mode];
+        args.extend(targets.iter().map(String::as_str));
+        let out = w.f.probe(rel, &args);
+        assert!(out.iter().all(|r| r == "EPERM"), "{rel} {mode}: {out:?}");
+    };
+    run("t0/go-sort", "--sendto", &targets(9));
+    let f = sweep_of(&w, "t0/go-sort", 9);
+    assert_eq!(tg(&f)["probing"]["distinct"], 25, "{f}");
+    denies(&w, "t0/go-sort", "sendmsg4", "udp", &targets(9));
+    // TCP connects to the learned addresses on a port the name does not
+    // allow: a sweep; their denies name the answer too.
+    run("t0/glibc-sort", "--tcp", &targets(80));
+    sweep_of(&w, "t0/glibc-sort", 80);
+    let tcp = denies(&w, "t0/glibc-sort", "connect4", "tcp", &targets(80));
+    assert!(tcp.iter().all(|e| tg(e)["fqdn"] == BIG_NAME), "{tcp:?}");
+    // UDP connects (the sort probe's very syscall) to 30 addresses the
+    // workload never resolved: a sweep, and no name on the denies.
+    let unresolved: Vec<String> = (1..=30).map(|i| format!("198.18.2.{i}:9")).collect();
+    run("t0/udp-sweep", "--udp", &unresolved);
+    sweep_of(&w, "t0/udp-sweep", 9);
+    let udp = denies(&w, "t0/udp-sweep", "connect4", "udp", &unresolved);
+    assert!(udp.iter().all(|e| tg(e).get("fqdn").is_none()), "{udp:?}");
+    // The sort probes left out stay the resolvers' 120.
+    assert_eq!(
+        agent.metric("tiergate_probing_sort_probes_total"),
+        Some(f64::from(3 * BIG_COUNT))
+    );
 }

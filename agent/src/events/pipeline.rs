@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agent_common::{
-    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_METADATA, ConnectEvent, REASON_DNS_UNSERVED,
-    REASON_EGRESS_RULE, REASON_FQDN, REASON_METADATA_UNFILTERED, SocketEvent, VERDICT_ALLOW,
+    CONNECT_F_ELEVATED, CONNECT_F_INHERITED, CONNECT_F_LEARNED, CONNECT_F_METADATA, ConnectEvent,
+    REASON_DNS_UNSERVED, REASON_EGRESS_RULE, REASON_FQDN, REASON_METADATA_UNFILTERED, SocketEvent,
+    VERDICT_ALLOW,
 };
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -403,7 +404,11 @@ impl Writer {
                 REASON_DNS_UNSERVED | REASON_METADATA_UNFILTERED => {
                     let _ = link.serve.send((c.header.pid_tgid >> 32) as u32);
                 }
-                REASON_FQDN => {
+                // Allowed by a learned address, or denied to one (its port
+                // or protocol is not the name's: a resolver's sort probe,
+                // or a use the policy does not allow): the name says which
+                // answer gave it.
+                _ if c.reason == REASON_FQDN || c.flags & CONNECT_F_LEARNED != 0 => {
                     fqdn = link.learner.origin(c.header.cgroup_id, dst).map(|o| o.name);
                 }
                 _ => {}

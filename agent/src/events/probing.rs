@@ -30,6 +30,41 @@ const MAX_UPDATE_INTERVAL: Duration = Duration::from_secs(30);
 /// A denied destination.
 pub type Pair = (IpAddr, u16);
 
+/// One denied attempt as the detector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub dst: Pair,
+    /// A connect() of a UDP socket: judged before any datagram is sent
+    /// (a UDP sendmsg with an address, and every TCP connect, are not).
+    pub udp_connect: bool,
+    /// The kernel found `dst`'s address among those a live DNS answer
+    /// taught this workload (`CONNECT_F_LEARNED`).
+    pub learned: bool,
+}
+
+impl From<Pair> for Attempt {
+    /// A TCP connect or a datagram: always counted.
+    fn from(dst: Pair) -> Self {
+        Attempt {
+            dst,
+            udp_connect: false,
+            learned: false,
+        }
+    }
+}
+
+impl Attempt {
+    /// What a resolver's RFC 6724 sort does (glibc's `rfc3484_sort`, Go's
+    /// `srcAddrs`): connect a UDP socket to each address it was just
+    /// answered, read the source address, close it, send nothing. Not
+    /// counted: the workload resolved these addresses through a name the
+    /// policy allows, and a sweep is made of addresses it did not resolve,
+    /// or of datagrams or TCP connects, which are counted.
+    pub fn is_sort_probe(&self) -> bool {
+        self.udp_connect && self.learned
+    }
+}
+
 /// Thresholds and window (`--probe-window`, `--probe-hosts`, `--probe-ports`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
@@ -273,19 +308,22 @@ impl<C: Clone> Detector<C> {
         (self.workloads.len(), self.pairs)
     }
 
-    /// One denied attempt of workload `cgroup_id` to `dst` at `now_ms`;
-    /// pushes the finding records it causes onto `out`.
+    /// One denied attempt of workload `cgroup_id` at `now_ms`; pushes the
+    /// finding records it causes onto `out`. Returns false when it was not
+    /// counted (detection off, or a resolver's sort probe).
     pub fn observe(
         &mut self,
         now_ms: u64,
         cgroup_id: u64,
-        dst: Pair,
+        attempt: impl Into<Attempt>,
         ctx: C,
         out: &mut Vec<Finding<C>>,
-    ) {
-        if !self.cfg.enabled() {
-            return;
+    ) -> bool {
+        let attempt = attempt.into();
+        if !self.cfg.enabled() || attempt.is_sort_probe() {
+            return false;
         }
+        let dst = attempt.dst;
         // Events may reach the writer a little out of order: time never
         // goes back.
         let now = now_ms.max(self.now);
@@ -306,7 +344,7 @@ impl<C: Clone> Detector<C> {
             w.by_time.remove(&(seen.last, dst));
             seen.last = now;
             w.by_time.insert((now, dst));
-            return;
+            return true;
         }
         if w.pairs.len() >= MAX_PAIRS && w.forget_oldest() {
             self.pairs -= 1;
@@ -367,6 +405,7 @@ impl<C: Clone> Detector<C> {
                 w.open.insert(key, o);
             }
         }
+        true
     }
 
     /// The passing of time: pairs leave the window, quiet findings close,

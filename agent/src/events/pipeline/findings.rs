@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use agent_common::VERDICT_ALLOW;
+use agent_common::{CONNECT_F_LEARNED, VERDICT_ALLOW};
 
 use super::{Judged, Writer, WriterConfig, clock_ns, now_epoch_ms};
 use crate::events::ocsf::{Envelope, Workload};
 use crate::events::ocsf_finding;
-use crate::events::probing::{Detector, Finding, Pair};
+use crate::events::probing::{Attempt, Detector, Finding, Pair};
 use crate::events::sinks::RecordMeta;
 use crate::metrics::FindingLabels;
 use crate::policy::Policy;
@@ -52,7 +52,8 @@ fn boot_ms(boot_ns: i128) -> u64 {
 impl Writer {
     /// Feeds one written connection record: denies and audit-denies (the
     /// latter from staging tiers, which would have been denied) of enforced
-    /// tiers.
+    /// tiers. A UDP connect to an address the workload's own DNS answer
+    /// taught it is a resolver's sort probe: written, not counted.
     pub(super) fn probe(&mut self, j: &Judged<'_>, dst: Pair, tier: &str, workload: &Workload) {
         if j.verdict == VERDICT_ALLOW || tier == crate::policy::HOST_TIER_NAME {
             return;
@@ -65,9 +66,18 @@ impl Writer {
             policy: self.io.state.policy(j.generation),
             workload: workload.clone(),
         };
+        let attempt = Attempt {
+            dst,
+            udp_connect: j.protocol == libc::IPPROTO_UDP as u8
+                && matches!(j.hook, "connect4" | "connect6"),
+            learned: j.flags & CONNECT_F_LEARNED != 0,
+        };
+        if attempt.is_sort_probe() {
+            self.io.metrics.probing_sort_probes.inc();
+        }
         let now = boot_ms(j.header.boot_ns as i128);
         let mut out = std::mem::take(&mut self.probing.out);
-        (self.probing.detector).observe(now, j.header.cgroup_id, dst, tag, &mut out);
+        (self.probing.detector).observe(now, j.header.cgroup_id, attempt, tag, &mut out);
         self.findings(&mut out);
     }
 

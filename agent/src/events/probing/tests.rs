@@ -265,3 +265,94 @@ fn time_going_back_is_taken_as_now() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].last_seen_ms, 101 * S);
 }
+
+/// `pairs` as attempts of one kind.
+fn attempts(pairs: &[Pair], udp_connect: bool, learned: bool) -> Vec<Attempt> {
+    (pairs.iter())
+        .map(|&dst| Attempt {
+            dst,
+            udp_connect,
+            learned,
+        })
+        .collect()
+}
+
+fn feed_attempts(
+    d: &mut Detector<&'static str>,
+    t: u64,
+    cg: u64,
+    tries: &[Attempt],
+) -> (usize, Vec<Finding<&'static str>>) {
+    let mut out = Vec::new();
+    let counted = (tries.iter())
+        .filter(|a| d.observe(t, cg, **a, "t0", &mut out))
+        .count();
+    (counted, out)
+}
+
+#[test]
+fn a_resolvers_sort_probes_of_its_own_answer_are_not_counted() {
+    // Go probes every answered address on port 9, glibc on the asked port:
+    // 40 addresses, far above 5 hosts on one port.
+    let mut d = Detector::new(small());
+    for port in [9, 443, 0] {
+        let (counted, out) =
+            feed_attempts(&mut d, 0, 1, &attempts(&hosts_on(port, 1..41), true, true));
+        assert_eq!((counted, out.len()), (0, 0), "port {port}: {out:?}");
+    }
+    assert_eq!(d.tracked(), (0, 0), "nothing held for them");
+    // Nor do they add to real attempts: 4 TCP connects on port 9 and the
+    // probes to 40 more hosts stay below the threshold; the 5th TCP
+    // connect makes it, with 5 distinct, not 45.
+    assert!(feed(&mut d, S, 2, &hosts_on(9, 100..104)).is_empty());
+    let (_, out) = feed_attempts(&mut d, S, 2, &attempts(&hosts_on(9, 1..41), true, true));
+    assert!(out.is_empty(), "{out:?}");
+    let out = feed(&mut d, 2 * S, 2, &hosts_on(9, 104..105));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].key, out[0].distinct), (Key::Sweep(9), 5));
+}
+
+#[test]
+fn a_sweep_of_learned_addresses_by_datagram_or_tcp_or_of_unlearned_ones_is_counted() {
+    let cases = [
+        // Datagrams sent to learned addresses (sendmsg): real traffic.
+        ("udp datagrams to learned addresses", false, true),
+        // TCP connects to learned addresses on a port the name does not allow.
+        ("tcp connects to learned addresses", false, true),
+        // UDP connects to addresses the workload never resolved.
+        ("udp connects to unlearned addresses", true, false),
+        ("tcp connects to unlearned addresses", false, false),
+    ];
+    for (what, udp_connect, learned) in cases {
+        let mut d = Detector::new(small());
+        let (counted, out) = feed_attempts(
+            &mut d,
+            0,
+            1,
+            &attempts(&hosts_on(9, 1..41), udp_connect, learned),
+        );
+        assert_eq!(counted, 40, "{what}");
+        assert_eq!(out.len(), 1, "{what}: {out:?}");
+        assert_eq!(
+            (out[0].activity, out[0].key),
+            (Activity::Create, Key::Sweep(9))
+        );
+        assert_eq!(out[0].distinct, 5, "{what}: created at the threshold");
+    }
+    // A scan of one learned host's ports by datagram is a scan.
+    let mut d = Detector::new(small());
+    let ports: Vec<Pair> = (1000..1010).map(|p| (host(1), p)).collect();
+    let (_, out) = feed_attempts(&mut d, 0, 1, &attempts(&ports, false, true));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].key, Key::Scan(host(1)));
+}
+
+#[test]
+fn a_sort_probe_then_a_datagram_to_the_same_pair_counts_the_datagram() {
+    let mut d = Detector::new(small());
+    let pairs = hosts_on(9, 1..6);
+    feed_attempts(&mut d, 0, 1, &attempts(&pairs, true, true));
+    let (counted, out) = feed_attempts(&mut d, S, 1, &attempts(&pairs, false, true));
+    assert_eq!(counted, 5);
+    assert_eq!(out.len(), 1, "the datagrams are new pairs: {out:?}");
+}
