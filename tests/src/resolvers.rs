@@ -234,9 +234,12 @@ fn fnv(parts: &[&str]) -> u64 {
 
 /// The client `kind` built from `key`, under the target directory: reused
 /// when already there, else built by `build(dir, out)` into a temporary
-/// name and renamed into place (tests running at once never see half a
-/// binary).
+/// name and renamed into place (test processes running at once never see
+/// half a binary; the tests of one process build one at a time, so two
+/// threads never write the same temporary file).
 fn cached(kind: &str, key: &[&str], build: impl FnOnce(&Path, &Path) -> Command) -> PathBuf {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = profile_dir()
         .join("resolver-clients")
         .join(format!("{kind}-{:016x}", fnv(key)));
