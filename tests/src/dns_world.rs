@@ -253,16 +253,9 @@ impl World {
 
     /// The A record of the slow lookup is in the event stream.
     pub fn assert_slow_lookup_reported(&self) {
-        eventually(
-            "the answered lookup's record reaches the event stream",
-            || {
-                self.f.events().iter().any(|e| {
-                    is_dns(e, "slow.example.test")
-                        && e["query"]["type"] == "A"
-                        && e["rcode"] == "NoError"
-                })
-            },
-        );
+        self.f.wait_event("the answered lookup's record", |e| {
+            is_dns(e, "slow.example.test") && e["query"]["type"] == "A" && e["rcode"] == "NoError"
+        });
     }
 
     /// Whoever serves the namespaces: the proxy process, else the agent.

@@ -285,11 +285,9 @@ fn findings_of(w: &World, rel: &str) -> Vec<Value> {
 
 /// Waits for the sweep Create of port `port` from cgroup `rel`.
 fn sweep_of(w: &World, rel: &str, port: u16) -> Value {
-    let cg = w.f.cg(rel);
-    w.f.wait_event(&format!("a sweep of port {port} from {rel}"), |e| {
+    event_of(w, &format!("a sweep of port {port} from {rel}"), rel, |e| {
         e["class_uid"] == 2004
             && e["activity_id"] == 1
-            && tg(e)["workload"]["cgroup_path"] == cg.as_str()
             && tg(e)["probing"]["kind"] == "sweep"
             && tg(e)["probing"]["port"] == port
     })

@@ -157,20 +157,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    for t in &proxy_tasks {
-        t.abort();
-    }
-    if let Some(registry) = registry {
-        // The proxies served here: new queries fail at once from now on,
-        // those taken are answered (their records go out with the rest).
-        let unanswered = registry.withdraw(proxies::DRAIN_QUERIES).await;
-        if unanswered > 0 {
-            tracing::warn!(
-                unanswered,
-                "stopping with queries still waiting for their resolver"
-            );
-        }
-    }
+    // The proxies served here: new queries fail at once from now on, those
+    // taken are answered (their records go out with the rest).
+    proxies::drain(&proxy_tasks, registry.as_deref()).await;
     shutdown(event_path, control).await;
     Ok(())
 }

@@ -41,7 +41,28 @@ use crate::state::NodeState;
 /// At a stop, the longest wait for the queries in flight (a resolver's
 /// answer, or its timeout, [`crate::dns::proxy::UPSTREAM_TIMEOUT`], per
 /// resolver tried).
-pub const DRAIN_QUERIES: std::time::Duration = std::time::Duration::from_secs(3);
+const DRAIN_QUERIES: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A clean stop (SIGTERM) of what serves or feeds the proxies: `tasks`
+/// end; with the proxies served here (`registry`), their namespaces are
+/// withdrawn (new lookups fail at once, closed) and the queries already
+/// taken are answered, within [`DRAIN_QUERIES`].
+pub async fn drain(tasks: &[JoinHandle<()>], registry: Option<&Registry>) {
+    for t in tasks {
+        t.abort();
+    }
+    let Some(registry) = registry else {
+        return;
+    };
+    tracing::info!("stopping: the tiers' DNS gets EPERM until a proxy serves it again");
+    let unanswered = registry.withdraw(DRAIN_QUERIES).await;
+    if unanswered > 0 {
+        tracing::warn!(
+            unanswered,
+            "stopping with queries still waiting for their resolver"
+        );
+    }
+}
 
 /// Records the proxy may queue for the writer before it counts losses.
 const RECORD_QUEUE: usize = 65_536;

@@ -118,17 +118,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // A clean stop (an upgrade, a restart) answers what it took: new
     // queries fail at once from here on, those in flight are answered,
     // and their records reach the agent, each within a bound.
-    for t in &tasks {
-        t.abort();
-    }
-    tracing::info!("stopping: the tiers' DNS gets EPERM until a proxy serves it again");
-    let unanswered = path.registry.withdraw(super::DRAIN_QUERIES).await;
-    if unanswered > 0 {
-        tracing::warn!(
-            unanswered,
-            "stopping with queries still waiting for their resolver"
-        );
-    }
+    super::drain(&tasks, Some(&path.registry)).await;
     let _ = stop.send(true);
     if tokio::time::timeout(DRAIN_RECORDS, &mut uplink)
         .await
