@@ -45,11 +45,11 @@ fn size(c: &str) -> usize {
 }
 
 /// `agg-*` configs: the agent aggregating allowed attempts.
-const AGGREGATE: &[&str] = &["--aggregate-allowed", "1s"];
+pub(crate) const AGGREGATE: &[&str] = &["--aggregate-allowed", "1s"];
 
 /// Restarts agent A with or without aggregation when the config needs the
 /// other; returns whether it aggregates now.
-fn agent_for(w: &mut World, c: &str, aggregating: bool) -> Result<bool> {
+pub(crate) fn agent_for(w: &mut World, c: &str, aggregating: bool) -> Result<bool> {
     let want = c.starts_with("agg");
     if want != aggregating {
         w.stop_agent();

@@ -89,11 +89,33 @@ pub(crate) fn hook_costs(w: &mut World, rep: &mut Report) -> Result<()> {
     })();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    shed
+    shed?;
+    // The same allowed connects folded by an aggregating agent (after a
+    // first attempt, every one is a per-CPU hash update, not a record).
+    crate::connect::agent_for(w, "agg-10k", false)?;
+    let folded = (|| -> Result<()> {
+        for (load, mode) in [(FOLDED_TCP, "tcp"), (FOLDED_UDP, "udp")] {
+            say(&format!("hook cost: {load}"));
+            w.client(&cg, mode, ALLOW, 0.1)?; // the first attempt is a record
+            set_stats(true)?;
+            let before = prog_stats(&bpffs);
+            let run = w.client(&cg, mode, ALLOW, 0.3);
+            let after = prog_stats(&bpffs);
+            set_stats(false)?;
+            run?;
+            record_costs(rep, (10_000, load), &before?, &after?);
+        }
+        Ok(())
+    })();
+    crate::connect::agent_for(w, "tg-10k", true)?;
+    folded
 }
 
 /// Column of the hook-cost table for allowed connects whose record is shed.
 pub(crate) const SHED: &str = "udp-allow, record shed";
+/// Columns of the hook-cost table for allowed connects an aggregating agent folds.
+pub(crate) const FOLDED_TCP: &str = "tcp-allow, folded";
+pub(crate) const FOLDED_UDP: &str = "udp-allow, folded";
 
 fn record_costs(
     rep: &mut Report,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::connect::{CONFIGS, LOADS};
-use crate::hooks::SHED;
+use crate::hooks::{FOLDED_TCP, FOLDED_UDP, SHED};
 use crate::reload::{ALL_RULES, ONE_RULE};
 use crate::sh;
 use crate::stats::Stats;
@@ -207,20 +207,20 @@ impl Report {
         if !self.hook_ns.is_empty() {
             let _ = writeln!(
                 s,
-                "\n### Kernel time per hook call (ns, `kernel.bpf_stats_enabled`)\n\nMeasured in separate 0.3 s runs with the statistics on (they add two clock reads per call, so these figures are slightly high); `tg_connect4` judges the connect and, for every attempt reported, writes the ring-buffer record; the last column is the same allowed connect with the agent stopped and the ring past 3/4 full, where the hook sheds (and counts) allowed records instead of writing them: the difference to `udp-allow` is the price of the record. `tg_sock_create` runs on every `socket()`.\n"
+                "\n### Kernel time per hook call (ns, `kernel.bpf_stats_enabled`)\n\nMeasured in separate 0.3 s runs with the statistics on (they add two clock reads per call, so these figures are slightly high); `tg_connect4` judges the connect and, for every attempt reported, writes the ring-buffer record; the last column is the same allowed connect with the agent stopped and the ring past 3/4 full, where the hook sheds (and counts) allowed records instead of writing them: the difference to `udp-allow` is the price of the record. The two *folded* columns are the same allowed connects with the agent aggregating (`--aggregate-allowed 1s`): after the first attempt each is a per-CPU hash update instead of a record. `tg_sock_create` runs on every `socket()`.\n"
             );
             let progs: std::collections::BTreeSet<&String> =
                 self.hook_ns.keys().map(|k| &k.2).collect();
             for prog in progs {
                 let _ = writeln!(
                     s,
-                    "| `{prog}` | tcp-allow | tcp-deny | udp-allow | udp-deny | {SHED} |\n|---|---|---|---|---|---|"
+                    "| `{prog}` | tcp-allow | tcp-deny | udp-allow | udp-deny | {SHED} | {FOLDED_TCP} | {FOLDED_UDP} |\n|---|---|---|---|---|---|---|---|"
                 );
                 for n in [10usize, 1_000, 10_000] {
                     let cells: Vec<String> = LOADS
                         .iter()
                         .map(|(l, _, _)| *l)
-                        .chain([SHED])
+                        .chain([SHED, FOLDED_TCP, FOLDED_UDP])
                         .map(|l| {
                             self.hook_ns
                                 .get(&(n, l.to_string(), prog.clone()))

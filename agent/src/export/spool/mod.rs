@@ -27,6 +27,12 @@
 //! only the newest segment can end in a torn record. Dropping a `Spool`
 //! writes the buffer without syncing it.
 //!
+//! Reads: the sender reads what was just appended, so the newest written
+//! bytes of the open segment (2 to 4 MiB) are also kept in memory and served
+//! from there without reading the file back or checking CRCs again; older
+//! records, and any segment after a restart, are read from the file and
+//! CRC-checked.
+//!
 //! Bounds: appends that would take the segment files past `max_bytes` are
 //! dropped unless they are priority records, which may use a reserve of
 //! another `max_bytes / 8`. Drops are returned and counted, never silent;
@@ -201,12 +207,7 @@ impl Spool {
         let active = match segments.last() {
             None => None,
             Some(seg) => match OpenOptions::new().write(true).open(&seg.path) {
-                Ok(file) => Some(Active {
-                    file,
-                    written: seg.bytes,
-                    buf: Vec::new(),
-                    tail_dirty: false,
-                }),
+                Ok(file) => Some(Active::new(file, seg.bytes)),
                 Err(e) => {
                     // Readable but not writable: serve it, append to a new segment.
                     tracing::warn!(path = %seg.path.display(), error = %e,

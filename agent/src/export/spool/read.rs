@@ -4,10 +4,8 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use super::error::{SpoolError, io_err};
-use super::record::{
-    BODY_HEADER_LEN, FrameError, PREFIX_LEN, check_body, parse_frame, split_prefix,
-};
-use super::write::WRITE_THRESHOLD;
+use super::record::{BODY_HEADER_LEN, FrameError, PREFIX_LEN, check_body, own_frame, split_prefix};
+use super::write::{Recent, WRITE_THRESHOLD};
 use super::{Record, Spool};
 
 impl Spool {
@@ -107,9 +105,9 @@ impl Spool {
         mut f: impl FnMut(u64, bool, &[u8]) -> bool,
     ) -> Result<(), SpoolError> {
         let seg = &self.segments[idx];
-        let (file_end, buffered): (u64, &[u8]) = match &self.active {
-            Some(a) if idx + 1 == self.segments.len() => (a.written, &a.buf),
-            _ => (seg.bytes, &[]),
+        let (file_end, recent, buffered): (u64, Option<&Recent>, &[u8]) = match &self.active {
+            Some(a) if idx + 1 == self.segments.len() => (a.written, Some(&a.recent), &a.buf),
+            _ => (seg.bytes, None, &[]),
         };
         let corrupt = |offset: u64, detail: String| SpoolError::Corrupt {
             path: seg.path.clone(),
@@ -117,6 +115,20 @@ impl Spool {
             detail,
         };
         let mut offset = from;
+        if let Some(r) = recent.filter(|r| offset >= r.start && offset < file_end) {
+            // Written by this process moments ago: served from the copy in
+            // memory (checked when it was appended; no read, no CRC).
+            let mut pos = (offset - r.start) as usize;
+            while pos < r.bytes.len() {
+                let frame = own_frame(&r.bytes[pos..])
+                    .map_err(|e| corrupt(r.start + pos as u64, e.to_string()))?;
+                pos += frame.len;
+                if !f(frame.seq, frame.priority, frame.payload) {
+                    return Ok(());
+                }
+            }
+            offset = file_end;
+        }
         if offset < file_end {
             let file = File::open(&seg.path).map_err(io_err("open spool segment", &seg.path))?;
             let mut reader = BufReader::with_capacity(WRITE_THRESHOLD, file);
@@ -155,7 +167,7 @@ impl Spool {
         }
         let mut pos = (offset - file_end) as usize;
         while pos < buffered.len() {
-            let frame = parse_frame(&buffered[pos..])
+            let frame = own_frame(&buffered[pos..])
                 .map_err(|e| corrupt(file_end + pos as u64, e.to_string()))?;
             pos += frame.len;
             if !f(frame.seq, frame.priority, frame.payload) {

@@ -74,6 +74,11 @@ pub(super) fn check_body(body: &[u8], crc: u32) -> Result<(u64, bool), FrameErro
     if crc32fast::hash(body) != crc {
         return Err(FrameError::Crc);
     }
+    body_fields(body)
+}
+
+/// Seq and priority of a record body (at least `BODY_HEADER_LEN` bytes).
+fn body_fields(body: &[u8]) -> Result<(u64, bool), FrameError> {
     let flags = body[8];
     if flags & !FLAG_PRIORITY != 0 {
         return Err(FrameError::Flags(flags));
@@ -84,6 +89,17 @@ pub(super) fn check_body(body: &[u8], crc: u32) -> Result<(u64, bool), FrameErro
 
 /// Parses and checks the record at the start of `data`.
 pub(super) fn parse_frame(data: &[u8]) -> Result<Frame<'_>, FrameError> {
+    frame(data, true)
+}
+
+/// Parses the record at the start of bytes this process encoded and still
+/// holds in memory (never read back from a file): lengths and flags are
+/// checked, the CRC is not.
+pub(super) fn own_frame(data: &[u8]) -> Result<Frame<'_>, FrameError> {
+    frame(data, false)
+}
+
+fn frame(data: &[u8], check_crc: bool) -> Result<Frame<'_>, FrameError> {
     let Some(prefix) = data.first_chunk::<PREFIX_LEN>() else {
         return Err(FrameError::ShortHeader(data.len()));
     };
@@ -99,7 +115,11 @@ pub(super) fn parse_frame(data: &[u8]) -> Result<Frame<'_>, FrameError> {
         });
     }
     let body = &data[PREFIX_LEN..PREFIX_LEN + body_len as usize];
-    let (seq, priority) = check_body(body, crc)?;
+    let (seq, priority) = if check_crc {
+        check_body(body, crc)?
+    } else {
+        body_fields(body)?
+    };
     Ok(Frame {
         seq,
         priority,

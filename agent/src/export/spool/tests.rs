@@ -98,6 +98,44 @@ fn read_after_starts_anywhere_and_honours_limits() {
     assert_eq!(all_after(&s, 0).len(), expected.len());
 }
 
+/// What was just written is served from memory (the sender reads it right
+/// after the append), older bytes of the same segment from the file. Shown
+/// by damaging the whole file on disk: the newest records still read
+/// intact, the older ones report the damage, and a reopened spool sees it.
+#[test]
+fn the_newest_written_records_are_served_from_memory() {
+    use super::write::RECENT_KEEP;
+    let t = TestDir::new("recent");
+    let (mut s, _) = open(&t.spool(), 256 << 20, 64 << 20);
+    // Past twice the copy's size, so it has been trimmed at least once.
+    let n = (3 * RECENT_KEEP as u64) / FRAME;
+    let records = store_range(&mut s, 1..=n);
+    s.flush().expect("flush");
+    assert_eq!(all_after(&s, 0), records, "everything, file and memory");
+    let path = segment_path(&t.spool(), 1);
+    let len = fs::metadata(&path).expect("segment").len();
+    fs::write(&path, vec![0xa5; len as usize]).expect("damage the file");
+    // The last RECENT_KEEP bytes at least are in memory; a read enters at
+    // the index mark before its seq (up to 64 KiB earlier).
+    let tail = n - (RECENT_KEEP as u64 - (128 << 10)) / FRAME;
+    assert_eq!(all_after(&s, tail), records[tail as usize..], "the newest");
+    match s.read_after(0, usize::MAX, usize::MAX) {
+        Err(SpoolError::Corrupt { offset: 0, .. }) => {}
+        other => panic!("the oldest come from the damaged file: {other:?}"),
+    }
+    // Records appended after the damage are written and served as before.
+    let more = store_range(&mut s, n + 1..=n + 10);
+    s.flush().expect("flush");
+    assert_eq!(all_after(&s, n), more);
+    drop(s);
+    let (s, report) = open(&t.spool(), 256 << 20, 64 << 20);
+    assert!(
+        !report.set_aside.is_empty(),
+        "a reopened spool reads the file: {report:?}"
+    );
+    drop(s);
+}
+
 #[test]
 fn ack_removes_only_wholly_acknowledged_segments() {
     let t = TestDir::new("ack");

@@ -12,6 +12,9 @@ use super::segment::{Segment, segment_file_name};
 
 /// The append buffer is written to the segment once it holds this much.
 pub(super) const WRITE_THRESHOLD: usize = 64 * 1024;
+/// Written bytes of the open segment kept in memory for the sender, which
+/// reads what was just appended: between this and twice this much.
+pub(super) const RECENT_KEEP: usize = 2 << 20;
 /// While writes fail, `append` retries the write at most this often
 /// (`flush` always retries).
 pub(super) const WRITE_RETRY_INTERVAL: Duration = Duration::from_millis(250);
@@ -26,6 +29,43 @@ pub(super) struct Active {
     /// A failed write may have left part of a record past `written` and
     /// cutting it off failed too: retried before the next write or sync.
     pub(super) tail_dirty: bool,
+    /// The newest written bytes, served without reading the file back.
+    pub(super) recent: Recent,
+}
+
+impl Active {
+    pub(super) fn new(file: File, written: u64) -> Active {
+        Active {
+            file,
+            written,
+            buf: Vec::new(),
+            tail_dirty: false,
+            recent: Recent {
+                start: written,
+                bytes: Vec::new(),
+            },
+        }
+    }
+}
+
+/// A copy of the segment file from `start` to `Active::written`: whole
+/// records, appended as each buffer write succeeds, trimmed from the front.
+/// `start` need not be a record boundary; readers only enter at one.
+#[derive(Debug)]
+pub(super) struct Recent {
+    pub(super) start: u64,
+    pub(super) bytes: Vec<u8>,
+}
+
+impl Recent {
+    fn push(&mut self, written: &[u8]) {
+        self.bytes.extend_from_slice(written);
+        if self.bytes.len() > 2 * RECENT_KEEP {
+            let cut = self.bytes.len() - RECENT_KEEP;
+            self.bytes.drain(..cut);
+            self.start += cut as u64;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +166,7 @@ impl Spool {
         match result {
             Ok(()) => {
                 active.written += active.buf.len() as u64;
+                active.recent.push(&active.buf);
                 active.buf.clear();
                 Ok(())
             }
@@ -163,12 +204,9 @@ impl Spool {
             .open(&path)
             .map_err(io_err("create spool segment", &path))?;
         self.segments.push(Segment::new(path, seq));
-        self.active = Some(Active {
-            file,
-            written: 0,
-            buf: Vec::with_capacity(WRITE_THRESHOLD + 4096),
-            tail_dirty: false,
-        });
+        let mut active = Active::new(file, 0);
+        active.buf.reserve(WRITE_THRESHOLD + 4096);
+        self.active = Some(active);
         self.dir_dirty = true;
         Ok(())
     }
