@@ -11,6 +11,11 @@ pub mod sinks;
 pub mod store;
 pub mod tls_conn;
 
+/// HTTP/2 flow control and framing towards the agents (see `run`).
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_FRAME: u32 = 1 << 20;
+
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -130,6 +135,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, sinks = ?specs, "collector ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tonic::transport::Server::builder()
+        // An agent streams batches of up to 1 MiB with several in flight:
+        // windows that hold a few batches and large DATA frames keep it
+        // from stopping for WINDOW_UPDATEs and cut per-frame work.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .add_service(EventCollectorServer::new(svc))
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
