@@ -10,6 +10,7 @@ pub mod service;
 pub mod sinks;
 pub mod store;
 pub mod tls_conn;
+pub mod writer;
 
 /// HTTP/2 flow control and framing towards the agents (see `run`).
 const STREAM_WINDOW: u32 = 2 << 20;
@@ -126,7 +127,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     };
     let (feed, stopper) = store.unzip();
     let svc = Collector {
-        writer: service::spawn_writer(sinks, metrics.clone(), feed),
+        writer: writer::spawn_writer(sinks, metrics.clone(), feed),
         seqs: Arc::new(Mutex::new(SeqTracker::seeded(resumed))),
         metrics,
         hostname,

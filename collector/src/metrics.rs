@@ -21,6 +21,7 @@ pub struct CollectorMetrics {
     pub registry: Registry,
     pub streams: Counter,
     pub batches: Counter,
+    pub sink_writes: Counter,
     pub records: Counter,
     pub duplicates: Counter,
     pub gaps: Counter,
@@ -43,6 +44,12 @@ impl CollectorMetrics {
             "batches",
             "Batches written to every sink and acknowledged",
             batches.clone(),
+        );
+        let sink_writes = Counter::default();
+        registry.register(
+            "sink_writes",
+            "Writes to the sinks, each one write and one sync per sink (batches of several agents that wait together share one)",
+            sink_writes.clone(),
         );
         let records = Counter::default();
         registry.register(
@@ -104,6 +111,7 @@ impl CollectorMetrics {
             registry,
             streams,
             batches,
+            sink_writes,
             records,
             duplicates,
             gaps,

@@ -16,71 +16,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::metrics::CollectorMetrics;
-use super::sinks::{Record, Severity, Sink};
-use super::store::feed::Feed;
+use super::sinks::Severity;
 use super::tls_conn::PeerInfo;
-
-/// One batch for the writer thread: owned records and where to answer.
-pub struct WriteJob {
-    pub records: Vec<OwnedRecord>,
-    pub done: oneshot::Sender<Result<(), String>>,
-}
-
-/// A record as the writer thread needs it.
-pub struct OwnedRecord {
-    /// A slice of the received message (no copy per record).
-    pub json: Bytes,
-    pub time_ms: u64,
-    pub severity: Severity,
-    pub kind: String,
-    /// The agent's node name, shared by the records of a batch.
-    pub agent: Arc<str>,
-}
-
-/// Runs the sinks on a dedicated thread (they do blocking I/O and fsync).
-/// Records every sink took are then offered to the observation store, if
-/// any: after the duplicate check, so a resend is not counted twice.
-pub fn spawn_writer(
-    mut sinks: Vec<Box<dyn Sink>>,
-    metrics: Arc<CollectorMetrics>,
-    store: Option<Feed>,
-) -> mpsc::Sender<WriteJob> {
-    let (tx, mut rx) = mpsc::channel::<WriteJob>(64);
-    std::thread::Builder::new()
-        .name("tiergate-sinks".into())
-        .spawn(move || {
-            while let Some(job) = rx.blocking_recv() {
-                let records: Vec<Record<'_>> = job
-                    .records
-                    .iter()
-                    .map(|r| Record {
-                        json: &r.json,
-                        time_ms: r.time_ms,
-                        severity: r.severity,
-                        kind: &r.kind,
-                        agent: &r.agent,
-                    })
-                    .collect();
-                let mut result = Ok(());
-                for sink in &mut sinks {
-                    if let Err(e) = sink.write_batch(&records) {
-                        metrics.sink_errors.get_or_create(&super::metrics::SinkLabels { sink: sink.name().to_string() }).inc();
-                        tracing::error!(sink = sink.name(), error = %e, "sink write failed; the batch is not acknowledged and will be sent again");
-                        result = Err(format!("sink {} failed: {e}", sink.name()));
-                        break;
-                    }
-                }
-                drop(records);
-                let ok = result.is_ok();
-                let _ = job.done.send(result);
-                if ok && let Some(feed) = &store {
-                    feed.offer(job.records.into_iter().map(|r| (r.kind, r.json)));
-                }
-            }
-        })
-        .expect("spawn sink thread");
-    tx
-}
+pub use super::writer::{OwnedRecord, WriteJob};
 
 /// Per-agent sequence tracking: gaps are reported, records already written
 /// (a resend after a lost acknowledgement) are not written again.
