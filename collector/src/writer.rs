@@ -33,6 +33,19 @@ pub struct OwnedRecord {
     pub agent: Arc<str>,
 }
 
+impl OwnedRecord {
+    /// The record as the sinks take it.
+    pub fn as_record(&self) -> Record<'_> {
+        Record {
+            json: &self.json,
+            time_ms: self.time_ms,
+            severity: self.severity,
+            kind: &self.kind,
+            agent: &self.agent,
+        }
+    }
+}
+
 /// Runs the sinks on a dedicated thread (they do blocking I/O and fsync).
 /// Records every sink took are then offered to the observation store, if
 /// any: after the duplicate check, so a resend is not counted twice.
@@ -90,13 +103,7 @@ fn write_group(
     let records: Vec<Record<'_>> = jobs
         .iter()
         .flat_map(|job| &job.records)
-        .map(|r| Record {
-            json: &r.json,
-            time_ms: r.time_ms,
-            severity: r.severity,
-            kind: &r.kind,
-            agent: &r.agent,
-        })
+        .map(OwnedRecord::as_record)
         .collect();
     metrics.sink_writes.inc();
     for sink in sinks.iter_mut() {

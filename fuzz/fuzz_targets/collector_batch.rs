@@ -87,16 +87,7 @@ fuzz_target!(|data: &[u8]| {
     let path = sink_file();
     let _ = std::fs::remove_file(&path);
     let mut sink = parse_sink(&format!("file:{}?max-bytes=0", path.display())).expect("file sink");
-    let view: Vec<Record<'_>> = records
-        .iter()
-        .map(|r| Record {
-            json: &r.json,
-            time_ms: r.time_ms,
-            severity: r.severity,
-            kind: &r.kind,
-            agent: &r.agent,
-        })
-        .collect();
+    let view: Vec<Record<'_>> = records.iter().map(|r| r.as_record()).collect();
     sink.write_batch(&view).expect("write");
     drop(sink);
     let written = std::fs::read(&path).expect("read back");
