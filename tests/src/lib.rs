@@ -6,14 +6,17 @@
 //! and a scratch directory; dropping it stops the agent, uninstalls the pins
 //! and removes everything. Tests panic with a clear message on failure.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod collector;
+mod processes;
+pub use processes::{Agent, hold, http_get, metric_value, run_tiergate, spawn_ready};
+mod records;
+pub use records::{is_conn, policy, tg};
 pub mod dns_world;
 pub mod dnsserver;
 pub mod held;
@@ -529,167 +532,4 @@ fn walk(d: &Path, out: &mut Vec<PathBuf>) {
             }
         }
     }
-}
-
-/// Runs `tiergate` with arguments; returns (exit code, stdout, stderr).
-pub fn run_tiergate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(tiergate_bin())
-        .args(args)
-        .output()
-        .expect("run tiergate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A running agent.
-pub struct Agent {
-    pub child: Child,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Agent {
-    /// GET on the admin endpoint: (status, body).
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some((200, _)) = self.get("/readyz") {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "agent exited with {status} before ready:\n{}",
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("agent not ready within {timeout:?}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The value of a metric line starting with `prefix` (labels included).
-    pub fn metric(&self, prefix: &str) -> Option<f64> {
-        metric_value(&self.get("/metrics")?.1, prefix)
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn kill(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-/// A process parked in cgroup `dir` (for `--pid` lookups); returns once it
-/// has joined. The caller kills it.
-pub fn hold(dir: &Path) -> Child {
-    let dir = dir.to_str().expect("utf-8 cgroup path");
-    spawn_ready(&["--cgroup", dir, "hold"])
-}
-
-/// Starts `tg-probe args` and waits for its `ready` line (a server
-/// listening, a process parked in its cgroup); the caller kills it.
-pub fn spawn_ready(args: &[&str]) -> Child {
-    let mut child = Command::new(probe_bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn probe");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "ready", "probe {args:?} did not start");
-    child
-}
-
-/// GET on a loopback admin endpoint (agent or collector): (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// The value of the first metric line starting with `prefix` (labels included).
-pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// A policy with one enforced tier bound to `<root>/t0/**`.
-pub fn policy(root_path: &str, tier_body: &str) -> String {
-    format!(
-        r#"apiVersion: tiergate.io/v1alpha1
-kind: TierPolicy
-metadata:
-  name: e2e
-spec:
-  mode: enforce
-  defaultTier: locked
-  tiers:
-    - name: t0
-{tier_body}
-    - name: locked
-      egress: []
-  bindings:
-    - tier: t0
-      match:
-        cgroupPath: "{root_path}/t0/**"
-    - tier: locked
-      match:
-        cgroupPath: "{root_path}/locked/**"
-"#
-    )
-}
-
-/// The `unmapped.tiergate` part of an event.
-pub fn tg(e: &Value) -> &Value {
-    &e["unmapped"]["tiergate"]
-}
-
-/// Is `e` a connection event to `ip:port` with `verdict`?
-pub fn is_conn(e: &Value, ip: &str, port: u64, verdict: &str) -> bool {
-    tg(e)["kind"] == "connection"
-        && e["dst_endpoint"]["ip"] == ip
-        && e["dst_endpoint"]["port"] == port
-        && tg(e)["verdict"] == verdict
 }
