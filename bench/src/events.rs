@@ -119,6 +119,10 @@ fn delivered(
     )
 }
 
+/// Repetitions of each event-path row (the collector's ratio to the reader
+/// moved by up to 0.1 between runs of 3).
+pub(crate) const EVENT_REPS: usize = 5;
+
 pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
     let load_s = 2.0;
     w.write_policy(&w.policy(10, true))?;
@@ -127,7 +131,7 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
     rep.start_ms.push(ms);
     let mut port = w.agent.as_ref().expect("agent").port;
     let cg = w.cg("enf", 9);
-    for r in 0..rep.reps.min(3) {
+    for r in 0..rep.reps.min(EVENT_REPS) {
         say(&format!("event path rep {}: file sink", r + 1));
         let settle = |w: &World| {
             // Wait until the agent has delivered what the kernel produced.
@@ -255,7 +259,7 @@ fn aggregated(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
     w.start_agent("g", &file, &["--aggregate-allowed".into(), "1s".into()])?;
     let port = w.agent.as_ref().expect("agent").port;
     let cg = w.cg("enf", 11);
-    for r in 0..rep.reps.min(3) {
+    for r in 0..rep.reps.min(EVENT_REPS) {
         say(&format!(
             "event path rep {}: aggregated allowed attempts",
             r + 1
@@ -382,7 +386,7 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         spawn_collector(w, &pki, true)?,
     ];
     w.write_policy(&w.policy(10, true))?;
-    for r in 0..rep.reps.min(3) {
+    for r in 0..rep.reps.min(EVENT_REPS) {
         for c in &cols {
             collector_rep(w, rep, load_s, &pki, c, r)?;
         }

@@ -30,7 +30,7 @@ pub fn boolean(out: &mut Vec<u8>, b: bool) {
 /// quote and the backslash (everything else, non-ASCII included, is
 /// written as it is). Branch-free over the bytes, so it vectorizes.
 #[inline]
-fn needs_escape(s: &str) -> bool {
+pub fn needs_escape(s: &str) -> bool {
     s.bytes().fold(false, |acc, b| {
         acc | (b < 0x20) | (b == b'"') | (b == b'\\')
     })

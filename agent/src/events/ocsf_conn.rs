@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 
-use super::json_out::{boolean, num, opt_string, raw, some_string, string, value};
+use super::json_out::{boolean, needs_escape, num, opt_string, raw, some_string, string, value};
 use super::ocsf::{Envelope, ProcessInfo, SocketInfo, Verdict, Workload};
 
 /// The record's opening: classification and type, up to `"time":`.
@@ -91,7 +91,7 @@ pub fn network_activity(
         raw(out, r#","firewall_rule":{"uid":"#);
         string(out, uid);
         raw(out, r#","name":"#);
-        string(out, &format!("{}:egress[{index}]", v.tier));
+        rule_name(out, v.tier, index);
         raw(out, "}");
     }
     raw(out, r#","metadata":{"uid":"#);
@@ -169,6 +169,20 @@ fn workload_json(out: &mut Vec<u8>, w: &Workload) {
 }
 
 /// The serde rendering the hand-written one must equal, byte for byte.
+/// `"<tier>:egress[<index>]"`, as a JSON string (no allocation unless the
+/// tier name needs escaping).
+fn rule_name(out: &mut Vec<u8>, tier: &str, index: usize) {
+    if needs_escape(tier) {
+        string(out, &format!("{tier}:egress[{index}]"));
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(tier.as_bytes());
+        raw(out, ":egress[");
+        num(out, index);
+        raw(out, "]\"");
+    }
+}
+
 #[cfg(test)]
 pub(super) mod reference {
     use serde::Serialize;
@@ -489,7 +503,8 @@ mod tests {
                                     let v = Verdict {
                                         verdict,
                                         reason: "no-matching-rule",
-                                        tier: "tier0",
+                                        // Tier names reach the rule's name too.
+                                        tier: if n % 5 == 0 { "t\"0\\" } else { "tier0" },
                                         hook: "connect4",
                                         metadata_service: n % 2 == 0,
                                         inherited: n % 3 == 0,
