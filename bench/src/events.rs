@@ -140,6 +140,9 @@ pub(crate) const EVENT_REPS: usize = 5;
 
 pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
     let load_s = 2.0;
+    // The collectors run throughout; their rows are measured in every rep
+    // right after the reader's, so that the ratio compares like moments.
+    let collectors = start_collectors(w, rep)?;
     w.write_policy(&w.policy(10, true))?;
     let events = w.dir.join("events.jsonl");
     let ms = w.start_agent("b", &events, &[])?;
@@ -226,18 +229,28 @@ pub(crate) fn event_path(w: &mut World, rep: &mut Report) -> Result<()> {
             let (n, d) = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
             Ok(n as f64 / d.max(1e-9))
         })();
-        // A fresh agent re-adopts the pins for the next rep.
-        w.start_agent("b", &events, &[])?;
-        port = w.agent.as_ref().expect("agent").port;
         match res {
             Ok(rate) => rep.events.entry("reader".into()).or_default().push(rate),
             Err(e) => rep.notes.push(format!("minimal reader failed: {e:#}")),
         }
+        if let Some((pki, cols)) = &collectors {
+            // One agent at a time: b's pins go while the collectors' agents run.
+            w.start_agent("b", &events, &[])?;
+            w.stop_agent();
+            for c in cols {
+                collector_rep(w, rep, load_s, pki, c, r)?;
+            }
+        }
+        // A fresh agent (re-adopting b's pins when they are still there).
+        w.start_agent("b", &events, &[])?;
+        port = w.agent.as_ref().expect("agent").port;
     }
     mixed_verdicts(w, rep, &events)?;
     w.stop_agent();
     aggregated(w, rep, load_s)?;
-    collector(w, rep, load_s)?;
+    if let Some((_, cols)) = collectors {
+        stop_collectors(w, rep, &cols);
+    }
     Ok(())
 }
 
@@ -382,9 +395,12 @@ fn spawn_collector(w: &mut World, pki: &Path, store: bool) -> Result<Col> {
     })
 }
 
-/// The two collector rows, measured in turn in every rep so that the
-/// machine's load drifts alike for both: without and with the store.
-fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
+/// The two collector rows' collectors (without and with the store) and the
+/// PKI their agents use; `None` (noted) when the certificates cannot be made.
+fn start_collectors(
+    w: &mut World,
+    rep: &mut Report,
+) -> Result<Option<(std::path::PathBuf, [Col; 2])>> {
     let pki = w.dir.join("pki");
     let root = std::env::current_dir()?;
     let st = Command::new("cargo")
@@ -397,18 +413,17 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
     if !st.success() {
         rep.notes
             .push("collector: `cargo xtask certs` failed; collector not measured".into());
-        return Ok(());
+        return Ok(None);
     }
     let cols = [
         spawn_collector(w, &pki, false)?,
         spawn_collector(w, &pki, true)?,
     ];
-    w.write_policy(&w.policy(10, true))?;
-    for r in 0..rep.reps.min(EVENT_REPS) {
-        for c in &cols {
-            collector_rep(w, rep, load_s, &pki, c, r)?;
-        }
-    }
+    Ok(Some((pki, cols)))
+}
+
+/// Notes the collectors' CPU per record over the whole run and stops them.
+fn stop_collectors(w: &mut World, rep: &mut Report, cols: &[Col; 2]) {
     // CPU per record is the store's cost independent of the machine's
     // other load (rates move with it; this does not).
     let per_record: Vec<f64> = cols
@@ -423,14 +438,13 @@ fn collector(w: &mut World, rep: &mut Report, load_s: f64) -> Result<()> {
         per_record[1],
         per_record[1] / per_record[0]
     ));
-    for c in &cols {
+    for c in cols {
         if let Some(i) = w.children.iter().position(|ch| ch.id() == c.pid) {
             let mut ch = w.children.remove(i);
             let _ = ch.kill();
             let _ = ch.wait();
         }
     }
-    Ok(())
 }
 
 /// User + system CPU seconds a process has used (`/proc/PID/stat`).
