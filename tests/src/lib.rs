@@ -6,7 +6,6 @@
 //! and a scratch directory; dropping it stops the agent, uninstalls the pins
 //! and removes everything. Tests panic with a clear message on failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -214,18 +213,9 @@ impl Fixture {
 
     fn start_servers(&mut self) {
         // Servers run in the namespace but outside the enforced subtree.
-        let mut child = Command::new(probe_bin())
-            .args(["--netns", &self.netns, "serve"])
-            .args(SERVERS)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn servers");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        assert_eq!(line.trim(), "ready", "test servers did not start");
-        self.servers = Some(child);
+        let mut args = vec!["--netns", self.netns.as_str(), "serve"];
+        args.extend_from_slice(SERVERS);
+        self.servers = Some(spawn_ready(&args));
     }
 
     /// Creates (mkdir -p) a cgroup below the root; returns its directory.
